@@ -1,0 +1,145 @@
+"""The `blueberry-video` command: tiny models, sample videos, the latent cache, the demo, generation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from blueberry_video.models import family_names
+
+
+def _make_tiny_model(args):
+    from blueberry_video.models import get_family_class
+
+    path = get_family_class(args.family).save_tiny_pipeline(args.out_dir, seed=args.seed)
+    print(f"tiny {args.family} pipeline saved to {path}")
+
+
+def _create_sample_videos(args):
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    metadata = create_sample_videos(args.out_dir, num=args.num, num_frames=args.num_frames, height=args.height,
+                                    width=args.width, fps=args.fps, seed=args.seed)
+    print(f"{args.num} videos written; captions in {metadata}")
+
+
+def _precompute(args):
+    import torch
+    from accelerate import Accelerator
+
+    from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
+    from blueberry_video.data.decode import FrameSampling
+    from blueberry_video.models import load_family
+    from blueberry_video.training.accelerator import check_launch
+
+    accelerator = Accelerator()
+    check_launch(accelerator)
+    family = load_family(args.family, args.model)
+    family.check_video_shape(args.num_frames, args.height, args.width)
+    sampling = FrameSampling(num_frames=args.num_frames, height=args.height, width=args.width, fps=args.fps,
+                             skip_frames_start=args.skip_frames_start, skip_frames_end=args.skip_frames_end,
+                             crop=args.crop, short_video=args.short_video)
+    settings = CacheSettings(sampling=sampling, encode_dtype=args.dtype, cache_dtype=args.cache_dtype,
+                             caption_column=args.caption_column, video_column=args.video_column,
+                             id_token=args.id_token, vae_tiling=args.vae_tiling)
+    report = precompute_latent_cache(family, args.data, args.out, settings, accelerator=accelerator,
+                                     strict=args.strict, device=accelerator.device if torch.cuda.is_available() else "cpu")
+    if accelerator.is_main_process:
+        print(report.summary())
+
+
+def _demo(args, extra):
+    from blueberry_video.demo import run_demo
+
+    run_demo(args.family, args.workdir, extra)
+
+
+def _generate(args):
+    from blueberry_video.generate import generate
+
+    path = generate(args.family, args.model, args.prompt, args.out, lora=args.lora, transformer_dir=args.transformer,
+                    num_frames=args.num_frames, height=args.height, width=args.width,
+                    num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                    fps=args.fps, lora_scale=args.lora_scale)
+    print(f"video written to {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blueberry-video", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("make-tiny-model", help="build a tiny random pipeline in the diffusers layout")
+    p.add_argument("out_dir")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_make_tiny_model)
+
+    p = verbs.add_parser("create-sample-videos", help="write synthetic .mp4 videos with captions (metadata.json)")
+    p.add_argument("out_dir")
+    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--num-frames", type=int, default=49)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_create_sample_videos)
+
+    p = verbs.add_parser("precompute", help="encode a dataset into the latent cache (accelerate launch for several processes)")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--model", required=True, help="model directory (diffusers layout)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=720)
+    p.add_argument("--num-frames", type=int, default=49)
+    p.add_argument("--fps", type=float, default=None)
+    p.add_argument("--skip-frames-start", type=int, default=0)
+    p.add_argument("--skip-frames-end", type=int, default=0)
+    p.add_argument("--crop", choices=["center", "random"], default="center")
+    p.add_argument("--short-video", choices=["skip", "loop", "pad"], default="skip")
+    p.add_argument("--caption-column")
+    p.add_argument("--video-column")
+    p.add_argument("--id-token")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--vae-tiling", action="store_true")
+    p.add_argument("--strict", action="store_true", help="fail on the first unusable video instead of skipping it")
+    p.set_defaults(run=_precompute)
+
+    p = verbs.add_parser("demo", help="tiny model + sample videos + a short LoRA run, on CPU, no downloads; "
+                                      "extra flags go to the training config")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--workdir", default=".blueberry/demo")
+    p.set_defaults(run=_demo, takes_extra=True)
+
+    p = verbs.add_parser("generate", help="generate a video with a base model plus a LoRA or fine-tuned transformer")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--lora", help="trained LoRA (output dir or .safetensors)")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--transformer", help="fine-tuned transformer (output dir of a full fine-tune)")
+    p.add_argument("--num-frames", type=int, default=49)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=720)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance-scale", type=float, default=6.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=8)
+    p.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_extra", False):
+        return args.run(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

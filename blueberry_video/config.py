@@ -1,0 +1,225 @@
+"""Training configuration: one typed dataclass, read from YAML and overridden by command-line flags.
+
+Flag and key names follow diffusers' `examples/cogvideo/train_cogvideox_lora.py` where the concept is
+the same, so a command written for that script mostly works here. Unknown keys and flags are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from blueberry_video.errors import ConfigError
+
+
+def _opt(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # model
+    pretrained_model_name_or_path: str | None = _opt(None, "local model directory in the diffusers layout")
+    training_mode: str = _opt("lora", "train a LoRA adapter or the full transformer", ["lora", "full"])
+    # data
+    instance_data_root: str | None = _opt(None, "dataset folder: videos plus metadata.json/.jsonl/.csv or prompts.txt+videos.txt")
+    caption_column: str | None = _opt(None, "caption column (or prompts file name for the .txt layout)")
+    video_column: str | None = _opt(None, "video column (or videos file name for the .txt layout)")
+    id_token: str | None = _opt(None, "token prefixed to every caption")
+    height: int = _opt(480, "frame height in pixels")
+    width: int = _opt(720, "frame width in pixels")
+    max_num_frames: int = _opt(49, "frames per training clip")
+    fps: float | None = _opt(None, "sample source frames at this rate (None: consecutive frames)")
+    skip_frames_start: int = _opt(0, "source frames skipped at the start of each video")
+    skip_frames_end: int = _opt(0, "source frames skipped at the end of each video")
+    crop: str = _opt("center", "how frames are cropped to height x width", ["center", "random"])
+    short_video: str = _opt("skip", "videos with too few frames: skip them, loop them, or pad with the last frame", ["skip", "loop", "pad"])
+    dataset_repeats: int = _opt(1, "times each video is repeated per epoch")
+    cache_dir: str | None = _opt(None, "latent cache folder (default: <instance_data_root>/.latent_cache)")
+    cache_dtype: str = _opt("float32", "dtype latents and text embeddings are stored in", ["float32", "float16"])
+    vae_tiling: bool = _opt(False, "encode large videos tile by tile (less memory, a little slower)")
+    strict_data: bool = _opt(False, "refuse to train if any video or caption is unusable (default: skip it)")
+    dummy_data: bool = _opt(False, "train on random latents of the right shapes: no videos, no cache (hardware/loop check)")
+    num_dummy_samples: int = _opt(8, "size of the dummy dataset")
+    dataloader_num_workers: int = _opt(0, "DataLoader worker processes")
+    # LoRA
+    rank: int = _opt(128, "LoRA rank")
+    lora_alpha: float = _opt(128, "LoRA alpha (the update is scaled by lora_alpha / rank)")
+    lora_dropout: float = _opt(0.0, "dropout on the LoRA branch")
+    lora_target_modules: list | None = _opt(None, "module names LoRA adapts (default: the family's attention projections)")
+    init_lora_weights: str | None = _opt(None, "start from an existing LoRA (.safetensors file or folder)")
+    # precision and memory
+    mixed_precision: str = _opt("bf16", "autocast precision; frozen weights are stored in it", ["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
+    allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
+    # optimisation
+    optimizer: str = _opt("adamw", "optimizer", ["adamw", "adam"])
+    use_8bit_adam: bool = _opt(False, "8-bit AdamW from bitsandbytes")
+    learning_rate: float = _opt(1e-4, "peak learning rate")
+    scale_lr: bool = _opt(False, "multiply the learning rate by batch size x accumulation x processes")
+    lr_scheduler: str = _opt("constant", "schedule from diffusers.optimization.get_scheduler", ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    lr_warmup_steps: int = _opt(0, "warm-up steps")
+    lr_num_cycles: int = _opt(1, "cycles for cosine_with_restarts")
+    lr_power: float = _opt(1.0, "power for polynomial")
+    adam_beta1: float = _opt(0.9, "Adam beta1")
+    adam_beta2: float = _opt(0.95, "Adam beta2")
+    adam_weight_decay: float = _opt(1e-4, "weight decay")
+    adam_epsilon: float = _opt(1e-8, "Adam epsilon")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0: off)")
+    train_batch_size: int = _opt(1, "clips per process per micro-batch")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    max_train_steps: int | None = _opt(None, "optimizer steps (overrides num_train_epochs)")
+    num_train_epochs: int = _opt(1, "epochs, when max_train_steps is not set")
+    seed: int = _opt(42, "seed for data order, noise and timesteps")
+    max_consecutive_bad_steps: int = _opt(5, "stop after this many non-finite losses/gradients in a row")
+    # checkpoints
+    output_dir: str = _opt("outputs/run", "where checkpoints, weights, videos and logs go")
+    overwrite_output_dir: bool = _opt(False, "allow starting a new run in a non-empty output_dir")
+    checkpointing_steps: int = _opt(500, "save a resumable checkpoint every N steps (0: only at the end)")
+    checkpoints_total_limit: int | None = _opt(None, "keep only the newest N checkpoints")
+    resume_from_checkpoint: str | None = _opt(None, "'latest' or a checkpoint folder")
+    # validation and logging
+    validation_prompt: list | None = _opt(None, "prompts for validation videos (on the command line, separate with ':::')")
+    validation_steps: int | None = _opt(None, "validate every N steps")
+    validation_epochs: int | None = _opt(None, "validate every N epochs")
+    num_validation_videos: int = _opt(1, "videos per validation prompt")
+    num_inference_steps: int = _opt(50, "denoising steps for validation videos")
+    guidance_scale: float = _opt(6.0, "classifier-free guidance scale for validation videos")
+    validation_fps: int = _opt(8, "frame rate of the saved validation .mp4 files")
+    report_to: str = _opt("none", "trackers", ["none", "tensorboard", "wandb", "all"])
+    tracker_project_name: str = _opt("blueberry-video", "tracker project/run group name")
+    logging_steps: int = _opt(1, "log metrics every N steps")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        if self.instance_data_root:
+            return Path(self.instance_data_root) / ".latent_cache"
+        return Path(self.output_dir) / "latent_cache"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _base_type(annotation):
+    hint = typing.get_type_hints(TrainConfig)[annotation]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return args[0]
+    return hint
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(name: str, value, source: str):
+    """Check a YAML value's type against the field's, converting ints to floats where a float is wanted."""
+    kind = _base_type(name)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is list:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(":::" if name == "validation_prompt" else ",") if part.strip()]
+        if isinstance(value, list):
+            return value
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {name}={value!r} should be of type {kind.__name__}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of setting: value")
+    unknown = [key for key in data if key not in FIELDS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{_suggest(unknown[0])}")
+    return {key: _coerce(key, value, str(path)) for key, value in data.items()}
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file of settings; flags given here override it")
+    for name, f in FIELDS.items():
+        kind = _base_type(name)
+        help_text = f.metadata["help"]
+        if kind is bool:
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list:
+            parser.add_argument(f"--{name}", type=str, default=None, help=help_text)
+        else:
+            parser.add_argument(f"--{name}", type=kind, default=None, choices=f.metadata["choices"], help=help_text)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:
+    """Defaults < `defaults` (the recipe's) < YAML file < flags."""
+    parser = build_parser(description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = unknown[0].split("=")[0]
+        raise ConfigError(f"unknown flag {flag}{_suggest(flag.lstrip('-'))}; see --help")
+    values = dict(defaults or {})
+    if args.config:
+        values.update(load_yaml(args.config))
+    for name in FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name}")
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks that need no model or data: types, ranges and combinations."""
+    for name, f in FIELDS.items():
+        choices = f.metadata["choices"]
+        value = getattr(config, name)
+        if choices and value not in choices:
+            raise ConfigError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    positive = ["height", "width", "max_num_frames", "train_batch_size", "gradient_accumulation_steps", "rank",
+                "num_train_epochs", "dataset_repeats", "num_validation_videos", "num_inference_steps",
+                "num_dummy_samples", "logging_steps", "max_consecutive_bad_steps"]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}={getattr(config, name)}: must be at least 1")
+    for name in ("max_train_steps", "validation_steps", "validation_epochs", "checkpoints_total_limit"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}={value}: must be at least 1, or left unset")
+    if config.learning_rate <= 0:
+        raise ConfigError(f"learning_rate={config.learning_rate}: must be positive, e.g. 1e-4 for LoRA")
+    if config.checkpointing_steps < 0 or config.lr_warmup_steps < 0:
+        raise ConfigError("checkpointing_steps and lr_warmup_steps must be >= 0")
+    if config.fps is not None and config.fps <= 0:
+        raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
+    if not config.pretrained_model_name_or_path:
+        raise ConfigError("pretrained_model_name_or_path is required: a local model directory in the diffusers layout")
+    if not config.dummy_data and not config.instance_data_root:
+        raise ConfigError("instance_data_root is required (the dataset folder), unless dummy_data is set")
+    if config.instance_data_root and not config.dummy_data and not Path(config.instance_data_root).is_dir():
+        raise ConfigError(f"instance_data_root={config.instance_data_root}: folder not found")
+    if config.resume_from_checkpoint not in (None, "latest") and not Path(config.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint={config.resume_from_checkpoint}: folder not found; use 'latest' or a checkpoint-N folder")

@@ -1,0 +1,220 @@
+"""The latent cache: each video is encoded once by the VAE and each caption once by the text encoder(s).
+
+Results are stored with `datasets` (Arrow on disk) under a folder named by a fingerprint of everything that
+changes them: the model's VAE/text-encoder configs, frame sampling, dtypes and the dataset listing. Change
+any of them and a new cache is built; change nothing and the videos are not touched. Work is written in
+chunks, each renamed into place when complete, so an interrupted precompute resumes where it stopped, and
+each process of a multi-process launch encodes its own share of the chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video
+from blueberry_video.data.formats import DatasetFormatError, load_dataset_entries
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+CHUNK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything besides the model and the data that changes what the cache holds."""
+
+    sampling: FrameSampling
+    encode_dtype: str = "float32"
+    cache_dtype: str = "float32"
+    caption_column: str | None = None
+    video_column: str | None = None
+    id_token: str | None = None
+    vae_tiling: bool = False
+
+
+@dataclass
+class CacheReport:
+    path: Path
+    num_cached: int
+    skipped: list[dict] = field(default_factory=list)
+    reused: bool = False
+
+    def summary(self) -> str:
+        lines = [f"latent cache {self.path}: {self.num_cached} cached, {len(self.skipped)} skipped"
+                 + (" (reused)" if self.reused else "")]
+        lines += [f"  skipped {item['source']}: {item['reason']}" for item in self.skipped]
+        return "\n".join(lines)
+
+
+class EmptyCacheError(DatasetFormatError):
+    """No item of the dataset could be encoded."""
+
+
+def _listing_key(root: Path, entries) -> list:
+    key = []
+    for entry in entries:
+        stat = entry.video_path.stat()
+        key.append([str(entry.video_path.relative_to(root)), stat.st_size, stat.st_mtime_ns, entry.caption])
+    return key
+
+
+def cache_fingerprint(family, root: Path, entries, settings: CacheSettings) -> str:
+    payload = {
+        "version": CACHE_FORMAT_VERSION,
+        "model": family.cache_key(),
+        "settings": asdict(settings),
+        "entries": _listing_key(root, entries),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _features(example: dict[str, np.ndarray]) -> datasets.Features:
+    spec = {"index": datasets.Value("int64"), "video": datasets.Value("string"), "caption": datasets.Value("string")}
+    array_types = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
+    for name, value in example.items():
+        if value.ndim == 1:
+            spec[name] = datasets.Sequence(datasets.Value(str(value.dtype)), length=value.shape[0])
+        else:
+            spec[name] = array_types[value.ndim](shape=value.shape, dtype=str(value.dtype))
+    return datasets.Features(spec)
+
+
+def _to_numpy(tensor: torch.Tensor, cache_dtype: str) -> np.ndarray:
+    if tensor.is_floating_point():
+        return tensor.detach().to("cpu", getattr(torch, cache_dtype)).numpy()
+    return tensor.detach().to("cpu", torch.int64).numpy()
+
+
+def _encode_chunk(family, encoders, entries, root: Path, settings: CacheSettings):
+    rows, skipped = [], []
+    decoded = []
+    for entry in entries:
+        try:
+            decoded.append((entry, decode_video(entry.video_path, settings.sampling)))
+        except VideoDecodeError as error:
+            skipped.append({"source": str(entry.video_path), "reason": error.reason})
+    if not decoded:
+        return rows, skipped
+    text = family.encode_prompts(encoders, [entry.caption for entry, _ in decoded])
+    for i, (entry, video) in enumerate(decoded):
+        latents = family.encode_videos(encoders, video.unsqueeze(0))
+        tensors = {name: _to_numpy(value[0], settings.cache_dtype) for name, value in latents.items()}
+        tensors.update({name: _to_numpy(value[i], settings.cache_dtype) for name, value in text.items()})
+        rows.append((entry, tensors))
+    return rows, skipped
+
+
+def _write_chunk(chunk_dir: Path, rows, skipped, root: Path) -> None:
+    tmp = chunk_dir.with_name(chunk_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if rows:
+        features = _features(rows[0][1])
+        records = [
+            {"index": entry.index, "video": str(entry.video_path.relative_to(root)), "caption": entry.caption, **tensors}
+            for entry, tensors in rows
+        ]
+        datasets.Dataset.from_list(records, features=features).save_to_disk(str(tmp / "data"))
+    (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    os.replace(tmp, chunk_dir)
+
+
+def _merge(cache_path: Path, num_chunks: int, listing_skipped: list[dict]) -> CacheReport:
+    parts, skipped = [], list(listing_skipped)
+    for chunk in range(num_chunks):
+        chunk_dir = cache_path / "chunks" / f"{chunk:05d}"
+        skipped += json.loads((chunk_dir / "skipped.json").read_text())
+        if (chunk_dir / "data").exists():
+            parts.append(datasets.load_from_disk(str(chunk_dir / "data")))
+    if not parts:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5])
+        raise EmptyCacheError(f"no video could be encoded into {cache_path} ({reasons})")
+    merged = datasets.concatenate_datasets(parts).sort("index")
+    tmp = cache_path / "dataset.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_to_disk(str(tmp))
+    os.replace(tmp, cache_path / "dataset")
+    report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped)
+    manifest = {"num_cached": report.num_cached, "skipped": skipped, "complete": True}
+    (cache_path / "manifest.tmp").write_text(json.dumps(manifest, indent=1))
+    os.replace(cache_path / "manifest.tmp", cache_path / "manifest.json")
+    shutil.rmtree(cache_path / "chunks", ignore_errors=True)
+    return report
+
+
+def _read_report(cache_path: Path) -> CacheReport:
+    manifest = json.loads((cache_path / "manifest.json").read_text())
+    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=True)
+
+
+def precompute_latent_cache(
+    family,
+    data_root: str | Path,
+    cache_root: str | Path,
+    settings: CacheSettings,
+    accelerator=None,
+    strict: bool = False,
+    device: str | torch.device | None = None,
+) -> CacheReport:
+    """Encode the dataset once (or find it already encoded) and return where it lies and what was skipped.
+
+    With an `accelerator`, every process must call this: each encodes chunk i when i % num_processes equals
+    its index, then the main process merges while the others wait.
+    """
+    root = Path(data_root).resolve()
+    listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token)
+    listing_skipped = [{"source": item.source, "reason": item.reason} for item in listing.skipped]
+    if strict and listing_skipped:
+        raise DatasetFormatError(f"{root}: strict_data is set and {len(listing_skipped)} item(s) are unusable: "
+                                 + "; ".join(f"{s['source']}: {s['reason']}" for s in listing_skipped[:5]))
+    entries = list(listing.entries)
+    fingerprint = cache_fingerprint(family, root, entries, settings)
+    cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
+    if (cache_path / "manifest.json").exists():
+        return _read_report(cache_path)
+
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    is_main = rank == 0
+    chunks = [entries[i : i + CHUNK_SIZE] for i in range(0, len(entries), CHUNK_SIZE)]
+    mine = [i for i in range(len(chunks)) if i % world == rank]
+    todo = [i for i in mine if not (cache_path / "chunks" / f"{i:05d}").exists()]
+    if is_main:
+        (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
+        (cache_path / "settings.json").write_text(
+            json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, indent=1, default=str)
+        )
+    if accelerator:
+        accelerator.wait_for_everyone()
+    if todo:
+        device = device or (accelerator.device if accelerator else "cpu")
+        encoders = family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling)
+        with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
+                  disable=not is_main) as progress:
+            for i in todo:
+                rows, skipped = _encode_chunk(family, encoders, chunks[i], root, settings)
+                if strict and skipped:
+                    raise VideoDecodeError(Path(skipped[0]["source"]), skipped[0]["reason"] + " (strict_data is set)")
+                _write_chunk(cache_path / "chunks" / f"{i:05d}", rows, skipped, root)
+                progress.update(len(chunks[i]))
+        del encoders
+    if accelerator:
+        accelerator.wait_for_everyone()
+    if is_main:
+        report = _merge(cache_path, len(chunks), listing_skipped)
+        logger.info(report.summary())
+    if accelerator:
+        accelerator.wait_for_everyone()
+    return _read_report(cache_path) if not is_main else report

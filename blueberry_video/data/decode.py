@@ -1,0 +1,346 @@
+"""Decode a training clip from a video file: [F, 3, H, W] float32 RGB in [-1, 1].
+
+ffmpeg does all the pixel work in one streaming pass: `select` keeps only the source frames the
+clip needs, `scale` resizes them so they cover H x W with the display aspect ratio kept (it sees
+the sample aspect ratio and any rotation ffmpeg already applied), and `crop` cuts H x W out. Only
+the selected frames are resized and piped to Python, and ffmpeg stops after the last one, so
+taking 49 frames from the start of a long 1080p file costs about as much as taking them from a
+short one. Requires ffmpeg >= 5.1 (for -fps_mode); imageio-ffmpeg bundles a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from blueberry_video.errors import BlueberryError
+
+CROP_MODES = ("center", "random")
+SHORT_VIDEO_POLICIES = ("skip", "loop", "pad")
+PROBE_TIMEOUT_S = 60
+
+
+class VideoDecodeError(BlueberryError):
+    """A video cannot be decoded; `path` is the file and `reason` says why and what to do."""
+
+    # `reason` has a default so that `type(error)(message)` works: torch's DataLoader rebuilds
+    # worker exceptions that way, and would otherwise turn ours into a plain RuntimeError.
+    def __init__(self, path, reason: str = ""):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if reason else str(path))
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+class VideoTooShortError(VideoDecodeError):
+    """The video has fewer usable frames than the sampling asks for (and short_video='skip')."""
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames to take from a video and the size to bring them to."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None = None
+    skip_frames_start: int = 0
+    skip_frames_end: int = 0
+    crop: str = "center"
+    short_video: str = "skip"
+
+    def __post_init__(self):
+        for name in ("num_frames", "height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FrameSampling.{name} must be a positive integer, got {value!r}")
+        for name in ("skip_frames_start", "skip_frames_end"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"FrameSampling.{name} must be an integer >= 0, got {value!r}")
+        if self.fps is not None and not (
+            isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0
+        ):
+            raise ValueError(f"FrameSampling.fps must be None (consecutive frames) or a number > 0, got {self.fps!r}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"FrameSampling.crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}")
+        if self.short_video not in SHORT_VIDEO_POLICIES:
+            raise ValueError(
+                f"FrameSampling.short_video must be one of {', '.join(SHORT_VIDEO_POLICIES)}, got {self.short_video!r}"
+            )
+
+
+@dataclass
+class VideoInfo:
+    """What ffmpeg reports about a file; width/height are as displayed after any rotation."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration: float
+    has_audio: bool
+    sar: float = 1.0
+
+
+def probe_video(path) -> VideoInfo:
+    """Read a video's header with `ffmpeg -i` (no decoding); raise VideoDecodeError if unusable."""
+    path = Path(path)
+    _check_is_file(path)
+    try:
+        result = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise VideoDecodeError(path, f"ffmpeg did not read the header within {PROBE_TIMEOUT_S} s") from error
+    except OSError as error:
+        raise VideoDecodeError(path, f"cannot run ffmpeg ({error}); reinstall imageio-ffmpeg") from error
+    return _parse_header(path, result.stderr.decode("utf-8", errors="replace"))
+
+
+def decode_video(path, sampling: FrameSampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode `sampling.num_frames` frames from the start of the usable span of `path`.
+
+    Returns float32 [F, 3, H, W], RGB, in [-1, 1]. With `sampling.fps` set, frame k is the source
+    frame nearest to time k / fps; otherwise frames are consecutive. `generator` drives the crop
+    position when sampling.crop == "random".
+    """
+    path = Path(path)
+    info = probe_video(path)
+    wanted = _source_indices(info, sampling)
+    unique = sorted(set(wanted))
+    # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
+    # skipped tail without decoding the rest of the file.
+    sentinel = [unique[-1] + sampling.skip_frames_end] if sampling.skip_frames_end else []
+    frames = _stream_frames(path, unique + sentinel, sampling, _crop_fractions(sampling, generator))
+
+    usable = _usable_count(path, unique, len(frames), sampling)
+    # `wanted` is non-decreasing, so the frames we can serve are a prefix of it.
+    position = {index: slot for slot, index in enumerate(unique)}
+    slots = [position[index] for index in wanted]
+    available = sum(1 for slot in slots if slot < usable)
+    slots = _fill_short_clip(slots[:available], path, info, sampling)
+
+    clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
+    return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def _usable_count(path: Path, unique: list[int], received: int, sampling: FrameSampling) -> int:
+    """How many of the source frames `unique` lie in the usable span, given `received` came back."""
+    if received > len(unique):  # the sentinel arrived
+        return len(unique)
+    if not sampling.skip_frames_end:
+        return received
+    # The video ended before the sentinel: only its true length tells which frames are in the tail.
+    end = _count_frames(path) - sampling.skip_frames_end
+    return sum(1 for index in unique[:received] if index < end)
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(path, "file not found; check the dataset's video paths")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes); re-download or re-encode it")
+
+
+def _parse_header(path: Path, text: str) -> VideoInfo:
+    video_line = re.search(r"Stream #\S+.*?: Video: (.*)", text)
+    if video_line is None:
+        raise VideoDecodeError(path, _unreadable_reason(text))
+    stream = video_line.group(1)
+    size = re.search(r", (\d+)x(\d+)[ ,]", stream + " ")
+    if size is None:
+        raise VideoDecodeError(path, f"ffmpeg reports no frame size for the video stream ({stream[:200]})")
+    width, height = int(size.group(1)), int(size.group(2))
+
+    sar_match = re.search(r"\[SAR (\d+):(\d+) DAR", stream)
+    sar = 1.0
+    if sar_match and int(sar_match.group(1)) > 0 and int(sar_match.group(2)) > 0:
+        sar = int(sar_match.group(1)) / int(sar_match.group(2))
+
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)", text)
+    if rotation and round(abs(float(rotation.group(1) or rotation.group(2)))) % 180 == 90:
+        # ffmpeg auto-rotates while decoding, so describe the frames as the decoder outputs them.
+        width, height, sar = height, width, 1.0 / sar
+
+    duration_match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    duration = 0.0
+    if duration_match:
+        hours, minutes, seconds = duration_match.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+    fps = _parse_fps(stream)
+    return VideoInfo(
+        path=path,
+        width=width,
+        height=height,
+        fps=fps,
+        num_frames=int(round(duration * fps)),
+        duration=duration,
+        has_audio=re.search(r"Stream #\S+.*?: Audio: ", text) is not None,
+        sar=sar,
+    )
+
+
+def _parse_fps(stream: str) -> float:
+    match = re.search(r"([\d.]+)(k?) fps", stream) or re.search(r"([\d.]+)(k?) tbr", stream)
+    if match is None:
+        return 0.0
+    fps = float(match.group(1)) * (1000 if match.group(2) else 1)
+    # ffmpeg prints rates with two decimals; restore NTSC rates (30000/1001 printed as 29.97)
+    # so frame timestamps stay exact over long clips.
+    ntsc_base = round(fps * 1.001)
+    if fps != int(fps) and ntsc_base and abs(fps * 1.001 - ntsc_base) < 0.01:
+        return ntsc_base * 1000 / 1001
+    return fps
+
+
+def _unreadable_reason(text: str) -> str:
+    if re.search(r"Stream #\S+.*?: (Audio|Subtitle|Data): ", text):
+        return "has no video stream (audio or data only); remove it from the dataset"
+    if "moov atom not found" in text:
+        return "not a complete MP4 (moov atom not found): truncated, still being written, or not a video"
+    return f"ffmpeg cannot read it ({_ffmpeg_complaint(text)}); re-encode it or remove it from the dataset"
+
+
+def _ffmpeg_complaint(text: str) -> str:
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and "At least one output file must be specified" not in line and not line.startswith("===")
+    ]
+    errors = [line for line in lines if re.search(r"error|invalid|could not|not found", line, re.IGNORECASE)]
+    chosen = (errors or lines or ["no message"])[-1]
+    return chosen[:300]
+
+
+def _source_indices(info: VideoInfo, sampling: FrameSampling) -> list[int]:
+    start = sampling.skip_frames_start
+    if sampling.fps is None:
+        return list(range(start, start + sampling.num_frames))
+    if info.fps <= 0:
+        raise VideoDecodeError(
+            info.path, f"frame rate unknown, so it cannot be sampled at fps={sampling.fps}; use fps=None"
+        )
+    step = info.fps / sampling.fps
+    # floor(x + 0.5) rather than round(): Python's round() sends exact halves to even numbers.
+    return [start + math.floor(k * step + 0.5) for k in range(sampling.num_frames)]
+
+
+def _crop_fractions(sampling: FrameSampling, generator: torch.Generator | None) -> tuple[float, float] | None:
+    if sampling.crop == "center":
+        return None
+    fraction_x, fraction_y = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+    return fraction_x, fraction_y
+
+
+def _filter_graph(indices: list[int], sampling: FrameSampling, crop_fractions: tuple[float, float] | None) -> str:
+    width, height = sampling.width, sampling.height
+    # Cover H x W in display pixels (iw*sar wide), then crop: the aspect ratio is never changed.
+    factor = f"max({width}/(iw*sar),{height}/ih)"
+    scale = f"scale=w='max({width},round(iw*sar*{factor}))':h='max({height},round(ih*{factor}))':flags=bicubic"
+    if crop_fractions is None:
+        x, y = "floor((iw-ow)/2)", "floor((ih-oh)/2)"
+    else:
+        x = f"min(iw-ow,floor((iw-ow+1)*{crop_fractions[0]:.9f}))"
+        y = f"min(ih-oh,floor((ih-oh+1)*{crop_fractions[1]:.9f}))"
+    # Cropping in rgb24 keeps odd offsets exact (yuv420p would round them to even).
+    return f"select='{_select_expression(indices)}',{scale},format=rgb24,crop={width}:{height}:'{x}':'{y}',setsar=1"
+
+
+def _select_expression(indices: list[int]) -> str:
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return "+".join(f"eq(n,{a})" if a == b else f"between(n,{a},{b})" for a, b in runs)
+
+
+def _stream_frames(
+    path: Path,
+    indices: list[int],
+    sampling: FrameSampling,
+    crop_fractions: tuple[float, float] | None,
+) -> np.ndarray:
+    """Return uint8 [N, H, W, 3] for the source frames `indices` (fewer if the video ends first)."""
+    height, width = sampling.height, sampling.width
+    output_params = [
+        "-map", "0:v:0", "-an", "-sn", "-dn",
+        "-vf", _filter_graph(indices, sampling, crop_fractions),
+        # Without passthrough, ffmpeg would duplicate frames to fill the gaps `select` leaves.
+        "-fps_mode", "passthrough",
+        "-frames:v", str(len(indices)),
+    ]  # fmt: skip
+    frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+    received = 0
+    reader = imageio_ffmpeg.read_frames(str(path.absolute()), output_params=output_params)
+    try:
+        meta = next(reader)
+        if tuple(meta["size"]) != (width, height):
+            raise VideoDecodeError(path, f"ffmpeg produced {meta['size']} frames instead of {width}x{height}")
+        for raw in reader:
+            frames[received] = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+            received += 1
+            if received == len(indices):
+                break
+    except VideoDecodeError:
+        raise
+    except Exception as error:  # imageio raises OSError/RuntimeError/parse errors with ffmpeg's log
+        raise VideoDecodeError(path, f"ffmpeg failed while decoding ({_ffmpeg_complaint(str(error))})") from error
+    finally:
+        reader.close()
+    return frames[:received]
+
+
+def _count_frames(path: Path) -> int:
+    try:
+        count, _ = imageio_ffmpeg.count_frames_and_secs(str(path.absolute()))
+    except Exception as error:  # a RuntimeError carrying ffmpeg's log
+        raise VideoDecodeError(path, f"cannot count frames ({_ffmpeg_complaint(str(error))})") from error
+    return int(count or 0)
+
+
+def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+    needed = sampling.num_frames
+    if len(slots) == needed:
+        return slots
+    if not slots or sampling.short_video == "skip":
+        rate = f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps else "consecutive frames"
+        raise VideoTooShortError(
+            path,
+            f"only {len(slots)} of the {needed} frames needed are available ({rate}, skipping "
+            f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); "
+            "ask for fewer num_frames, a lower fps or less skipping, or set short_video='loop' or 'pad'",
+        )
+    if sampling.short_video == "loop":
+        return [slots[k % len(slots)] for k in range(needed)]
+    return slots + [slots[-1]] * (needed - len(slots))
+
+
+class _DropResizeNotice(logging.Filter):
+    """imageio-ffmpeg warns whenever output size differs from the source; here that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("The frame size for reading")
+
+
+_imageio_logger = logging.getLogger("imageio_ffmpeg")
+if not any(type(existing).__name__ == _DropResizeNotice.__name__ for existing in _imageio_logger.filters):
+    _imageio_logger.addFilter(_DropResizeNotice())

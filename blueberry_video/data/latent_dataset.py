@@ -1,0 +1,56 @@
+"""The torch datasets training reads: latents and text conditioning from the cache, or random stand-ins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import torch
+
+from blueberry_video.training.sampling import sample_seed
+
+NON_TENSOR_COLUMNS = ("index", "video", "caption")
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Items of a built latent cache, each `repeats` times; `sample_index` keys the item's randomness."""
+
+    def __init__(self, cache_path: str | Path, repeats: int = 1):
+        self.table = datasets.load_from_disk(str(Path(cache_path) / "dataset"))
+        self.tensor_columns = [c for c in self.table.column_names if c not in NON_TENSOR_COLUMNS]
+        self.table = self.table.with_format("torch", columns=self.tensor_columns)
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return len(self.table) * self.repeats
+
+    def __getitem__(self, sample_index: int) -> dict[str, torch.Tensor]:
+        item = dict(self.table[sample_index % len(self.table)])
+        item["sample_index"] = torch.tensor(sample_index)
+        return item
+
+
+class DummyLatentDataset(torch.utils.data.Dataset):
+    """Random latents and text conditioning of the shapes the cache would hold: no videos, no encoders.
+
+    Each item is a fixed function of (seed, index), so a model can fit it and a run can be resumed.
+    """
+
+    def __init__(self, family, num_samples: int, num_frames: int, height: int, width: int, seed: int = 0):
+        self.family = family
+        self.num_samples = num_samples
+        self.latent_shape = family.latent_shape(num_frames, height, width)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, sample_index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, -1, sample_index))
+        item = {
+            "latent_mean": torch.randn(self.latent_shape, generator=generator),
+            "latent_std": torch.full(self.latent_shape, 0.05),
+        }
+        item.update(self.family.dummy_text_conditioning(generator))
+        item["sample_index"] = torch.tensor(sample_index)
+        return item

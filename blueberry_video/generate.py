@@ -1,0 +1,42 @@
+"""Generate a video from a base model plus a trained LoRA or fine-tuned transformer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blueberry_video.data.video_writer import write_mp4
+from blueberry_video.models import load_family
+
+
+def load_pipeline(family, lora: str | None = None, transformer_dir: str | None = None,
+                  lora_scale: float = 1.0, dtype: torch.dtype = torch.float32):
+    transformer = None
+    if transformer_dir:
+        transformer = family.transformer_class.from_pretrained(transformer_dir, subfolder="transformer"
+                                                               if (Path(transformer_dir) / "transformer").is_dir() else None,
+                                                               dtype=dtype)
+    pipe = (family.build_pipeline(transformer, dtype) if transformer is not None
+            else family.pipeline_class.from_pretrained(family.model_dir, dtype=dtype))
+    if lora:
+        pipe.load_lora_weights(lora, adapter_name="trained")
+        pipe.set_adapters(["trained"], [lora_scale])
+    return pipe
+
+
+def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=None, transformer_dir=None,
+             num_frames: int = 49, height: int = 480, width: int = 720, num_inference_steps: int = 50,
+             guidance_scale: float = 6.0, seed: int = 0, fps: int = 8, lora_scale: float = 1.0,
+             device: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    family = load_family(family_name, model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype).to(device)
+    frames = pipe(
+        prompt=prompt, num_frames=num_frames, height=height, width=width,
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        generator=torch.Generator(device=device).manual_seed(seed), output_type="np",
+        **family.generation_kwargs(num_frames, height, width),
+    ).frames[0]
+    return write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out, fps=fps)

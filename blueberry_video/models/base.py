@@ -1,0 +1,174 @@
+"""The per-family interface: everything that differs between CogVideoX, HunyuanVideo, ... lives behind it.
+
+The training loop, the latent cache, validation and export only talk to a `ModelFamily`.
+Adding a family means one new module implementing this class and one `register_family` line.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from blueberry_video.errors import ConfigError, ModelLayoutError
+
+
+@dataclass
+class Encoders:
+    """The frozen parts used once, to build the latent cache: the VAE and the text encoder(s)."""
+
+    vae: torch.nn.Module
+    text_modules: dict[str, Any] = field(default_factory=dict)  # text_encoder, tokenizer, ... by pipeline name
+
+
+class ModelFamily(ABC):
+    """How one model family loads, encodes, computes its training loss and builds its pipeline."""
+
+    name: ClassVar[str]
+    transformer_class: ClassVar[type]
+    pipeline_class: ClassVar[type]
+    # Sub-folders a model directory must have (diffusers layout).
+    required_subfolders: ClassVar[tuple[str, ...]]
+    # peft target modules used when the user names none: the attention projections.
+    default_lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Block class names, for FSDP auto-wrap and for `torch.compile` of blocks.
+    block_class_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        if not self.model_dir.is_dir():
+            raise ModelLayoutError(
+                f"{self.model_dir}: model directory not found. Point --pretrained_model_name_or_path at a local "
+                f"directory in the diffusers layout, or build a tiny one with "
+                f"`blueberry-video make-tiny-model --family {self.name} DIR`."
+            )
+        missing = [sub for sub in self.required_subfolders if not (self.model_dir / sub).is_dir()]
+        if missing:
+            raise ModelLayoutError(
+                f"{self.model_dir}: missing sub-folder(s) {', '.join(missing)}. A {self.name} model directory "
+                f"needs {', '.join(self.required_subfolders)} (the layout `save_pretrained` of "
+                f"{self.pipeline_class.__name__} writes)."
+            )
+
+    def read_config(self, subfolder: str) -> dict:
+        """A component's config.json (or scheduler_config.json) without loading its weights."""
+        folder = self.model_dir / subfolder
+        for name in ("config.json", "scheduler_config.json"):
+            if (folder / name).is_file():
+                return json.loads((folder / name).read_text())
+        raise ModelLayoutError(f"{folder}: no config.json or scheduler_config.json")
+
+    @property
+    def transformer_config(self) -> dict:
+        return self.read_config("transformer")
+
+    # --- geometry -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
+        """Raise ConfigError naming the setting and the nearest valid value if the VAE/patching cannot take it."""
+
+    @abstractmethod
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(channels, frames, height, width) of the VAE latent for a video of this size."""
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        return self.transformer_class.from_pretrained(self.model_dir, subfolder="transformer", dtype=dtype)
+
+    @abstractmethod
+    def load_training_scheduler(self):
+        """The noise scheduler whose schedule defines the training objective."""
+
+    @abstractmethod
+    def load_encoders(self, dtype: torch.dtype, device: torch.device | str, vae_tiling: bool = False) -> Encoders:
+        """The VAE and text encoder(s), frozen, in eval mode, on `device`; `vae_tiling` for large videos."""
+
+    # --- the latent cache ------------------------------------------------------------------------
+
+    def cache_key(self) -> dict:
+        """Everything in the model directory that changes what the cache holds: the encoders' configs and
+        their weight files (by size and modification time, so that checking costs no reading)."""
+        key = {"family": self.name, "model_dir": str(self.model_dir.resolve())}
+        for sub in self.required_subfolders:
+            if sub == "transformer":
+                continue
+            folder = self.model_dir / sub
+            key[sub] = sorted(
+                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+            )
+        return key
+
+    @abstractmethod
+    @torch.no_grad()
+    def encode_videos(self, encoders: Encoders, videos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """videos [B, F, C, H, W] in [-1, 1] -> {"latent_mean", "latent_std"}, each [B, C, F', H', W']."""
+
+    @abstractmethod
+    @torch.no_grad()
+    def encode_prompts(self, encoders: Encoders, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Text conditioning exactly as the family's pipeline computes it, batched along dim 0."""
+
+    @abstractmethod
+    def dummy_text_conditioning(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random conditioning with the shapes `encode_prompts` returns for one prompt (no batch dim)."""
+
+    # --- training ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def training_loss(
+        self,
+        transformer: torch.nn.Module,
+        scheduler,
+        batch: dict[str, torch.Tensor],
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """The family's diffusion loss for a batch from the cache; `generators[i]` draws sample i's randomness."""
+
+    # --- inference ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_pipeline(self, transformer: torch.nn.Module, dtype: torch.dtype):
+        """The diffusers pipeline around `transformer`, other parts loaded from the model directory."""
+
+    @abstractmethod
+    def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
+        """Extra keyword arguments the pipeline's __call__ needs for this model (e.g. max_sequence_length)."""
+
+    # --- tiny models -------------------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def save_tiny_pipeline(cls, out_dir: str | Path, seed: int = 0) -> Path:
+        """Build a randomly initialised CPU-sized pipeline and save it in the diffusers layout."""
+
+
+def nearest_valid(value: int, is_valid) -> int:
+    """The closest integer to `value` for which `is_valid` holds (ties go up)."""
+    for delta in range(0, 10_000):
+        for candidate in (value + delta, value - delta):
+            if candidate > 0 and is_valid(candidate):
+                return candidate
+    raise ConfigError(f"no valid value near {value}")
+
+
+def unwrap_model(module):
+    """The model inside DDP / compile wrappers, for reading its config."""
+    while hasattr(module, "module"):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+def vae_latent_distribution(vae, videos: torch.Tensor) -> dict[str, torch.Tensor]:
+    """videos [B, F, C, H, W] in [-1, 1] -> the VAE posterior's {"latent_mean", "latent_std"}, [B, C, F', H', W']."""
+    pixels = videos.to(vae.device, vae.dtype).permute(0, 2, 1, 3, 4)  # the video VAEs take [B, C, F, H, W]
+    dist = vae.encode(pixels).latent_dist
+    return {"latent_mean": dist.mean, "latent_std": dist.std}

@@ -1,0 +1,195 @@
+"""CogVideoX (1.0 and 1.5; 2b and 5b): loading, encoding, the v-prediction objective and the pipeline."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+from blueberry_video.errors import ConfigError
+from blueberry_video.models.base import (
+    Encoders,
+    ModelFamily,
+    nearest_valid,
+    unwrap_model,
+    vae_latent_distribution,
+)
+from blueberry_video.training.objectives import cogvideox_loss
+from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
+
+
+class CogVideoXFamily(ModelFamily):
+    name = "cogvideox"
+    transformer_class = CogVideoXTransformer3DModel
+    pipeline_class = CogVideoXPipeline
+    required_subfolders = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    default_lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
+    block_class_names = ("CogVideoXBlock",)
+
+    # --- geometry ---------------------------------------------------------------------------------
+
+    @property
+    def _vae_config(self) -> dict:
+        return self.read_config("vae")
+
+    @property
+    def spatial_compression(self) -> int:
+        return 2 ** (len(self._vae_config["block_out_channels"]) - 1)
+
+    @property
+    def temporal_compression(self) -> int:
+        return self._vae_config.get("temporal_compression_ratio", 4)
+
+    def _frames_valid(self, num_frames: int) -> bool:
+        t = self.temporal_compression
+        if (num_frames - 1) % t:
+            return False
+        # CogVideoX 1.5 patches latent frames in pairs: the latent frame count must divide by patch_size_t.
+        p_t = self.transformer_config.get("patch_size_t")
+        return p_t is None or ((num_frames - 1) // t + 1) % p_t == 0
+
+    def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
+        if not self._frames_valid(num_frames):
+            rule = f"{self.temporal_compression}k+1"
+            if self.transformer_config.get("patch_size_t"):
+                rule = f"{self.temporal_compression * self.transformer_config['patch_size_t']}k+1"
+            raise ConfigError(
+                f"max_num_frames={num_frames}: this CogVideoX model's VAE takes {rule} frames; "
+                f"use {nearest_valid(num_frames, self._frames_valid)}"
+            )
+        multiple = self.spatial_compression * self.transformer_config["patch_size"]
+        for setting, value in (("height", height), ("width", width)):
+            if value % multiple:
+                raise ConfigError(
+                    f"{setting}={value}: must be a multiple of {multiple} (VAE downsampling x patch size); "
+                    f"use {nearest_valid(value, lambda v: v % multiple == 0)}"
+                )
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        s = self.spatial_compression
+        return (
+            self._vae_config["latent_channels"],
+            (num_frames - 1) // self.temporal_compression + 1,
+            height // s,
+            width // s,
+        )
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    def load_training_scheduler(self):
+        return CogVideoXDPMScheduler.from_pretrained(self.model_dir, subfolder="scheduler")
+
+    def load_encoders(self, dtype: torch.dtype, device, vae_tiling: bool = False) -> Encoders:
+        # The pipeline's own loader, minus the transformer: the cache then encodes exactly as it does.
+        pipe = CogVideoXPipeline.from_pretrained(self.model_dir, transformer=None, dtype=dtype).to(device)
+        if vae_tiling:
+            pipe.vae.enable_tiling()
+        return Encoders(vae=pipe.vae, text_modules={"pipeline": pipe})
+
+    # --- the latent cache -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_videos(self, encoders: Encoders, videos: torch.Tensor) -> dict[str, torch.Tensor]:
+        return vae_latent_distribution(encoders.vae, videos)
+
+    def cache_key(self) -> dict:
+        # The prompt length comes from the transformer's config, not the text encoder's.
+        return {**super().cache_key(), "max_text_length": self.max_text_length}
+
+    @property
+    def max_text_length(self) -> int:
+        return self.transformer_config.get("max_text_seq_length", 226)
+
+    @torch.no_grad()
+    def encode_prompts(self, encoders: Encoders, prompts: list[str]) -> dict[str, torch.Tensor]:
+        pipe = encoders.text_modules["pipeline"]
+        prompt_embeds, _ = pipe.encode_prompt(
+            prompts,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_text_length,
+            device=pipe.text_encoder.device,
+        )
+        return {"prompt_embeds": prompt_embeds}
+
+    def dummy_text_conditioning(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        dim = self.transformer_config["text_embed_dim"]
+        return {"prompt_embeds": torch.randn(self.max_text_length, dim, generator=generator)}
+
+    # --- training ---------------------------------------------------------------------------------------
+
+    def training_loss(self, transformer, scheduler, batch, generators):
+        config = unwrap_model(transformer).config
+        latents, noise, timesteps = draw_latent_noise_and_timesteps(
+            batch["latent_mean"],
+            batch["latent_std"],
+            generators,
+            num_train_timesteps=scheduler.config.num_train_timesteps,
+        )
+        scaling = self._vae_config.get("scaling_factor", 1.15258426)
+        latents = (latents * scaling).permute(0, 2, 1, 3, 4)  # transformer takes [B, F, C, H, W]
+        noise = noise.permute(0, 2, 1, 3, 4)
+        if config.patch_size_t is not None and latents.shape[1] % config.patch_size_t:
+            # 1.5 patches frames in pairs: repeat the first latent frame, as its pipeline pads.
+            pad = config.patch_size_t - latents.shape[1] % config.patch_size_t
+            latents = torch.cat([latents[:, :1].expand(-1, pad, -1, -1, -1), latents], dim=1)
+            noise = torch.cat([noise[:, :1].expand(-1, pad, -1, -1, -1), noise], dim=1)
+
+        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+        height, width = (dim * self.spatial_compression for dim in latents.shape[-2:])
+        rotary = (
+            _rotary_embeddings(config, self.spatial_compression, height, width, latents.shape[1], latents.device)
+            if config.use_rotary_positional_embeddings
+            else None
+        )
+        extra = {}
+        if config.ofs_embed_dim is not None:
+            extra["ofs"] = latents.new_full((latents.shape[0],), 2.0)  # the value the 1.5 pipelines pass
+        prompt_embeds = batch["prompt_embeds"].to(noisy_latents.dtype)
+        model_output = transformer(
+            hidden_states=noisy_latents,
+            encoder_hidden_states=prompt_embeds,
+            timestep=timesteps,
+            image_rotary_emb=rotary,
+            return_dict=False,
+            **extra,
+        )[0]
+        return cogvideox_loss(model_output, noisy_latents, latents, timesteps, scheduler)
+
+    # --- inference ------------------------------------------------------------------------------------------
+
+    def build_pipeline(self, transformer, dtype: torch.dtype):
+        return CogVideoXPipeline.from_pretrained(self.model_dir, transformer=transformer, dtype=dtype)
+
+    def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
+        return {"max_sequence_length": self.max_text_length}
+
+    # --- tiny model -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def save_tiny_pipeline(cls, out_dir, seed: int = 0) -> Path:
+        from blueberry_video.models.presets import tiny_cogvideox_components
+
+        pipe = CogVideoXPipeline(**tiny_cogvideox_components(seed))
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+        return Path(out_dir)
+
+
+@lru_cache(maxsize=8)
+def _rotary_cached(config_items, spatial_compression, height, width, latent_frames, device_str):
+    # The pipeline's own method, given the two attributes it reads, so training and inference agree.
+    holder = SimpleNamespace(
+        transformer=SimpleNamespace(config=SimpleNamespace(**dict(config_items))),
+        vae_scale_factor_spatial=spatial_compression,
+    )
+    return CogVideoXPipeline._prepare_rotary_positional_embeddings(
+        holder, height, width, latent_frames, torch.device(device_str)
+    )
+
+
+def _rotary_embeddings(config, spatial_compression, height, width, latent_frames, device):
+    keys = ("attention_head_dim", "patch_size", "patch_size_t", "sample_width", "sample_height")
+    items = tuple((k, config[k] if isinstance(config, dict) else getattr(config, k)) for k in keys)
+    return _rotary_cached(items, spatial_compression, height, width, latent_frames, str(device))

@@ -1,0 +1,1 @@
+"""The family-independent training pieces: objectives, sampling, LoRA, optimizers, checkpoints, the loop."""

@@ -1,0 +1,102 @@
+"""Resumable checkpoints: written whole or not at all, newest K kept, found again by `latest`.
+
+`accelerator.save_state` writes into `checkpoint-N.tmp`; only after every process has finished does the
+main process add `training_state.json` and rename the folder, so a kill mid-save never leaves a
+`checkpoint-N` that looks complete. For LoRA runs only the adapter is saved, not the frozen transformer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from blueberry_video.errors import ConfigError
+from blueberry_video.training.lora import ADAPTER, lora_state_dict
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.json"
+LORA_FILE = "lora_adapter.safetensors"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def register_lora_checkpoint_hooks(accelerator, training_mode: str) -> None:
+    """Make save_state/load_state store only the LoRA weights of the transformer (not gigabytes of frozen ones)."""
+    if training_mode != "lora" or accelerator.distributed_type.value == "DEEPSPEED":
+        return
+    from peft.utils import set_peft_model_state_dict
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                state = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(accelerator.unwrap_model(model)).items()}
+                save_file(state, os.path.join(output_dir, LORA_FILE))
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            set_peft_model_state_dict(model, load_file(os.path.join(input_dir, LORA_FILE)), adapter_name=ADAPTER)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def checkpoint_steps(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = _NAME.match(path.name)
+        if match and path.is_dir():
+            if (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+            else:
+                logger.warning("ignoring incomplete checkpoint %s (no %s)", path, STATE_FILE)
+    return sorted(found)
+
+
+def resolve_resume_path(output_dir, resume_from_checkpoint: str | None) -> Path | None:
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = checkpoint_steps(output_dir)
+        if not found:
+            logger.warning("resume_from_checkpoint=latest: no checkpoint in %s, starting a new run", output_dir)
+            return None
+        return found[-1][1]
+    path = Path(resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"resume_from_checkpoint={path}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit: int | None) -> Path | None:
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if final.exists():  # a checkpoint of the same step from a run that was resumed before it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit:
+            for _, old in checkpoint_steps(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())

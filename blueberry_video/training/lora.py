@@ -1,0 +1,73 @@
+"""Making the transformer trainable: a peft LoRA adapter, or every parameter."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from blueberry_video.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER = "default"
+
+
+def add_lora(transformer, config, family) -> None:
+    targets = list(config.lora_target_modules or family.default_lora_target_modules)
+    transformer.add_adapter(
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            init_lora_weights=True,
+            target_modules=targets,
+        )
+    )
+    if config.init_lora_weights:
+        load_lora_into(transformer, config.init_lora_weights)
+
+
+def load_lora_into(transformer, path: str | Path) -> None:
+    """Start from an existing diffusers-format LoRA (as this toolkit or diffusers scripts save it)."""
+    path = Path(path)
+    file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"init_lora_weights={path}: no pytorch_lora_weights.safetensors there")
+    state = {k.removeprefix("transformer."): v for k, v in load_file(file).items()}
+    result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ConfigError(
+            f"init_lora_weights={file}: {len(unexpected)} keys do not match this model's LoRA "
+            f"(e.g. {unexpected[0]}); check rank and lora_target_modules match the file"
+        )
+
+
+def make_trainable(transformer, config, family) -> list[torch.nn.Parameter]:
+    """Freeze what is not trained; return the trained parameters (kept in fp32 for the optimizer)."""
+    if config.training_mode == "lora":
+        transformer.requires_grad_(False)
+        add_lora(transformer, config, family)
+    else:
+        transformer.requires_grad_(True)
+    cast_training_params(transformer, dtype=torch.float32)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return params
+
+
+def lora_state_dict(transformer, state_dict=None) -> dict[str, torch.Tensor]:
+    """The adapter's weights under diffusers' key names; `state_dict` may be a gathered full one."""
+    return get_peft_model_state_dict(transformer, state_dict=state_dict, adapter_name=ADAPTER)
+
+
+def lora_metadata(transformer) -> dict:
+    """rank, alpha and targets saved beside the weights, so loaders scale the update as training did."""
+    return transformer.peft_config[ADAPTER].to_dict()

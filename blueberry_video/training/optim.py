@@ -1,0 +1,38 @@
+"""Optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from blueberry_video.errors import ConfigError
+
+
+def build_optimizer(params, config, num_processes: int = 1):
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.train_batch_size * config.gradient_accumulation_steps * num_processes
+    kwargs = dict(lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as error:
+            raise ConfigError("use_8bit_adam needs bitsandbytes: pip install 'blueberry-video[bnb]'") from error
+        cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
+        return cls(params, weight_decay=config.adam_weight_decay, **kwargs)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    # The fused kernels are the fastest on CUDA; elsewhere torch picks its default.
+    fused = {"fused": True} if all(p.is_cuda for p in params) and params else {}
+    return cls(params, weight_decay=config.adam_weight_decay, **kwargs, **fused)
+
+
+def build_lr_scheduler(optimizer, config, max_train_steps: int, num_processes: int = 1):
+    # accelerate steps a prepared scheduler once per process per optimizer step.
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )

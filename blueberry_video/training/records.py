@@ -1,0 +1,133 @@
+"""What a run leaves besides weights: its resolved config, versions, metrics per step, loss plot, model card."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import yaml
+
+PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "datasets", "blueberry-video")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_info(output_dir, config, family_name: str, num_processes: int) -> None:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    info = {"family": family_name, "num_processes": num_processes, "versions": package_versions(), "git_commit": git_commit()}
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step to metrics.jsonl (kept across resumes)."""
+
+    def __init__(self, output_dir):
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def append(self, step: int, metrics: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines a killed run logged after its last checkpoint."""
+        if self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in lines))
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
+    """One loss curve per run (raw, faint, and a moving average), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, records in runs.items():
+        points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        if not points:
+            continue
+        steps, losses = zip(*points)
+        line = ax.plot(steps, losses, alpha=0.3)[0]
+        window = max(1, min(smoothing, len(losses)))
+        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color=line.get_color(), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_model_card(output_dir, config, family_name: str, num_samples: int, global_step: int, videos: list[Path]) -> Path:
+    output_dir = Path(output_dir)
+    weights = "pytorch_lora_weights.safetensors" if config.training_mode == "lora" else "transformer/"
+    pipeline = {"cogvideox": "CogVideoXPipeline", "hunyuan_video": "HunyuanVideoPipeline"}.get(family_name, "DiffusionPipeline")
+    if config.training_mode == "lora":
+        usage = (f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\")\n"
+                 f"pipe.load_lora_weights(\"{output_dir}\")")
+    else:
+        usage = (f"transformer = {pipeline.replace('Pipeline', 'Transformer3DModel')}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
+                 f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", transformer=transformer)")
+    samples = "\n".join(f"- [{v.name}]({v.relative_to(output_dir)})" for v in videos) or "- (no validation prompt was set)"
+    card = f"""# {family_name} {config.training_mode} fine-tune
+
+Trained with blueberry-video.
+
+| setting | value |
+|---|---|
+| base model | `{config.pretrained_model_name_or_path}` |
+| training mode | {config.training_mode}{f' (rank {config.rank}, alpha {config.lora_alpha})' if config.training_mode == 'lora' else ''} |
+| training videos | {num_samples} |
+| steps | {global_step} |
+| clip | {config.max_num_frames} frames, {config.height}x{config.width} |
+| batch | {config.train_batch_size} x {config.gradient_accumulation_steps} accumulation |
+| learning rate | {config.learning_rate} ({config.lr_scheduler}) |
+| precision | {config.mixed_precision} |
+
+Weights: `{weights}`. Loss curve: `loss.png`. Full settings: `config.yaml`.
+
+## Use
+
+```python
+{usage}
+```
+
+## Validation samples
+
+{samples}
+"""
+    path = output_dir / "README.md"
+    path.write_text(card)
+    return path

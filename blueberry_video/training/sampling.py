@@ -1,0 +1,78 @@
+"""Per-sample randomness keyed by (seed, step, sample index).
+
+Each sample's latent draw, noise and timestep come from its own generator, so a run's result does not
+depend on how many processes share a batch, nor on whether it was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from blueberry_video.errors import ConfigError
+
+
+def sample_seed(seed: int, step: int, sample_index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{step}:{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def sample_generators(seed: int, step: int, sample_indices, device) -> list[torch.Generator]:
+    return [
+        torch.Generator(device=device).manual_seed(sample_seed(seed, step, int(index)))
+        for index in sample_indices
+    ]
+
+
+def draw_latent_noise_and_timesteps(latent_mean, latent_std, generators, num_train_timesteps: int):
+    """Sample latents from the cached VAE distribution, plus noise and an integer timestep, per sample."""
+    shape = latent_mean.shape[1:]
+    device = latent_mean.device
+    latents, noises, timesteps = [], [], []
+    for i, generator in enumerate(generators):
+        eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        latents.append(latent_mean[i].float() + latent_std[i].float() * eps)
+        noises.append(torch.randn(shape, generator=generator, device=generator.device).to(device))
+        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device))
+    return torch.stack(latents), torch.stack(noises), torch.cat(timesteps).to(device).long()
+
+
+def draw_noise_and_sigmas(latent_mean, latent_std, generators, sigma_sampler):
+    """Like `draw_latent_noise_and_timesteps`, for flow matching: `sigma_sampler(generator)` gives sigma in (0, 1)."""
+    shape = latent_mean.shape[1:]
+    device = latent_mean.device
+    latents, noises, sigmas = [], [], []
+    for i, generator in enumerate(generators):
+        eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        latents.append(latent_mean[i].float() + latent_std[i].float() * eps)
+        noises.append(torch.randn(shape, generator=generator, device=generator.device).to(device))
+        sigmas.append(sigma_sampler(generator))
+    return torch.stack(latents), torch.stack(noises), torch.stack(sigmas).to(device).float()
+
+
+# The timestep densities diffusers' flow-matching examples offer (SD3 paper, section 3.1).
+FLOW_WEIGHTING_SCHEMES = ("uniform", "logit_normal", "mode")
+
+
+def flow_sigma_sampler(weighting_scheme: str, logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29):
+    """A `sigma_sampler` for `draw_noise_and_sigmas`: one sigma from diffusers' density, drawn with the sample's generator."""
+    if weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
+        raise ConfigError(
+            f"weighting_scheme={weighting_scheme!r}: unknown; choose one of {', '.join(FLOW_WEIGHTING_SCHEMES)}"
+        )
+
+    def sample(generator: torch.Generator) -> torch.Tensor:
+        # Imported here: diffusers.training_utils takes seconds to import and only training needs it.
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        return compute_density_for_timestep_sampling(
+            weighting_scheme, 1, logit_mean, logit_std, mode_scale, device=generator.device, generator=generator
+        )[0]
+
+    return sample
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler's static timestep shift: shift > 1 moves sigmas towards 1 (more noise)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)

@@ -1,0 +1,221 @@
+"""The training run every recipe shares, top to bottom:
+
+config -> accelerator -> data (latent cache) -> trainable transformer -> optimizer -> loop
+(checkpoints, validation, metrics) -> exported weights, model card and loss plot.
+
+Everything model-specific goes through the `ModelFamily` the recipe passes in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
+from blueberry_video.data.decode import FrameSampling
+from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
+from blueberry_video.errors import ConfigError
+from blueberry_video.training.accelerator import build_accelerator, check_output_dir, weight_dtype
+from blueberry_video.training.checkpoints import (
+    load_checkpoint,
+    register_lora_checkpoint_hooks,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from blueberry_video.training.export import export_trained_weights
+from blueberry_video.training.lora import make_trainable
+from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.records import MetricsLog, plot_losses, write_model_card, write_run_info
+from blueberry_video.training.sampling import sample_generators
+from blueberry_video.training.validation import run_validation
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    weights: Path
+    validation_videos: list[Path] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    bad_steps: int = 0
+    transformer: torch.nn.Module | None = None  # the trained model, unwrapped, still on its device
+
+
+class TooManyBadStepsError(RuntimeError):
+    """The loss or gradients stayed non-finite for too many steps in a row."""
+
+
+def build_dataset(config, family, accelerator, dtype: torch.dtype):
+    """The training items: the latent cache (built on first use), or random stand-ins with `dummy_data`."""
+    if config.dummy_data:
+        return DummyLatentDataset(family, config.num_dummy_samples, config.max_num_frames, config.height,
+                                  config.width, seed=config.seed), config.num_dummy_samples
+    sampling = FrameSampling(
+        num_frames=config.max_num_frames, height=config.height, width=config.width, fps=config.fps,
+        skip_frames_start=config.skip_frames_start, skip_frames_end=config.skip_frames_end,
+        crop=config.crop, short_video=config.short_video,
+    )
+    settings = CacheSettings(
+        sampling=sampling, encode_dtype=str(dtype).removeprefix("torch."), cache_dtype=config.cache_dtype,
+        caption_column=config.caption_column, video_column=config.video_column, id_token=config.id_token,
+        vae_tiling=config.vae_tiling,
+    )
+    report = precompute_latent_cache(family, config.instance_data_root, config.resolved_cache_dir, settings,
+                                     accelerator=accelerator, strict=config.strict_data)
+    if accelerator.is_main_process:
+        print(report.summary())
+    return LatentCacheDataset(report.path, repeats=config.dataset_repeats), report.num_cached
+
+
+def _tracker_config(config) -> dict:
+    # Trackers take flat scalars only.
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
+
+
+def train(config, family, stop_after_step: int | None = None) -> TrainResult:
+    """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
+    resume_requested = config.resume_from_checkpoint is not None
+    check_output_dir(config, resume_requested)
+    accelerator = build_accelerator(config)
+    output_dir = Path(config.output_dir)
+    family.check_video_shape(config.max_num_frames, config.height, config.width)
+    dtype = weight_dtype(accelerator)
+    if config.mixed_precision == "fp16":
+        logger.warning("fp16 training of video transformers often produces NaN losses; bf16 is the safe choice.",
+                       main_process_only=True)
+
+    dataset, num_videos = build_dataset(config, family, accelerator, dtype)
+    global_batch = config.train_batch_size * accelerator.num_processes
+    if len(dataset) < global_batch:
+        raise ConfigError(f"the dataset has {len(dataset)} item(s), fewer than train_batch_size x processes = "
+                          f"{global_batch}; lower train_batch_size or raise dataset_repeats")
+
+    transformer = family.load_transformer(dtype=dtype if config.training_mode == "lora" else torch.float32)
+    params = make_trainable(transformer, config, family)
+    optimizer = build_optimizer(params, config, accelerator.num_processes)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
+        num_workers=config.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
+    )
+    updates_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / config.gradient_accumulation_steps)
+    max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
+    register_lora_checkpoint_hooks(accelerator, config.training_mode)
+    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
+    noise_scheduler = family.load_training_scheduler()
+
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
+    resume_path = resolve_resume_path(output_dir, config.resume_from_checkpoint)
+    metrics = MetricsLog(output_dir)
+    if resume_path:
+        state = load_checkpoint(accelerator, resume_path)
+        if accelerator.is_main_process:
+            metrics.truncate_after(state["global_step"])
+            print(f"resumed from {resume_path} at step {state['global_step']}")
+    elif accelerator.is_main_process:
+        write_run_info(output_dir, config, family.name, accelerator.num_processes)
+    accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
+
+    global_step = state["global_step"]
+    bad_in_a_row, losses, videos, last_validated = 0, [], [], None
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
+    step_start, loss_sum, micro_batches = time.perf_counter(), 0.0, 0
+
+    for epoch in range(state["epoch"], num_epochs):
+        if global_step >= max_train_steps or global_step == stop_after_step:
+            break
+        dataloader.set_epoch(epoch)
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        batches_in_epoch = skip
+        for batch in batches:
+            with accelerator.accumulate(transformer):
+                # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
+                generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
+                with accelerator.autocast():
+                    loss = family.training_loss(transformer, noise_scheduler, batch, generators)
+                accelerator.backward(loss)
+                grad_ok, grad_norm = True, None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                    grad_ok = grad_norm is None or bool(torch.isfinite(grad_norm))
+                if grad_ok:
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            batches_in_epoch += 1
+            loss_sum, micro_batches = loss_sum + loss.detach().float(), micro_batches + 1
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            step_loss = accelerator.reduce(loss_sum / micro_batches, reduction="mean").item()
+            loss_sum, micro_batches = 0.0, 0
+            bad_in_a_row = 0 if grad_ok and math.isfinite(step_loss) else bad_in_a_row + 1
+            if bad_in_a_row:
+                state["bad_steps"] += 1
+                logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
+                               f"({bad_in_a_row} in a row)", main_process_only=True)
+                if bad_in_a_row >= config.max_consecutive_bad_steps:
+                    raise TooManyBadStepsError(
+                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {global_step}). "
+                        f"The last good checkpoint in {output_dir} is kept. Try a lower learning_rate, "
+                        f"mixed_precision=bf16 instead of fp16, or max_grad_norm=1.0."
+                    )
+            now = time.perf_counter()
+            record = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": now - step_start,
+                      "epoch": epoch}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if torch.cuda.is_available():
+                record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            step_start = now
+            losses.append(step_loss)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            if global_step % config.logging_steps == 0:
+                accelerator.log(record, step=global_step)
+                if accelerator.is_main_process:
+                    metrics.append(global_step, record)
+
+            state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch)
+            if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
+            if config.validation_steps and global_step % config.validation_steps == 0:
+                videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+                last_validated = global_step
+            if global_step >= max_train_steps or global_step == stop_after_step:
+                break
+        else:
+            if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
+                videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+                last_validated = global_step
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if not config.checkpointing_steps or global_step % config.checkpointing_steps:
+        save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
+    if global_step == stop_after_step and global_step < max_train_steps:
+        accelerator.end_training()
+        return TrainResult(output_dir, global_step, output_dir / f"checkpoint-{global_step}", videos, losses,
+                           state["bad_steps"], accelerator.unwrap_model(transformer))
+    weights = export_trained_weights(accelerator, family, transformer, output_dir, config.training_mode,
+                                     torch.float32 if config.training_mode == "lora" else dtype)
+    if last_validated != global_step:  # the same on every process, so none waits alone
+        videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+    if accelerator.is_main_process:
+        plot_losses({output_dir.name: metrics.read()}, output_dir / "loss.png")
+        write_model_card(output_dir, config, family.name, num_videos, global_step, videos)
+    accelerator.end_training()
+    return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"],
+                       accelerator.unwrap_model(transformer))

@@ -1,0 +1,242 @@
+import pickle
+
+import imageio_ffmpeg
+import pytest
+import torch
+
+from blueberry_video.data import decode
+from blueberry_video.data.decode import (
+    FrameSampling,
+    VideoDecodeError,
+    VideoTooShortError,
+    decode_video,
+    probe_video,
+)
+
+
+def assert_centred_square(frame: torch.Tensor, side: int) -> None:
+    """The bright pixels of a [3, H, W] frame form a side x side square in the middle."""
+    rows, cols = (frame.mean(0) > 0).nonzero(as_tuple=True)
+    top, bottom, left, right = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    assert (bottom - top + 1, right - left + 1) == (pytest.approx(side, abs=2), pytest.approx(side, abs=2))
+    centre = ((top + bottom) / 2, (left + right) / 2)
+    assert centre == (
+        pytest.approx((frame.shape[1] - 1) / 2, abs=1.5),
+        pytest.approx((frame.shape[2] - 1) / 2, abs=1.5),
+    )
+
+
+def frame_numbers(clip: torch.Tensor, reference: torch.Tensor) -> list[int]:
+    """Which reference frame each clip frame is, matched by mean brightness."""
+    levels = reference.mean((1, 2, 3))
+    return [int((levels - frame.mean()).abs().argmin()) for frame in clip]
+
+
+def test_probe_reports_size_rate_and_streams(landscape_video, audio_video):
+    info = probe_video(landscape_video)
+    assert (info.width, info.height, info.fps, info.num_frames) == (320, 240, 24.0, 48)
+    assert info.duration == pytest.approx(2.0)
+    assert info.sar == 1.0 and not info.has_audio
+    assert probe_video(audio_video).has_audio
+
+
+def test_probe_reads_sample_aspect_ratio_ntsc_rate_and_rotation(sar_video, ntsc_video, rotated_video):
+    assert probe_video(sar_video).sar == 2.0
+    assert probe_video(ntsc_video).fps == pytest.approx(30000 / 1001, abs=1e-9)
+    rotated = probe_video(rotated_video)
+    assert (rotated.width, rotated.height) == (240, 320)
+
+
+def test_decode_returns_float_rgb_clip_in_unit_range(landscape_video):
+    clip = decode_video(landscape_video, FrameSampling(num_frames=8, height=64, width=96))
+    assert clip.shape == (8, 3, 64, 96)
+    assert clip.dtype == torch.float32 and clip.is_contiguous()
+    assert clip.min() >= -1.0 and clip.max() <= 1.0
+    assert clip.max() - clip.min() > 1.8
+
+
+def test_channels_are_rgb(rgb_video):
+    clip = decode_video(rgb_video, FrameSampling(num_frames=2, height=32, width=96))
+    for third, channel in enumerate((0, 1, 2)):
+        band = clip[0, :, 4:28, third * 32 + 6 : third * 32 + 26].mean((1, 2))
+        assert band[channel] > 0.7, f"band {third}: {band}"
+        assert all(band[other] < -0.7 for other in range(3) if other != channel), f"band {third}: {band}"
+
+
+def test_portrait_video_is_cropped_not_stretched(portrait_video):
+    # 180x320 -> covers 96 wide at scale 96/180, so the 90x90 square becomes 48x48 in the middle.
+    clip = decode_video(portrait_video, FrameSampling(num_frames=1, height=64, width=96))
+    assert_centred_square(clip[0], 48)
+
+
+def test_non_square_pixels_keep_display_shape(sar_video):
+    # Displayed 480x240 with a 120x120 square; to 120x120 it is scaled by 0.5 and centre-cropped.
+    clip = decode_video(sar_video, FrameSampling(num_frames=1, height=120, width=120))
+    assert_centred_square(clip[0], 60)
+
+
+def test_rotated_video_decodes_upright(rotated_video):
+    assert decode_video(rotated_video, FrameSampling(num_frames=2, height=64, width=48)).shape == (2, 3, 64, 48)
+
+
+def test_consecutive_frames_after_skipping_the_start(ntsc_video):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    clip = decode_video(ntsc_video, FrameSampling(num_frames=6, height=16, width=16, skip_frames_start=5))
+    assert frame_numbers(clip, reference) == [5, 6, 7, 8, 9, 10]
+    assert torch.equal(clip, reference[5:11])
+
+
+@pytest.mark.parametrize("skip", [0, 3])
+def test_fps_sampling_picks_nearest_source_frames(ntsc_video, skip):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    clip = decode_video(ntsc_video, FrameSampling(num_frames=10, height=16, width=16, fps=8, skip_frames_start=skip))
+    # Target frame k sits at k/8 s; the nearest 29.97 fps frame is round(k * 30000/1001 / 8).
+    expected = [skip + index for index in (0, 4, 7, 11, 15, 19, 22, 26, 30, 34)]
+    assert frame_numbers(clip, reference) == expected
+
+
+def test_fps_above_source_rate_repeats_frames(ntsc_video):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    clip = decode_video(ntsc_video, FrameSampling(num_frames=4, height=16, width=16, fps=60000 / 1001))
+    assert frame_numbers(clip, reference) == [0, 1, 1, 2]
+
+
+def test_short_video_skip_policy_raises_with_counts(short_video):
+    with pytest.raises(VideoTooShortError) as caught:
+        decode_video(short_video, FrameSampling(num_frames=8, height=48, width=64))
+    message = str(caught.value)
+    assert message.startswith(str(short_video))
+    assert "only 5 of the 8 frames" in message and "short_video='loop'" in message
+    assert caught.value.path == short_video
+
+
+def test_short_video_loop_and_pad_policies(short_video):
+    full = decode_video(short_video, FrameSampling(num_frames=5, height=48, width=64))
+    looped = decode_video(short_video, FrameSampling(num_frames=12, height=48, width=64, short_video="loop"))
+    padded = decode_video(short_video, FrameSampling(num_frames=8, height=48, width=64, short_video="pad"))
+    assert torch.equal(looped, torch.cat([full, full, full[:2]]))
+    assert torch.equal(padded, torch.cat([full, full[4:].expand(3, -1, -1, -1)]))
+
+
+def test_skip_frames_end_is_respected_exactly(ntsc_video):
+    # 60 frames minus 10 skipped at the end leaves exactly 50.
+    sampling = FrameSampling(num_frames=50, height=16, width=16, skip_frames_end=10)
+    assert decode_video(ntsc_video, sampling).shape[0] == 50
+    with pytest.raises(VideoTooShortError, match="only 49 of the 50"):
+        decode_video(
+            ntsc_video, FrameSampling(num_frames=50, height=16, width=16, skip_frames_start=1, skip_frames_end=10)
+        )
+
+
+def test_loop_policy_wraps_inside_the_usable_span(ntsc_video):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    sampling = FrameSampling(
+        num_frames=8, height=16, width=16, skip_frames_start=52, skip_frames_end=3, short_video="loop"
+    )
+    assert frame_numbers(decode_video(ntsc_video, sampling), reference) == [52, 53, 54, 55, 56, 52, 53, 54]
+
+
+def test_everything_skipped_raises_even_with_loop(short_video):
+    with pytest.raises(VideoTooShortError, match="only 0 of the 2"):
+        decode_video(
+            short_video, FrameSampling(num_frames=2, height=48, width=64, skip_frames_start=9, short_video="loop")
+        )
+
+
+def test_video_with_audio_decodes(audio_video):
+    assert decode_video(audio_video, FrameSampling(num_frames=4, height=48, width=64)).shape == (4, 3, 48, 64)
+
+
+@pytest.mark.parametrize(
+    "fixture, reason",
+    [
+        ("audio_only_video", "no video stream"),
+        ("zero_byte_video", "empty"),
+        ("truncated_video", "moov atom not found"),
+        ("garbage_video", ""),
+    ],
+)
+def test_broken_files_raise_video_decode_error(request, fixture, reason):
+    path = request.getfixturevalue(fixture)
+    with pytest.raises(VideoDecodeError) as caught:
+        decode_video(path, FrameSampling(num_frames=2, height=32, width=32))
+    assert type(caught.value) is VideoDecodeError
+    assert str(caught.value).startswith(f"{path}: ")
+    assert reason in caught.value.reason
+
+
+def test_missing_file_and_folder_raise_video_decode_error(tmp_path):
+    with pytest.raises(VideoDecodeError, match="not found"):
+        decode_video(tmp_path / "absent.mp4", FrameSampling(num_frames=1, height=8, width=8))
+    with pytest.raises(VideoDecodeError, match="not a regular file"):
+        probe_video(tmp_path)
+
+
+def test_random_crop_is_seeded_and_moves(landscape_video):
+    # 320x240 covering 64x64 is 85x64: 22 possible horizontal offsets.
+    center = FrameSampling(num_frames=1, height=64, width=64)
+    random = FrameSampling(num_frames=1, height=64, width=64, crop="random")
+
+    def crop(seed):
+        return decode_video(landscape_video, random, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(crop(0), crop(0))
+    centred = decode_video(landscape_video, center)
+    assert any(not torch.equal(crop(seed), centred) for seed in range(3))
+
+
+def test_decoding_stops_after_the_frames_it_needs(long_video, monkeypatch):
+    calls = []
+    real_read_frames = imageio_ffmpeg.read_frames
+
+    def counting_read_frames(*args, **kwargs):
+        call = {"frames": 0, "closed": False, "output_params": kwargs.get("output_params")}
+        calls.append(call)
+        try:
+            for index, item in enumerate(real_read_frames(*args, **kwargs)):
+                call["frames"] += index > 0  # the first item is the metadata
+                yield item
+        finally:
+            call["closed"] = True
+
+    monkeypatch.setattr(imageio_ffmpeg, "read_frames", counting_read_frames)
+    clip = decode_video(long_video, FrameSampling(num_frames=5, height=48, width=64))
+    assert clip.shape[0] == 5
+    assert len(calls) == 1
+    assert calls[0]["frames"] == 5 and calls[0]["closed"]
+    params = calls[0]["output_params"]
+    assert params[params.index("-frames:v") + 1] == "5"
+
+
+def test_select_expression_merges_consecutive_runs():
+    assert decode._select_expression([3, 4, 5, 9, 11, 12]) == "between(n,3,5)+eq(n,9)+between(n,11,12)"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_frames": 0},
+        {"height": -4},
+        {"width": 2.5},
+        {"fps": 0},
+        {"fps": float("nan")},
+        {"skip_frames_start": -1},
+        {"skip_frames_end": 1.0},
+        {"crop": "left"},
+        {"short_video": "repeat"},
+    ],
+)
+def test_frame_sampling_rejects_bad_settings(overrides):
+    settings = {"num_frames": 4, "height": 32, "width": 32, **overrides}
+    field = next(iter(overrides))
+    with pytest.raises(ValueError, match=f"FrameSampling.{field}"):
+        FrameSampling(**settings)
+
+
+def test_decode_errors_survive_pickling_and_one_argument_rebuild(tmp_path):
+    error = VideoTooShortError(tmp_path / "a.mp4", "only 3 of the 8 frames")
+    restored = pickle.loads(pickle.dumps(error))
+    assert type(restored) is VideoTooShortError
+    assert (restored.path, restored.reason, str(restored)) == (error.path, error.reason, str(error))
+    # torch's DataLoader re-raises worker errors as type(error)(message).
+    assert str(VideoDecodeError(str(error))) == str(error)

@@ -1,0 +1,257 @@
+import json
+
+import pytest
+
+from blueberry_video.data.formats import (
+    DatasetFormatError,
+    DatasetListing,
+    SkippedItem,
+    VideoEntry,
+    load_dataset_entries,
+)
+
+CAPTIONS = ["a red circle", "a blue square", "a green circle"]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A folder with three (placeholder) video files; listing never opens them."""
+    for index in range(3):
+        (tmp_path / "videos").mkdir(exist_ok=True)
+        (tmp_path / "videos" / f"{index}.mp4").write_bytes(b"video")
+    return tmp_path
+
+
+def records(video_key="file", caption_key="caption"):
+    return [{video_key: f"videos/{i}.mp4", caption_key: caption} for i, caption in enumerate(CAPTIONS)]
+
+
+def write_csv(root, header, rows):
+    lines = [",".join(header)] + [",".join(row) for row in rows]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def assert_three_entries(listing, root, captions=CAPTIONS):
+    assert isinstance(listing, DatasetListing)
+    assert list(listing) == [VideoEntry(i, root / "videos" / f"{i}.mp4", captions[i]) for i in range(3)]
+    assert len(listing) == 3 and listing.skipped == []
+
+
+def test_metadata_json(dataset):
+    (dataset / "metadata.json").write_text(json.dumps(records()))
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_metadata_jsonl_ignores_blank_lines(dataset):
+    lines = [json.dumps(record) for record in records("video", "prompt")]
+    (dataset / "metadata.jsonl").write_text("\n".join(lines[:2]) + "\n\n" + lines[2] + "\n")
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_metadata_csv_with_quoted_commas_and_bom(dataset):
+    text = (
+        'video_path,text\nvideos/0.mp4,"a red circle"\nvideos/1.mp4,a blue square\n'
+        'videos/2.mp4,"a green, round circle"\n'
+    )
+    (dataset / "metadata.csv").write_text("\ufeff" + text, encoding="utf-8")
+    listing = load_dataset_entries(dataset)
+    assert_three_entries(listing, dataset, CAPTIONS[:2] + ["a green, round circle"])
+
+
+def test_prompts_and_videos_txt(dataset):
+    (dataset / "prompts.txt").write_text("\n".join(CAPTIONS) + "\n")
+    (dataset / "videos.txt").write_text("\n".join(f"videos/{i}.mp4" for i in range(3)))
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_txt_files_named_by_the_columns_like_diffusers(dataset):
+    (dataset / "captions.txt").write_text("\n".join(CAPTIONS))
+    (dataset / "clips.txt").write_text("\n".join(f"videos/{i}.mp4" for i in range(3)))
+    listing = load_dataset_entries(dataset, caption_column="captions.txt", video_column="clips.txt")
+    assert_three_entries(listing, dataset)
+
+
+@pytest.mark.parametrize("name", ["metadata.json", "metadata.csv"])
+def test_custom_column_names(dataset, name):
+    rows = [{"clip": f"videos/{i}.mp4", "description": c, "caption": "wrong"} for i, c in enumerate(CAPTIONS)]
+    if name == "metadata.json":
+        (dataset / name).write_text(json.dumps(rows))
+    else:
+        write_csv(dataset, ["clip", "description", "caption"], [r.values() for r in rows])
+    listing = load_dataset_entries(dataset, caption_column="description", video_column="clip")
+    assert_three_entries(listing, dataset)
+
+
+def test_default_columns_follow_priority(dataset):
+    rows = [{"path": "nope.mp4", "video": f"videos/{i}.mp4", "text": "no", "prompt": c} for i, c in enumerate(CAPTIONS)]
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_id_token_prefixes_every_caption(dataset):
+    (dataset / "metadata.json").write_text(json.dumps(records()))
+    listing = load_dataset_entries(dataset, id_token="BW_STYLE")
+    assert [entry.caption for entry in listing] == [f"BW_STYLE {c}" for c in CAPTIONS]
+
+
+def test_absolute_path_inside_root_is_allowed(dataset):
+    rows = records()
+    rows[1]["file"] = str(dataset / "videos" / "1.mp4")
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_bad_rows_are_skipped_and_reported(dataset):
+    rows = [
+        ["videos/0.mp4", "a red circle"],
+        ["videos/1.mp4", "   "],
+        ["videos/missing.mp4", "a ghost"],
+        ["./videos/0.mp4", "the same clip again"],
+        ["", "no video"],
+        ["videos/2.mp4", "a green circle"],
+    ]
+    write_csv(dataset, ["file", "caption"], rows)
+    listing = load_dataset_entries(dataset)
+    assert [(e.index, e.video_path.name, e.caption) for e in listing] == [
+        (0, "0.mp4", "a red circle"),
+        (1, "2.mp4", "a green circle"),
+    ]
+    sources = [item.source for item in listing.skipped]
+    assert sources == ["metadata.csv row 3", "metadata.csv row 4", "metadata.csv row 5", "metadata.csv row 6"]
+    reasons = [item.reason for item in listing.skipped]
+    assert "no caption" in reasons[0]
+    assert "video file not found" in reasons[1] and "missing.mp4" in reasons[1]
+    assert "duplicate of metadata.csv row 2" in reasons[2]
+    assert "no video path" in reasons[3]
+    assert all(isinstance(item, SkippedItem) for item in listing.skipped)
+
+
+def test_missing_json_fields_are_skipped_with_their_position(dataset):
+    rows = records()
+    del rows[1]["caption"]
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    listing = load_dataset_entries(dataset)
+    assert len(listing) == 2
+    assert listing.skipped[0].source == "metadata.json[1]"
+
+
+def test_no_usable_rows_raises_with_reasons(dataset):
+    (dataset / "metadata.jsonl").write_text(json.dumps({"file": "videos/none.mp4", "caption": "x"}) + "\n")
+    with pytest.raises(DatasetFormatError, match=r"no usable videos.*metadata.jsonl line 1: video file not found"):
+        load_dataset_entries(dataset)
+
+
+def test_empty_metadata_raises(dataset):
+    (dataset / "metadata.json").write_text("[]")
+    with pytest.raises(DatasetFormatError, match="lists no videos"):
+        load_dataset_entries(dataset)
+
+
+def test_missing_metadata_lists_accepted_files(dataset):
+    with pytest.raises(DatasetFormatError) as caught:
+        load_dataset_entries(dataset)
+    for name in ("metadata.json", "metadata.jsonl", "metadata.csv", "prompts.txt + videos.txt"):
+        assert name in str(caught.value)
+
+
+def test_missing_root_raises(tmp_path):
+    with pytest.raises(DatasetFormatError, match="does not exist"):
+        load_dataset_entries(tmp_path / "nowhere")
+
+
+def test_two_metadata_files_are_ambiguous(dataset):
+    (dataset / "metadata.json").write_text(json.dumps(records()))
+    write_csv(dataset, ["file", "caption"], [])
+    with pytest.raises(DatasetFormatError, match="ambiguous.*metadata.json and metadata.csv"):
+        load_dataset_entries(dataset)
+
+
+def test_metadata_plus_txt_pair_is_ambiguous(dataset):
+    (dataset / "metadata.jsonl").write_text("")
+    (dataset / "prompts.txt").write_text("x")
+    (dataset / "videos.txt").write_text("videos/0.mp4")
+    with pytest.raises(DatasetFormatError, match="metadata.jsonl and prompts.txt \\+ videos.txt"):
+        load_dataset_entries(dataset)
+
+
+def test_malformed_json_names_the_line(dataset):
+    (dataset / "metadata.json").write_text('[\n  {"file": "videos/0.mp4", "caption": "x"}\n  {"file": "b"}\n]')
+    with pytest.raises(DatasetFormatError, match=r"metadata.json line 3 column 3 is not valid JSON"):
+        load_dataset_entries(dataset)
+
+
+def test_json_that_is_not_a_list(dataset):
+    (dataset / "metadata.json").write_text('{"file": "videos/0.mp4"}')
+    with pytest.raises(DatasetFormatError, match="JSON list of objects"):
+        load_dataset_entries(dataset)
+
+
+def test_jsonl_line_that_is_not_an_object(dataset):
+    (dataset / "metadata.jsonl").write_text(json.dumps(records()[0]) + '\n["videos/1.mp4"]\n')
+    with pytest.raises(DatasetFormatError, match="metadata.jsonl line 2 is a list"):
+        load_dataset_entries(dataset)
+
+
+def test_malformed_jsonl_names_the_line(dataset):
+    (dataset / "metadata.jsonl").write_text(json.dumps(records()[0]) + '\n{"file": "videos/1.mp4",\n')
+    with pytest.raises(DatasetFormatError, match="metadata.jsonl line 2 is not valid JSON"):
+        load_dataset_entries(dataset)
+
+
+def test_non_utf8_names_the_line(dataset):
+    (dataset / "metadata.csv").write_bytes(b"file,caption\nvideos/0.mp4,caf\xe9\n")
+    with pytest.raises(DatasetFormatError, match=r"metadata.csv line 2 is not valid UTF-8.*re-save"):
+        load_dataset_entries(dataset)
+
+
+def test_malformed_csv_names_the_row(dataset):
+    (dataset / "metadata.csv").write_text('file,caption\nvideos/0.mp4,"a red"circle\n')
+    with pytest.raises(DatasetFormatError, match="metadata.csv row 2 is not valid CSV"):
+        load_dataset_entries(dataset)
+
+
+def test_txt_line_counts_must_match(dataset):
+    (dataset / "prompts.txt").write_text("\n".join(CAPTIONS))
+    (dataset / "videos.txt").write_text("videos/0.mp4\nvideos/1.mp4\n")
+    with pytest.raises(DatasetFormatError, match="has 3 lines but .*videos.txt has 2"):
+        load_dataset_entries(dataset)
+
+
+def test_prompts_without_videos_txt(dataset):
+    (dataset / "prompts.txt").write_text("x")
+    with pytest.raises(DatasetFormatError, match="videos.txt not found"):
+        load_dataset_entries(dataset)
+
+
+def test_columns_do_not_apply_to_txt_layout(dataset):
+    (dataset / "prompts.txt").write_text("x")
+    (dataset / "videos.txt").write_text("videos/0.mp4")
+    with pytest.raises(DatasetFormatError, match="no columns"):
+        load_dataset_entries(dataset, caption_column="caption")
+
+
+def test_unknown_column_lists_available_ones(dataset):
+    (dataset / "metadata.json").write_text(json.dumps(records()))
+    with pytest.raises(
+        DatasetFormatError, match=r"no column 'description' \(available: file, caption\).*caption_column"
+    ):
+        load_dataset_entries(dataset, caption_column="description")
+
+
+def test_no_default_column_found(dataset):
+    write_csv(dataset, ["clip", "caption"], [["videos/0.mp4", "x"]])
+    with pytest.raises(DatasetFormatError, match="none of the columns file, video.*set video_column"):
+        load_dataset_entries(dataset)
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.mp4", "videos/../../outside.mp4", "/etc/passwd"])
+def test_paths_outside_the_root_raise(dataset, bad_path):
+    rows = records()
+    rows[2]["file"] = bad_path
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    with pytest.raises(DatasetFormatError, match=r"metadata.json\[2\]: video path .* points outside"):
+        load_dataset_entries(dataset)
+
+
+def test_dataset_format_error_is_a_value_error():
+    assert issubclass(DatasetFormatError, ValueError)
