@@ -27,7 +27,7 @@ def _precompute(args):
     import torch
     from accelerate import Accelerator
 
-    from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
+    from blueberry_video.data.cache import CHUNK_SIZE, CacheSettings, precompute_latent_cache
     from blueberry_video.data.decode import FrameSampling
     from blueberry_video.models import load_family
     from blueberry_video.training.accelerator import check_launch
@@ -43,7 +43,8 @@ def _precompute(args):
                              caption_column=args.caption_column, video_column=args.video_column,
                              id_token=args.id_token, vae_tiling=args.vae_tiling)
     report = precompute_latent_cache(family, args.data, args.out, settings, accelerator=accelerator,
-                                     strict=args.strict, device=accelerator.device if torch.cuda.is_available() else "cpu")
+                                     strict=args.strict, device=accelerator.device if torch.cuda.is_available() else "cpu",
+                                     chunk_size=args.chunk_size or CHUNK_SIZE)
     if accelerator.is_main_process:
         print(report.summary())
 
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--strict", action="store_true", help="fail on the first unusable video instead of skipping it")
+    # Videos per unit of resumable work; hidden because only tests need to change it.
+    p.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=_precompute)
 
     p = verbs.add_parser("demo", help="tiny model + sample videos + a short LoRA run, on CPU, no downloads; "

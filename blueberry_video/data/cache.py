@@ -116,7 +116,13 @@ def _encode_chunk(family, encoders, entries, root: Path, settings: CacheSettings
     return rows, skipped
 
 
-def _write_chunk(chunk_dir: Path, rows, skipped, root: Path) -> None:
+def _chunk_dir(cache_path: Path, start: int, stop: int) -> Path:
+    # Named by the items it holds, not its number: a resume with another chunk size then cannot take a
+    # finished chunk for one that holds different items.
+    return cache_path / "chunks" / f"{start:06d}-{stop:06d}"
+
+
+def _write_chunk(chunk_dir: Path, rows, skipped, root: Path, process_index: int) -> None:
     tmp = chunk_dir.with_name(chunk_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -128,14 +134,18 @@ def _write_chunk(chunk_dir: Path, rows, skipped, root: Path) -> None:
         ]
         datasets.Dataset.from_list(records, features=features).save_to_disk(str(tmp / "data"))
     (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    (tmp / "process.json").write_text(json.dumps({"process_index": process_index, "num_encoded": len(rows)}))
     os.replace(tmp, chunk_dir)
 
 
-def _merge(cache_path: Path, num_chunks: int, listing_skipped: list[dict]) -> CacheReport:
+def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]) -> CacheReport:
     parts, skipped = [], list(listing_skipped)
-    for chunk in range(num_chunks):
-        chunk_dir = cache_path / "chunks" / f"{chunk:05d}"
+    encoded_by_process: dict[str, int] = {}
+    for chunk_dir in chunk_dirs:
         skipped += json.loads((chunk_dir / "skipped.json").read_text())
+        process = json.loads((chunk_dir / "process.json").read_text())
+        key = str(process["process_index"])
+        encoded_by_process[key] = encoded_by_process.get(key, 0) + process["num_encoded"]
         if (chunk_dir / "data").exists():
             parts.append(datasets.load_from_disk(str(chunk_dir / "data")))
     if not parts:
@@ -147,7 +157,9 @@ def _merge(cache_path: Path, num_chunks: int, listing_skipped: list[dict]) -> Ca
     merged.save_to_disk(str(tmp))
     os.replace(tmp, cache_path / "dataset")
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped)
-    manifest = {"num_cached": report.num_cached, "skipped": skipped, "complete": True}
+    # Which process encoded how many videos: shows that a multi-process precompute shared the work.
+    manifest = {"num_cached": report.num_cached, "skipped": skipped, "encoded_by_process": encoded_by_process,
+                "complete": True}
     (cache_path / "manifest.tmp").write_text(json.dumps(manifest, indent=1))
     os.replace(cache_path / "manifest.tmp", cache_path / "manifest.json")
     shutil.rmtree(cache_path / "chunks", ignore_errors=True)
@@ -167,12 +179,16 @@ def precompute_latent_cache(
     accelerator=None,
     strict: bool = False,
     device: str | torch.device | None = None,
+    chunk_size: int = CHUNK_SIZE,
 ) -> CacheReport:
     """Encode the dataset once (or find it already encoded) and return where it lies and what was skipped.
 
     With an `accelerator`, every process must call this: each encodes chunk i when i % num_processes equals
-    its index, then the main process merges while the others wait.
+    its index, then the main process merges while the others wait. A chunk of `chunk_size` videos is the
+    unit of work that an interrupted precompute does not redo.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     root = Path(data_root).resolve()
     listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token)
     listing_skipped = [{"source": item.source, "reason": item.reason} for item in listing.skipped]
@@ -188,9 +204,11 @@ def precompute_latent_cache(
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
-    chunks = [entries[i : i + CHUNK_SIZE] for i in range(0, len(entries), CHUNK_SIZE)]
+    starts = range(0, len(entries), chunk_size)
+    chunks = [entries[start : start + chunk_size] for start in starts]
+    chunk_dirs = [_chunk_dir(cache_path, start, start + len(chunk)) for start, chunk in zip(starts, chunks)]
     mine = [i for i in range(len(chunks)) if i % world == rank]
-    todo = [i for i in mine if not (cache_path / "chunks" / f"{i:05d}").exists()]
+    todo = [i for i in mine if not chunk_dirs[i].exists()]
     if is_main:
         (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
         (cache_path / "settings.json").write_text(
@@ -207,13 +225,13 @@ def precompute_latent_cache(
                 rows, skipped = _encode_chunk(family, encoders, chunks[i], root, settings)
                 if strict and skipped:
                     raise VideoDecodeError(Path(skipped[0]["source"]), skipped[0]["reason"] + " (strict_data is set)")
-                _write_chunk(cache_path / "chunks" / f"{i:05d}", rows, skipped, root)
+                _write_chunk(chunk_dirs[i], rows, skipped, root, rank)
                 progress.update(len(chunks[i]))
         del encoders
     if accelerator:
         accelerator.wait_for_everyone()
     if is_main:
-        report = _merge(cache_path, len(chunks), listing_skipped)
+        report = _merge(cache_path, chunk_dirs, listing_skipped)
         logger.info(report.summary())
     if accelerator:
         accelerator.wait_for_everyone()

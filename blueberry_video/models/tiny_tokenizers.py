@@ -7,6 +7,7 @@ pipelines load them exactly as they load the tokenizers of the real checkpoints.
 from __future__ import annotations
 
 import json
+import math
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -23,9 +24,7 @@ CORPUS = [
 ]
 
 
-def _train(
-    model, trainer, pre_tokenizer, decoder, vocab_size: int, corpus=CORPUS, normalizer=normalizers.NFKC()
-) -> Tokenizer:
+def _train(model, trainer, pre_tokenizer, decoder, corpus=CORPUS, normalizer=normalizers.NFKC()) -> Tokenizer:
     tokenizer = Tokenizer(model)
     if normalizer is not None:
         tokenizer.normalizer = normalizer
@@ -43,23 +42,21 @@ def _trained_model(tokenizer: Tokenizer) -> dict:
 def tiny_t5_tokenizer(vocab_size: int = 256):
     """A SentencePiece-style unigram tokenizer that is a real `T5Tokenizer` (pad=0, eos=1, unk=2).
 
-    transformers' T5Tokenizer rebuilds its pre-tokenizer from the vocab alone whenever it is constructed or
-    loaded, so the unigram is trained with that same step (read off a blank T5Tokenizer) and only the vocab is
-    handed over: what is saved then reloads to the same tokenizer.
+    Its pieces are the corpus' whole words and characters, scored by log frequency, rather than the output of
+    tokenizers' UnigramTrainer: that trainer is not deterministic (piece scores, hence ids, change from run to
+    run), and a tiny model must be the same function of its seed in every process. Only the vocab is handed to
+    T5Tokenizer, which rebuilds its own pre-tokenizer from it on every load, so what is saved reloads unchanged.
     """
+    from collections import Counter
+
     from transformers import T5Tokenizer
 
-    steps = T5Tokenizer(extra_ids=0).backend_tokenizer
-    specials = ["<pad>", "</s>", "<unk>"]
-    tokenizer = _train(
-        models.Unigram(),
-        trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"),
-        steps.pre_tokenizer,
-        steps.decoder,
-        vocab_size,
-        normalizer=steps.normalizer,
-    )
-    vocab = [tuple(piece) for piece in _trained_model(tokenizer)["vocab"]]
+    words = Counter("\u2581" + word for line in CORPUS for word in line.split())  # T5's Metaspace marks word starts
+    chars = Counter(char for line in CORPUS for char in line.replace(" ", ""))
+    counts = words + chars + Counter({"\u2581": sum(words.values())})
+    total = sum(counts.values())
+    pieces = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: vocab_size - 3]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(piece, math.log(n / total)) for piece, n in pieces]
     return T5Tokenizer(vocab=vocab, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
 
 
@@ -105,7 +102,6 @@ def tiny_llama_tokenizer(vocab_size: int = 1024):
             ]
         ),
         decoders.ByteLevel(),
-        vocab_size,
         corpus=CORPUS + [_hunyuan_system_prompt()],
     )
     bos = tokenizer.token_to_id("<|begin_of_text|>")
@@ -121,7 +117,7 @@ def tiny_llama_tokenizer(vocab_size: int = 1024):
     )
 
 
-def tiny_clip_tokenizer(vocab_size: int = 320):
+def tiny_clip_tokenizer(vocab_size: int = 640):
     """A byte-level BPE tokenizer that is a real `CLIPTokenizer` (bos/eos around every text, pad = eos).
 
     transformers' CLIPTokenizer rebuilds its normaliser and pre-tokenizer from only vocab + merges whenever it is
@@ -131,7 +127,11 @@ def tiny_clip_tokenizer(vocab_size: int = 320):
     from transformers import CLIPTokenizer
 
     steps = CLIPTokenizer().backend_tokenizer
-    specials = ["<|startoftext|>", "<|endoftext|>"]
+    # Every byte also as a word end ("x</w>"), like the real CLIP vocab: a character the corpus only has inside
+    # words would otherwise map to unk = eos, and CLIP pools at the first eos. Listed as trainer specials they
+    # also get fixed ids; left to the trainer, they would be numbered in hash order, differently every run.
+    word_ends = [char + "</w>" for char in sorted(pre_tokenizers.ByteLevel.alphabet())]
+    specials = ["<|startoftext|>", "<|endoftext|>", *word_ends]
     tokenizer = _train(
         models.BPE(end_of_word_suffix="</w>"),
         trainers.BpeTrainer(
@@ -142,18 +142,12 @@ def tiny_clip_tokenizer(vocab_size: int = 320):
         ),
         steps.pre_tokenizer,
         decoders.ByteLevel(),
-        vocab_size,
         normalizer=steps.normalizer,
     )
     trained = _trained_model(tokenizer)
-    # Like the real CLIP vocab, hold every byte also as a word end ("x</w>"): a character seen only inside
-    # words in the corpus would otherwise map to unk = eos, and CLIP pools at the first eos.
-    vocab = dict(trained["vocab"])
-    for char in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(char + "</w>", len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
     return CLIPTokenizer(
-        vocab=vocab,
+        vocab=trained["vocab"],
         merges=merges,
         bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",

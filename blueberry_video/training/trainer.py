@@ -32,6 +32,7 @@ from blueberry_video.training.checkpoints import (
 from blueberry_video.training.export import export_trained_weights
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.preemption import PreemptionWatch
 from blueberry_video.training.records import MetricsLog, plot_losses, write_model_card, write_run_info
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.validation import run_validation
@@ -47,6 +48,7 @@ class TrainResult:
     validation_videos: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     bad_steps: int = 0
+    stopped_early: bool = False  # preempted (SIGTERM) or stop_after_step: resume with --resume_from_checkpoint latest
     transformer: torch.nn.Module | None = None  # the trained model, unwrapped, still on its device
 
 
@@ -130,9 +132,10 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     bad_in_a_row, losses, videos, last_validated = 0, [], [], None
     progress = tqdm(total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
     step_start, loss_sum, micro_batches = time.perf_counter(), 0.0, 0
+    preemption, stop_early = PreemptionWatch(), False
 
     for epoch in range(state["epoch"], num_epochs):
-        if global_step >= max_train_steps or global_step == stop_after_step:
+        if global_step >= max_train_steps or stop_early:
             break
         dataloader.set_epoch(epoch)
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
@@ -194,21 +197,25 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
             if config.validation_steps and global_step % config.validation_steps == 0:
                 videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
                 last_validated = global_step
-            if global_step >= max_train_steps or global_step == stop_after_step:
+            stop_early = global_step == stop_after_step or preemption.should_stop(accelerator)
+            if global_step >= max_train_steps or stop_early:
                 break
         else:
             if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
                 videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
                 last_validated = global_step
     progress.close()
+    preemption.close()
 
     accelerator.wait_for_everyone()
     if not config.checkpointing_steps or global_step % config.checkpointing_steps:
         save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-    if global_step == stop_after_step and global_step < max_train_steps:
+    if stop_early and global_step < max_train_steps:
+        if accelerator.is_main_process:
+            print(f"stopped at step {global_step} with a checkpoint; continue with --resume_from_checkpoint latest")
         accelerator.end_training()
         return TrainResult(output_dir, global_step, output_dir / f"checkpoint-{global_step}", videos, losses,
-                           state["bad_steps"], accelerator.unwrap_model(transformer))
+                           state["bad_steps"], True, accelerator.unwrap_model(transformer))
     weights = export_trained_weights(accelerator, family, transformer, output_dir, config.training_mode,
                                      torch.float32 if config.training_mode == "lora" else dtype)
     if last_validated != global_step:  # the same on every process, so none waits alone
@@ -217,5 +224,5 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         plot_losses({output_dir.name: metrics.read()}, output_dir / "loss.png")
         write_model_card(output_dir, config, family.name, num_videos, global_step, videos)
     accelerator.end_training()
-    return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"],
+    return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,
                        accelerator.unwrap_model(transformer))

@@ -1,0 +1,145 @@
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from transformers import T5EncoderModel, T5Tokenizer
+
+from blueberry_video.errors import ConfigError
+from blueberry_video.models.cogvideox import CogVideoXFamily
+from blueberry_video.models.presets import tiny_cogvideox_components
+from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
+from tests.models.helpers import PROMPTS, assert_training_reduces_loss, cached_batch, generators
+
+
+@pytest.fixture(scope="module")
+def family(cogvideox_dir):
+    return CogVideoXFamily(cogvideox_dir)
+
+
+@pytest.fixture(scope="module")
+def encoders(family):
+    return family.load_encoders(torch.float32, "cpu")
+
+
+@pytest.fixture(scope="module")
+def batch(family, encoders, videos):
+    return cached_batch(family, encoders, videos)
+
+
+def test_tiny_pipeline_reloads_with_every_part_and_generates(cogvideox_dir, family):
+    pipe = CogVideoXPipeline.from_pretrained(cogvideox_dir)
+    expected = {
+        "transformer": CogVideoXTransformer3DModel,
+        "vae": AutoencoderKLCogVideoX,
+        "text_encoder": T5EncoderModel,
+        "tokenizer": T5Tokenizer,
+        "scheduler": CogVideoXDPMScheduler,
+    }
+    for name, cls in expected.items():
+        assert isinstance(pipe.components[name], cls), f"{name}: {type(pipe.components[name]).__name__}"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+    fresh = tiny_cogvideox_components(seed=0)
+    for name in ("transformer", "vae", "text_encoder"):
+        saved, built = pipe.components[name].state_dict(), fresh[name].state_dict()
+        assert saved.keys() == built.keys()
+        assert all(torch.equal(saved[key], built[key]) for key in saved), name
+    text = PROMPTS[1] + ",\tCafé 12 ZEBRAS!"
+    assert pipe.tokenizer(text).input_ids == fresh["tokenizer"](text).input_ids
+
+    frames = pipe(
+        prompt=PROMPTS[0],
+        height=32,
+        width=48,
+        num_frames=9,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **family.generation_kwargs(9, 32, 48),
+    ).frames
+    assert frames.shape == (1, 9, 32, 48, 3)
+    assert (frames >= 0).all() and (frames <= 1).all()
+
+
+def test_encode_prompts_equals_the_pipeline(cogvideox_dir, family, encoders):
+    ours = family.encode_prompts(encoders, PROMPTS)
+    # Under no_grad, as the pipeline's __call__ runs it: with autograd on, SDPA picks another CPU kernel.
+    with torch.no_grad():
+        embeds, _ = CogVideoXPipeline.from_pretrained(cogvideox_dir).encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=family.max_text_length
+        )
+    assert torch.equal(ours["prompt_embeds"], embeds)
+    assert embeds.shape == (2, family.transformer_config["max_text_seq_length"], 32)
+    dummy = family.dummy_text_conditioning(torch.Generator().manual_seed(0))
+    assert dummy["prompt_embeds"].shape == embeds.shape[1:]
+
+
+def test_encode_videos_equals_the_vae(family, encoders, videos):
+    ours = family.encode_videos(encoders, videos)
+    with torch.no_grad():
+        dist = encoders.vae.encode(videos.permute(0, 2, 1, 3, 4)).latent_dist
+    assert torch.equal(ours["latent_mean"], dist.mean)
+    assert torch.equal(ours["latent_std"], dist.std)
+    assert ours["latent_mean"].shape == (2, *family.latent_shape(9, 32, 32))
+
+
+def reference_loss(transformer, scheduler, batch, seeds, scaling_factor) -> torch.Tensor:
+    """v-prediction turned into x0: x0_pred = sqrt(a) x_t - sqrt(1 - a) v, MSE weighted by 1 / (1 - a)."""
+    losses = []
+    for i, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        shape = batch["latent_mean"].shape[1:]
+        x0 = batch["latent_mean"][i] + batch["latent_std"][i] * torch.randn(shape, generator=generator)
+        eps = torch.randn(shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
+        x0 = (x0 * scaling_factor).permute(1, 0, 2, 3)  # [F, C, H, W], as the transformer takes it
+        eps = eps.permute(1, 0, 2, 3)
+        alpha_bar = scheduler.alphas_cumprod[t]
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+        with torch.no_grad():
+            v = transformer(
+                hidden_states=x_t[None],
+                encoder_hidden_states=batch["prompt_embeds"][i : i + 1],
+                timestep=t,
+                return_dict=False,
+            )[0][0]
+        x0_pred = alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v
+        losses.append(((x0_pred - x0) ** 2 / (1 - alpha_bar)).mean())
+    return torch.stack(losses).mean()
+
+
+def test_training_loss_equals_a_direct_computation(family, batch):
+    transformer, scheduler = family.load_transformer(), family.load_training_scheduler()
+    assert not transformer.config.use_rotary_positional_embeddings  # the reference passes no rotary embeddings
+    seeds = [11, 12]
+    with torch.no_grad():
+        loss = family.training_loss(transformer, scheduler, batch, generators(seeds))
+    scaling = family.read_config("vae")["scaling_factor"]
+    expected = reference_loss(transformer, scheduler, batch, seeds, scaling)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+def test_draws_do_not_depend_on_the_batch_split(family, batch):
+    seeds = [5, 6]
+    num_train_timesteps = 1000
+    together = draw_latent_noise_and_timesteps(batch["latent_mean"], batch["latent_std"], generators(seeds), num_train_timesteps)
+    for i, seed in enumerate(seeds):
+        alone = draw_latent_noise_and_timesteps(
+            batch["latent_mean"][i : i + 1], batch["latent_std"][i : i + 1], generators([seed]), num_train_timesteps
+        )
+        for joint, single in zip(together, alone):
+            assert torch.equal(joint[i : i + 1], single)
+
+
+def test_geometry_errors_name_the_setting_and_a_valid_value(family):
+    family.check_video_shape(9, 32, 48)
+    assert family.latent_shape(9, 32, 48) == (4, 3, 4, 6)
+    with pytest.raises(ConfigError, match=r"max_num_frames=10: .*4k\+1 frames; use 9"):
+        family.check_video_shape(10, 32, 32)
+    with pytest.raises(ConfigError, match="height=40: must be a multiple of 16.*use 48"):
+        family.check_video_shape(9, 40, 32)
+    with pytest.raises(ConfigError, match="width=20: must be a multiple of 16.*use 16"):
+        family.check_video_shape(9, 32, 20)
+
+
+def test_training_on_one_sample_reduces_the_loss(family, batch):
+    assert_training_reduces_loss(family, {name: value[1:] for name, value in batch.items()})
