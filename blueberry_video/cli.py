@@ -65,6 +65,32 @@ def _generate(args):
     print(f"video written to {path}")
 
 
+def _train(args, extra):
+    from blueberry_video.models import get_family_class
+    from blueberry_video.training.trainer import run_recipe
+
+    result = run_recipe(get_family_class(args.family), (["--config", args.config] if args.config else []) + extra)
+    print(f"{result.global_step} steps; outputs in {result.output_dir}")
+
+
+def _new_experiment(args):
+    from blueberry_video.experiments import new_experiment
+
+    path = new_experiment(args.name, base_dir=args.dir, from_config=args.from_config)
+    print(f"experiment created in {path}: write the question and hypothesis in {path / 'README.md'}, "
+          f"then run {path / 'config.yaml'} with `blueberry-video train --config`")
+
+
+def _report(args):
+    from blueberry_video.report import compare_runs
+
+    report = compare_runs(args.run_dirs)
+    print(report.table)
+    report.save_plot(args.plot)
+    report.write_markdown(args.out, plot=args.plot)
+    print(f"\ntable written to {args.out}, loss plot to {args.plot}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blueberry-video", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -131,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=8)
     p.set_defaults(run=_generate)
+
+    p = verbs.add_parser("train", allow_abbrev=False,
+                         help="train in one process from a config (an experiment's config.yaml); any training "
+                              "flag overrides it (python recipes/train_cogvideox.py --help lists them). "
+                              "Several GPUs: accelerate launch recipes/train_<family>.py")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--config", help="YAML file of training settings")
+    p.set_defaults(run=_train, takes_extra=True)
+
+    p = verbs.add_parser("new-experiment", help="copy experiments/exp_template to a new experiment folder")
+    p.add_argument("name", help="folder name, e.g. lr-sweep")
+    p.add_argument("--from", dest="from_config", help="start from this config instead of the template's")
+    p.add_argument("--dir", default="experiments", help="folder the experiment goes in")
+    p.set_defaults(run=_new_experiment)
+
+    p = verbs.add_parser("report", help="compare runs: the settings that differ, their losses, one loss plot")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output_dir of a training run")
+    p.add_argument("--out", default="report.md", help="Markdown file for the table")
+    p.add_argument("--plot", default="report.png", help="PNG of all loss curves")
+    p.set_defaults(run=_report)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,13 @@ class TrainConfig:
     num_train_epochs: int = _opt(1, "epochs, when max_train_steps is not set")
     seed: int = _opt(42, "seed for data order, noise and timesteps")
     max_consecutive_bad_steps: int = _opt(5, "stop after this many non-finite losses/gradients in a row")
+    # flow-matching families (HunyuanVideo): how training noise levels are drawn
+    weighting_scheme: str = _opt("logit_normal", "density of training noise levels (flow matching)", ["uniform", "logit_normal", "mode"])
+    logit_mean: float = _opt(0.0, "mean of the logit-normal density")
+    logit_std: float = _opt(1.0, "std of the logit-normal density")
+    mode_scale: float = _opt(1.29, "scale of the 'mode' density")
+    flow_shift: float | None = _opt(None, "sigma shift (default: the model scheduler's `shift`)")
+    flow_guidance_scale: float = _opt(1.0, "guidance-embedding value during training (guidance-distilled HunyuanVideo)")
     # checkpoints
     output_dir: str = _opt("outputs/run", "where checkpoints, weights, videos and logs go")
     overwrite_output_dir: bool = _opt(False, "allow starting a new run in a non-empty output_dir")
@@ -120,8 +128,8 @@ def _base_type(annotation):
     return hint
 
 
-def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(name, FIELDS, n=1)
+def _suggest(name) -> str:
+    close = difflib.get_close_matches(str(name), FIELDS, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -129,17 +137,29 @@ def _coerce(name: str, value, source: str):
     """Check a YAML value's type against the field's, converting ints to floats where a float is wanted."""
     kind = _base_type(name)
     if value is None:
-        return None
+        # `height:` with nothing after it reads as None; only settings that may be unset accept that.
+        if type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[name]):
+            return None
+        raise ConfigError(f"{source}: {name} has no value; give a {kind.__name__} or remove the line to use "
+                          f"the default ({FIELDS[name].default!r})")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string, and that is how learning rates are usually written.
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
     if kind is list:
         if isinstance(value, str):
             return [part.strip() for part in value.split(":::" if name == "validation_prompt" else ",") if part.strip()]
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{source}: {name}={value!r} should be of type {kind.__name__}")
+    raise ConfigError(f"{source}: {name}={value!r} should be of type {'list of strings' if kind is list else kind.__name__}")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -211,8 +231,12 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{name}={value}: must be at least 1, or left unset")
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate={config.learning_rate}: must be positive, e.g. 1e-4 for LoRA")
-    if config.checkpointing_steps < 0 or config.lr_warmup_steps < 0:
-        raise ConfigError("checkpointing_steps and lr_warmup_steps must be >= 0")
+    for name in ("checkpointing_steps", "lr_warmup_steps"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}={getattr(config, name)}: must be >= 0")
+    for name in ("lora_dropout", "adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"{name}={getattr(config, name)}: must be in [0, 1)")
     if config.fps is not None and config.fps <= 0:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
     if not config.pretrained_model_name_or_path:

@@ -41,7 +41,7 @@ def run_demo(family_name: str = "cogvideox", workdir: str | Path = ".blueberry/d
             "--output_dir", str(output_dir),
             "--overwrite_output_dir", *extra_args]
     config = parse_config(argv)
-    result = train(config, get_family_class(family_name)(model_dir))
+    result = train(config, get_family_class(family_name).from_config(config))
     print(f"\ndemo finished: {result.global_step} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
     print(f"  weights:    {result.weights}")
     print(f"  videos:     {', '.join(str(v) for v in result.validation_videos)}")

@@ -4,21 +4,18 @@
         --pretrained_model_name_or_path /models/CogVideoX-2b --instance_data_root /data/my_videos
 
 Settings come from the YAML file, then from flags (same names as diffusers'
-examples/cogvideo/train_cogvideox_lora.py). The run itself — latent cache, LoRA, loop, checkpoints,
-validation, export — is `blueberry_video.training.trainer.train`, shared with every model family;
-what is CogVideoX-specific (loading, prompt encoding, the v-prediction objective, the pipeline) is
-`blueberry_video.models.cogvideox.CogVideoXFamily`.
+examples/cogvideo/train_cogvideox_lora.py); `--help` lists them. The run — latent cache, LoRA or full
+fine-tune, loop, checkpoints, validation videos, export — is `blueberry_video.training.trainer.train`,
+shared by every model family. What is CogVideoX's own (loading, T5 prompt encoding, the v-prediction
+objective weighted by 1/(1-alpha_bar), the pipeline) is `blueberry_video.models.cogvideox.CogVideoXFamily`.
 """
 
-from blueberry_video.config import parse_config
 from blueberry_video.models.cogvideox import CogVideoXFamily
-from blueberry_video.training.trainer import train
+from blueberry_video.training.trainer import run_recipe
 
 
 def main(argv=None):
-    config = parse_config(argv, description=__doc__)
-    family = CogVideoXFamily(config.pretrained_model_name_or_path)
-    return train(config, family)
+    return run_recipe(CogVideoXFamily, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,10 @@ def one_video_dataset_dir(sample_dataset_dir, tmp_path_factory) -> Path:
     shutil.copy(sample_dataset_dir / entry["file"], root / entry["file"])
     (root / "metadata.json").write_text(json.dumps([entry]))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_video_dir(tmp_path_factory) -> Path:
+    from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
+
+    return HunyuanVideoFamily.save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-hunyuan-video")

@@ -1,7 +1,7 @@
 """The per-family interface: everything that differs between CogVideoX, HunyuanVideo, ... lives behind it.
 
 The training loop, the latent cache, validation and export only talk to a `ModelFamily`.
-Adding a family means one new module implementing this class and one `register_family` line.
+Adding a family means one new module implementing this class and one entry in `models/__init__.py`'s `_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class ModelFamily(ABC):
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
         self.check_layout()
+
+    @classmethod
+    def from_config(cls, config) -> "ModelFamily":
+        """The family for a training config; families with objective options read them here."""
+        return cls(config.pretrained_model_name_or_path)
 
     def check_layout(self) -> None:
         if not self.model_dir.is_dir():

@@ -7,12 +7,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKLHunyuanVideo,
-    FlowMatchEulerDiscreteScheduler,
-    HunyuanVideoPipeline,
-    HunyuanVideoTransformer3DModel,
-)
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
 from blueberry_video.errors import ConfigError
@@ -45,8 +40,8 @@ class HunyuanVideoFamily(ModelFamily):
         self,
         model_dir: str | Path,
         *,
-        # HunyuanVideo's report trains with SD3's logit-normal density: it favours the mid-noise steps that
-        # matter most for structure, where uniform spends as much on nearly-clean and nearly-pure-noise steps.
+        # SD3's logit-normal density (which HunyuanVideo's pre-training is reported to use): it favours the
+        # mid-noise steps, where uniform spends as much on nearly-clean and nearly-pure-noise ones.
         weighting_scheme: str = "logit_normal",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
@@ -66,6 +61,18 @@ class HunyuanVideoFamily(ModelFamily):
         self.guidance_scale = guidance_scale
         self.prompt_template = prompt_template or DEFAULT_PROMPT_TEMPLATE
         self.max_sequence_length = max_sequence_length
+
+    @classmethod
+    def from_config(cls, config) -> "HunyuanVideoFamily":
+        return cls(
+            config.pretrained_model_name_or_path,
+            weighting_scheme=config.weighting_scheme,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            mode_scale=config.mode_scale,
+            flow_shift=config.flow_shift,
+            guidance_scale=config.flow_guidance_scale,
+        )
 
     # --- geometry ---------------------------------------------------------------------------------
 
@@ -88,20 +95,23 @@ class HunyuanVideoFamily(ModelFamily):
         return ((num_frames - 1) // t + 1) % self.transformer_config.get("patch_size_t", 1) == 0
 
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
+        patch_size_t = self.transformer_config.get("patch_size_t", 1)
         if not self._frames_valid(num_frames):
             rule = f"{self.temporal_compression}k+1"
-            if self.transformer_config.get("patch_size_t", 1) > 1:
-                rule += f" with a latent frame count divisible by patch_size_t={self.transformer_config['patch_size_t']}"
+            if patch_size_t > 1:
+                rule += f" with a latent frame count divisible by patch_size_t={patch_size_t}"
             raise ConfigError(
                 f"max_num_frames={num_frames}: this HunyuanVideo model's VAE takes {rule} frames; "
                 f"use {nearest_valid(num_frames, self._frames_valid)}"
             )
-        multiple = math.lcm(self.spatial_compression * self.transformer_config.get("patch_size", 2), PIPELINE_PIXEL_MULTIPLE)
+        patch = self.spatial_compression * self.transformer_config.get("patch_size", 2)
+        multiple = math.lcm(patch, PIPELINE_PIXEL_MULTIPLE)
         for setting, value in (("height", height), ("width", width)):
             if value % multiple:
                 raise ConfigError(
                     f"{setting}={value}: must be a multiple of {multiple} (VAE downsampling x patch size, and "
-                    f"HunyuanVideoPipeline's own multiple of 16); use {nearest_valid(value, lambda v: v % multiple == 0)}"
+                    f"HunyuanVideoPipeline's own multiple of 16); "
+                    f"use {nearest_valid(value, lambda v: v % multiple == 0)}"
                 )
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-"""Tokenizers for the tiny test models, trained locally on a few sentences (nothing is downloaded).
+"""Tokenizers for the tiny test models, built locally from a few sentences (nothing is downloaded).
 
 They are real `tokenizers`-backed transformers tokenizers, saved with `save_pretrained`, so the
 pipelines load them exactly as they load the tokenizers of the real checkpoints.
@@ -64,7 +64,8 @@ def tiny_t5_tokenizer(vocab_size: int = 256):
 # group. Training with it on the HunyuanVideo system prompt gives that prompt whole-word tokens, so the tiny
 # tokenizer splits it exactly as the real one does.
 LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
 
@@ -26,10 +27,74 @@ def build_accelerator(config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     check_launch(accelerator)
+    check_validation_with_sharded_weights(accelerator, config)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator, config)
     set_seed(config.seed)
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     return accelerator
+
+
+def configure_deepspeed(accelerator: Accelerator, config) -> None:
+    """Make a DeepSpeed JSON's `"auto"` entries follow the recipe, and keep the frozen models whole under ZeRO-3."""
+    plugin = accelerator.state.deepspeed_plugin
+    # accelerate fills an "auto" gradient_clipping with 1.0 whatever the recipe says; DeepSpeed clips inside
+    # `backward`, so this is the only place max_grad_norm can reach it (0 turns clipping off in both).
+    if plugin.is_auto("gradient_clipping"):
+        plugin.deepspeed_config["gradient_clipping"] = float(config.max_grad_norm or 0.0)
+    # While a ZeRO-3 config is registered with transformers, every transformers model it loads (the text
+    # encoders of the latent cache and of the validation pipeline) is partitioned at load, even with
+    # zero3_init_flag off, and then fails outside the DeepSpeed engine ("'weight' must be 2-D"). Only the
+    # transformer handed to `prepare` is to be sharded; diffusers loads it whole either way.
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def shards_weights(accelerator: Accelerator) -> bool:
+    """FSDP and ZeRO-3 split the weights over the processes: every forward needs all of them."""
+    if accelerator.num_processes == 1:
+        return False
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def check_validation_with_sharded_weights(accelerator: Accelerator, config) -> None:
+    """Validation videos are generated on the main process alone, which cannot gather sharded weights by itself."""
+    if config.validation_prompt and shards_weights(accelerator):
+        raise ConfigError(
+            f"validation_prompt with {accelerator.distributed_type.value} over {accelerator.num_processes} processes: "
+            f"the validation pipeline runs on the main process only, and its first forward would wait forever for "
+            f"the other processes to gather the sharded weights. Drop validation_prompt and render videos from the "
+            f"exported weights afterwards, or train with DDP or DeepSpeed ZeRO-2."
+        )
+
+
+def fit_fsdp_wrap_classes(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Let one FSDP config list every family's block classes: keep those this transformer has.
+
+    accelerate refuses a `fsdp_transformer_layer_cls_to_wrap` class that the model lacks, so a list naming
+    CogVideoX's and HunyuanVideo's blocks would fail for both models without this.
+    """
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        plugin.transformer_cls_names_to_wrap = fsdp_wrap_classes_in(model, plugin.transformer_cls_names_to_wrap)
+
+
+def fsdp_wrap_classes_in(model: torch.nn.Module, names: list[str] | None) -> list[str] | None:
+    """The listed block class names found in `model`; None (no list) lets accelerate use `_no_split_modules`."""
+    if not names:
+        return names
+    present = [name for name in names if get_module_class_from_name(model, name) is not None]
+    if not present:
+        raise ConfigError(
+            f"fsdp_transformer_layer_cls_to_wrap={','.join(names)}: {type(model).__name__} has none of these classes; "
+            f"add its block class to the list in your accelerate config (its _no_split_modules: "
+            f"{', '.join(getattr(model, '_no_split_modules', None) or ['none'])})"
+        )
+    return present
 
 
 def check_launch(accelerator: Accelerator) -> None:

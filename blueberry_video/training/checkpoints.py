@@ -27,8 +27,12 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def register_lora_checkpoint_hooks(accelerator, training_mode: str) -> None:
-    """Make save_state/load_state store only the LoRA weights of the transformer (not gigabytes of frozen ones)."""
-    if training_mode != "lora" or accelerator.distributed_type.value == "DEEPSPEED":
+    """Make save_state/load_state store only the LoRA weights of the transformer (not gigabytes of frozen ones).
+
+    Not under DeepSpeed or FSDP: their engines save the model themselves, whatever the hooks do, and reading a
+    sharded model's weights on the main process alone (as the save hook does) would wait for the others forever.
+    """
+    if training_mode != "lora" or _is_deepspeed(accelerator) or accelerator.distributed_type.value == "FSDP":
         return
     from peft.utils import set_peft_model_state_dict
 
@@ -83,7 +87,7 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp), **_deepspeed_save_kwargs(accelerator))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -97,6 +101,18 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit
     return final
 
 
+def _deepspeed_save_kwargs(accelerator) -> dict:
+    # The save hooks above do not run under DeepSpeed, whose engine writes the model itself: told to leave out
+    # the frozen weights, a LoRA checkpoint holds the adapter and its optimizer state, not the whole transformer.
+    # (A full fine-tune has no frozen weights, so nothing changes for it.)
+    return {"exclude_frozen_parameters": True} if _is_deepspeed(accelerator) else {}
+
+
+def _is_deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type.value == "DEEPSPEED"
+
+
 def load_checkpoint(accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
+    # Non-strict under DeepSpeed: the frozen weights left out of a LoRA checkpoint keep their pretrained values.
+    accelerator.load_state(str(path), **({"load_module_strict": False} if _is_deepspeed(accelerator) else {}))
     return json.loads((path / STATE_FILE).read_text())

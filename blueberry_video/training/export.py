@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 
 from blueberry_video.training.lora import lora_metadata, lora_state_dict
 
@@ -30,9 +31,21 @@ def export_trained_weights(accelerator, family, transformer, output_dir, trainin
                 os.replace(Path(tmp) / LORA_WEIGHTS, target)
             else:
                 state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
-                unwrapped.save_pretrained(Path(tmp) / "transformer", state_dict=state_dict, safe_serialization=True)
+                model_with(unwrapped, state_dict).save_pretrained(Path(tmp) / "transformer", safe_serialization=True)
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(Path(tmp) / "transformer", target)
     accelerator.wait_for_everyone()
     return target
+
+
+def model_with(model, state_dict: dict[str, torch.Tensor]):
+    """A copy of the diffusers `model` holding `state_dict`'s tensors, for `save_pretrained`.
+
+    diffusers' `save_pretrained` takes no state dict (a `state_dict=` argument is silently ignored) and saves
+    the model's own tensors: empty shards under ZeRO-3 and FSDP, and never in the requested dtype.
+    """
+    with init_empty_weights():
+        copy = type(model).from_config(model.config)
+    copy.load_state_dict(state_dict, strict=True, assign=True)
+    return copy

@@ -55,8 +55,10 @@ def draw_noise_and_sigmas(latent_mean, latent_std, generators, sigma_sampler):
 FLOW_WEIGHTING_SCHEMES = ("uniform", "logit_normal", "mode")
 
 
-def flow_sigma_sampler(weighting_scheme: str, logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29):
-    """A `sigma_sampler` for `draw_noise_and_sigmas`: one sigma from diffusers' density, drawn with the sample's generator."""
+def flow_sigma_sampler(
+    weighting_scheme: str, logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29
+):
+    """A `sigma_sampler` for `draw_noise_and_sigmas`: one sigma from diffusers' density, from the sample's generator."""
     if weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
         raise ConfigError(
             f"weighting_scheme={weighting_scheme!r}: unknown; choose one of {', '.join(FLOW_WEIGHTING_SCHEMES)}"

@@ -22,7 +22,12 @@ from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
 from blueberry_video.data.decode import FrameSampling
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.errors import ConfigError
-from blueberry_video.training.accelerator import build_accelerator, check_output_dir, weight_dtype
+from blueberry_video.training.accelerator import (
+    build_accelerator,
+    check_output_dir,
+    fit_fsdp_wrap_classes,
+    weight_dtype,
+)
 from blueberry_video.training.checkpoints import (
     load_checkpoint,
     register_lora_checkpoint_hooks,
@@ -83,6 +88,14 @@ def _tracker_config(config) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
 
 
+def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
+    """What a recipe script does: settings from YAML and flags, the family's parts, the shared run."""
+    from blueberry_video.config import parse_config
+
+    config = parse_config(argv, description=description)
+    return train(config, family_class.from_config(config))
+
+
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
     resume_requested = config.resume_from_checkpoint is not None
@@ -113,6 +126,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
     register_lora_checkpoint_hooks(accelerator, config.training_mode)
+    fit_fsdp_wrap_classes(accelerator, transformer)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
     noise_scheduler = family.load_training_scheduler()
 
@@ -151,7 +165,8 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
                 grad_ok, grad_norm = True, None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-                    grad_ok = grad_norm is None or bool(torch.isfinite(grad_norm))
+                    # A tensor, or under DeepSpeed (which clips inside `backward`) a float or None.
+                    grad_ok = grad_norm is None or math.isfinite(float(grad_norm))
                 if grad_ok:
                     optimizer.step()
                     lr_scheduler.step()

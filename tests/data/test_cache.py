@@ -214,16 +214,17 @@ def test_a_resume_with_another_chunk_size_keeps_every_item(family, sample_datase
     encode_videos = family.encode_videos
     calls = []
 
-    def failing_third(encoders, videos):
+    def failing_second(encoders, videos):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise RuntimeError("interrupted")
         return encode_videos(encoders, videos)
 
-    monkeypatch.setattr(family, "encode_videos", failing_third)
+    monkeypatch.setattr(family, "encode_videos", failing_second)
     with pytest.raises(RuntimeError):
         precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=1)
     monkeypatch.setattr(family, "encode_videos", encode_videos)
+    # The finished chunk held item 0 alone; a chunk of 3 starting at item 0 must not be taken for it.
     report = precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=3)
     assert cached_table(report)["index"] == [0, 1, 2, 3]
 
@@ -248,7 +249,7 @@ def mixed_dataset(tmp_path, sample_dataset_dir, garbage_video, zero_byte_video, 
 
 
 EXPECTED_REASONS = {
-    "garbage.mp4": "ffmpeg cannot read it",
+    "garbage.mp4": "moov atom not found",
     "zero.mp4": "empty (0 bytes)",
     "truncated.mp4": "moov atom not found",
     "audio_only.mp4": "no video stream",

@@ -40,3 +40,32 @@ def assert_training_reduces_loss(family, sample: dict, steps: int = 30) -> None:
         optimizer.step()
     after = held_out_loss(family, transformer, scheduler, sample)
     assert after < 0.7 * before, f"held-out loss {before:.4f} -> {after:.4f} after {steps} steps"
+
+
+def assert_pipeline_is_the_preset(pipe, fresh: dict, expected_classes: dict) -> None:
+    """Every component of the reloaded `pipe` has its class, and the weights and tokenisation the preset builds."""
+    for name, cls in expected_classes.items():
+        assert isinstance(pipe.components[name], cls), f"{name}: {type(pipe.components[name]).__name__}"
+    text = PROMPTS[1] + ",\tCafé 12 ZEBRAS!"
+    for name, built in fresh.items():
+        if isinstance(built, torch.nn.Module):
+            saved, made = pipe.components[name].state_dict(), built.state_dict()
+            assert saved.keys() == made.keys(), name
+            assert all(torch.equal(saved[key], made[key]) for key in saved), name
+        elif name.startswith("tokenizer"):
+            assert pipe.components[name](text).input_ids == built(text).input_ids, name
+
+
+def assert_generates_frames(pipe, family, num_frames: int = 9, height: int = 32, width: int = 48) -> None:
+    frames = pipe(
+        prompt=PROMPTS[0],
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **family.generation_kwargs(num_frames, height, width),
+    ).frames
+    assert frames.shape == (1, num_frames, height, width, 3)
+    assert (frames >= 0).all() and (frames <= 1).all()

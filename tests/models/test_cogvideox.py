@@ -7,7 +7,8 @@ from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.presets import tiny_cogvideox_components
 from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
-from tests.models.helpers import PROMPTS, assert_training_reduces_loss, cached_batch, generators
+from tests.models.helpers import PROMPTS, cached_batch, generators
+from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
 
 
 @pytest.fixture(scope="module")
@@ -34,30 +35,9 @@ def test_tiny_pipeline_reloads_with_every_part_and_generates(cogvideox_dir, fami
         "tokenizer": T5Tokenizer,
         "scheduler": CogVideoXDPMScheduler,
     }
-    for name, cls in expected.items():
-        assert isinstance(pipe.components[name], cls), f"{name}: {type(pipe.components[name]).__name__}"
+    assert_pipeline_is_the_preset(pipe, tiny_cogvideox_components(seed=0), expected)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
-
-    fresh = tiny_cogvideox_components(seed=0)
-    for name in ("transformer", "vae", "text_encoder"):
-        saved, built = pipe.components[name].state_dict(), fresh[name].state_dict()
-        assert saved.keys() == built.keys()
-        assert all(torch.equal(saved[key], built[key]) for key in saved), name
-    text = PROMPTS[1] + ",\tCafé 12 ZEBRAS!"
-    assert pipe.tokenizer(text).input_ids == fresh["tokenizer"](text).input_ids
-
-    frames = pipe(
-        prompt=PROMPTS[0],
-        height=32,
-        width=48,
-        num_frames=9,
-        num_inference_steps=2,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-        **family.generation_kwargs(9, 32, 48),
-    ).frames
-    assert frames.shape == (1, 9, 32, 48, 3)
-    assert (frames >= 0).all() and (frames <= 1).all()
+    assert_generates_frames(pipe, family)
 
 
 def test_encode_prompts_equals_the_pipeline(cogvideox_dir, family, encoders):
@@ -93,7 +73,7 @@ def reference_loss(transformer, scheduler, batch, seeds, scaling_factor) -> torc
         t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
         x0 = (x0 * scaling_factor).permute(1, 0, 2, 3)  # [F, C, H, W], as the transformer takes it
         eps = eps.permute(1, 0, 2, 3)
-        alpha_bar = scheduler.alphas_cumprod[t]
+        alpha_bar = scheduler.alphas_cumprod[t].float()  # the scheduler keeps them in float64
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
         with torch.no_grad():
             v = transformer(
@@ -120,11 +100,11 @@ def test_training_loss_equals_a_direct_computation(family, batch):
 
 def test_draws_do_not_depend_on_the_batch_split(family, batch):
     seeds = [5, 6]
-    num_train_timesteps = 1000
-    together = draw_latent_noise_and_timesteps(batch["latent_mean"], batch["latent_std"], generators(seeds), num_train_timesteps)
+    mean, std = batch["latent_mean"], batch["latent_std"]
+    together = draw_latent_noise_and_timesteps(mean, std, generators(seeds), num_train_timesteps=1000)
     for i, seed in enumerate(seeds):
         alone = draw_latent_noise_and_timesteps(
-            batch["latent_mean"][i : i + 1], batch["latent_std"][i : i + 1], generators([seed]), num_train_timesteps
+            mean[i : i + 1], std[i : i + 1], generators([seed]), num_train_timesteps=1000
         )
         for joint, single in zip(together, alone):
             assert torch.equal(joint[i : i + 1], single)

@@ -12,11 +12,13 @@ from diffusers import (
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 from transformers import CLIPTextModel, CLIPTokenizer, LlamaModel, PreTrainedTokenizerFast
 
+from blueberry_video.config import TrainConfig
 from blueberry_video.errors import ConfigError
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
 from blueberry_video.models.presets import build_real_size_transformer, tiny_hunyuan_video_components
 from blueberry_video.training.sampling import draw_noise_and_sigmas, shift_sigmas
-from tests.models.helpers import PROMPTS, assert_training_reduces_loss, cached_batch, generators
+from tests.models.helpers import PROMPTS, cached_batch, generators
+from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
 
 
 @pytest.fixture(scope="module")
@@ -45,41 +47,19 @@ def test_tiny_pipeline_reloads_with_every_part_and_generates(hunyuan_dir, family
         "tokenizer_2": CLIPTokenizer,
         "scheduler": FlowMatchEulerDiscreteScheduler,
     }
-    for name, cls in expected.items():
-        assert isinstance(pipe.components[name], cls), f"{name}: {type(pipe.components[name]).__name__}"
+    assert_pipeline_is_the_preset(pipe, tiny_hunyuan_video_components(seed=0), expected)
     assert pipe.scheduler.config.shift == 7.0
-
-    # What was saved is what the preset builds: same weights, same tokenisation.
-    fresh = tiny_hunyuan_video_components(seed=0)
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        saved, built = pipe.components[name].state_dict(), fresh[name].state_dict()
-        assert saved.keys() == built.keys()
-        assert all(torch.equal(saved[key], built[key]) for key in saved), name
-    text = DEFAULT_PROMPT_TEMPLATE["template"].format(PROMPTS[1] + ", 12 ZEBRAS!")
-    for name in ("tokenizer", "tokenizer_2"):
-        assert pipe.components[name](text).input_ids == fresh[name](text).input_ids, name
-
-    frames = pipe(
-        prompt=PROMPTS[0],
-        height=32,
-        width=48,
-        num_frames=9,
-        num_inference_steps=2,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-        **family.generation_kwargs(9, 32, 48),
-    ).frames
-    assert frames.shape == (1, 9, 32, 48, 3)
-    assert (frames >= 0).all() and (frames <= 1).all()
+    assert_generates_frames(pipe, family)
 
 
 def test_tiny_tokenizer_crops_exactly_the_system_prompt(family, encoders):
     tokenizer = encoders.text_modules["pipeline"].tokenizer
     template, crop_start = DEFAULT_PROMPT_TEMPLATE["template"], DEFAULT_PROMPT_TEMPLATE["crop_start"]
     assert len(tokenizer(template.split("{}")[0]).input_ids) == crop_start
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     for prompt in PROMPTS:
         kept = tokenizer(template.format(prompt)).input_ids[crop_start:]
-        assert kept == tokenizer(prompt, add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+        assert kept == tokenizer(prompt, add_special_tokens=False).input_ids + [end_of_turn]
 
 
 def test_a_crop_start_that_does_not_fit_the_tokenizer_is_reported(hunyuan_dir, family):
@@ -195,6 +175,20 @@ def test_weighting_schemes_draw_sigmas_in_range_and_the_shift_raises_them(hunyua
     assert torch.equal(shift_sigmas(sigmas, 1.0), sigmas)
 
 
+def test_the_training_config_sets_the_objective(hunyuan_dir):
+    config = TrainConfig(
+        pretrained_model_name_or_path=str(hunyuan_dir),
+        weighting_scheme="mode",
+        mode_scale=0.5,
+        flow_shift=2.0,
+        flow_guidance_scale=3.0,
+    )
+    family = HunyuanVideoFamily.from_config(config)
+    assert (family.flow_shift, family.guidance_scale) == (2.0, 3.0)
+    drawn = family.sigma_sampler(torch.Generator().manual_seed(3))
+    torch.testing.assert_close(drawn, reference_sigma(torch.Generator().manual_seed(3), "mode", mode_scale=0.5))
+
+
 def test_logit_normal_parameters_move_the_density(hunyuan_dir):
     sampler = HunyuanVideoFamily(hunyuan_dir, logit_mean=1.0, logit_std=0.5).sigma_sampler
     generator = torch.Generator().manual_seed(0)
@@ -217,7 +211,9 @@ def test_draws_do_not_depend_on_the_batch_split(family, batch):
     with torch.no_grad():
         loss = family.training_loss(transformer, scheduler, batch, generators(seeds))
         halves = [
-            family.training_loss(transformer, scheduler, {k: v[i : i + 1] for k, v in batch.items()}, generators([seed]))
+            family.training_loss(
+                transformer, scheduler, {name: value[i : i + 1] for name, value in batch.items()}, generators([seed])
+            )
             for i, seed in enumerate(seeds)
         ]
     torch.testing.assert_close(loss, torch.stack(halves).mean(), rtol=1e-5, atol=0)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from blueberry_video.data.decode import FrameSampling, decode_video
 from tests.conftest import REPO_ROOT
+from tests.training.helpers import transformer_output_after_fresh_lora_load
 
 sys.path.insert(0, str(REPO_ROOT / "recipes"))
 import train_cogvideox  # noqa: E402
@@ -72,24 +70,12 @@ def test_lora_run_writes_every_output(lora_run):
 
 def test_saved_lora_reloads_in_a_fresh_process_with_the_trained_effect(lora_run, tiny_cogvideox_dir, tmp_path):
     inputs = transformer_inputs()
-    torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         trained = lora_run.transformer.eval()(**inputs, return_dict=False)[0]
-    script = textwrap.dedent(f"""
-        import torch
-        from diffusers import CogVideoXPipeline
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)
-        pipe = CogVideoXPipeline.from_pretrained({str(tiny_cogvideox_dir)!r})
-        with torch.no_grad():
-            base = pipe.transformer(**inputs, return_dict=False)[0]
-            pipe.load_lora_weights({str(lora_run.output_dir)!r})
-            loaded = pipe.transformer(**inputs, return_dict=False)[0]
-        torch.save({{"base": base, "loaded": loaded}}, {str(tmp_path / 'out.pt')!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
-    out = torch.load(tmp_path / "out.pt", weights_only=True)
-    assert (out["loaded"] - out["base"]).abs().max() > 1e-2  # the LoRA changes the output ...
-    torch.testing.assert_close(out["loaded"], trained, rtol=1e-5, atol=1e-5)  # ... exactly as trained
+    base, loaded = transformer_output_after_fresh_lora_load("CogVideoXPipeline", tiny_cogvideox_dir,
+                                                             lora_run.output_dir, inputs, tmp_path)
+    assert (loaded - base).abs().max() > 1e-2  # the LoRA changes the output ...
+    torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)  # ... exactly as it did in training
 
 
 def test_full_finetune_saves_a_loadable_transformer(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):

@@ -1,0 +1,95 @@
+"""Shared pieces of the training benchmarks: a model directory for a preset, synthetic batches, FLOPs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from blueberry_video.config import TrainConfig
+from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.models import get_family_class
+from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, build_real_size_transformer
+
+TINY_PRESETS = {"tiny-cogvideox": "cogvideox", "tiny-hunyuan-video": "hunyuan_video"}
+# Dense bf16 peak of the cards people train on (TFLOP/s, without sparsity).
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def build_family_and_transformer(preset: str, dtype: torch.dtype, device: torch.device, workdir: Path):
+    """Tiny presets: the real tiny pipeline saved and loaded. Real sizes: configs only on disk, the
+    transformer built in memory with random weights (nothing downloaded)."""
+    if preset in TINY_PRESETS:
+        cls = get_family_class(TINY_PRESETS[preset])
+        cls.save_tiny_pipeline(workdir / preset)
+        family = cls(workdir / preset)
+        return family, family.load_transformer(dtype=dtype).to(device)
+    family_name, _ = REAL_SIZE_TRANSFORMERS[preset]
+    cls = get_family_class(family_name)
+    model_dir = workdir / preset
+    transformer = build_real_size_transformer(preset, dtype=dtype, device=device)
+    transformer.save_config(model_dir / "transformer")
+    _save_component_configs(cls, model_dir)
+    return cls(model_dir), transformer
+
+
+def _save_component_configs(cls, model_dir: Path) -> None:
+    """The VAE / scheduler configs a family reads, from the diffusers classes' defaults (the released ones)."""
+    import diffusers
+
+    vae_class = {"cogvideox": diffusers.AutoencoderKLCogVideoX, "hunyuan_video": diffusers.AutoencoderKLHunyuanVideo}[cls.name]
+    with torch.device("meta"):
+        vae_class().save_config(model_dir / "vae")
+    if cls.name == "cogvideox":
+        from blueberry_video.models.presets import COGVIDEOX_SCHEDULER
+
+        diffusers.CogVideoXDPMScheduler(**COGVIDEOX_SCHEDULER).save_config(model_dir / "scheduler")
+    else:
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0).save_config(model_dir / "scheduler")
+    for sub in cls.required_subfolders:
+        (model_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def synthetic_batch(family, batch: int, frames: int, height: int, width: int, device) -> dict[str, torch.Tensor]:
+    """Latent distributions and text conditioning of exactly the shapes the cache would hold."""
+    dataset = DummyLatentDataset(family, batch, frames, height, width)
+    items = [dataset[i] for i in range(batch)]
+    return {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
+
+
+def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool) -> TrainConfig:
+    return TrainConfig(pretrained_model_name_or_path=str(family.model_dir), training_mode=mode, rank=rank,
+                       lora_alpha=rank, gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+                       dummy_data=True)
+
+
+def sequence_tokens(transformer_config, latent_shape, text_tokens: int) -> tuple[int, int]:
+    """(video tokens, text tokens) the transformer attends over for one sample."""
+    _, frames, height, width = latent_shape
+    p = transformer_config.get("patch_size", 2)
+    p_t = transformer_config.get("patch_size_t") or 1
+    return (-(-frames // p_t)) * (height // p) * (width // p), text_tokens
+
+
+def training_flops(num_params: int, num_trainable: int, tokens: int, num_layers: int, hidden: int,
+                   mode: str) -> float:
+    """Model FLOPs of one training sample (no recomputation counted), the usual convention:
+
+    dense:     forward 2·N·T, backward 4·N·T when every weight trains (6·N·T); with LoRA the frozen weights
+               need only the activation gradient, 2·N·T, so 4·N·T + 6·N_lora·T.
+    attention: forward 4·T²·d per layer (QKᵀ and AV), backward twice that: 12·L·T²·d.
+    """
+    dense = 6 * num_params * tokens if mode == "full" else 4 * num_params * tokens + 6 * num_trainable * tokens
+    return dense + 12 * num_layers * tokens * tokens * hidden
+
+
+def temporary_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="blueberry-bench-"))

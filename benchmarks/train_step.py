@@ -1,0 +1,136 @@
+"""Training-step speed and memory of a transformer preset on synthetic latents, through the recipes' step code.
+
+    python benchmarks/train_step.py --preset cogvideox-2b --mode lora --frames 49 --height 480 --width 720 \
+        --batch 1 --gradient-checkpointing [--8bit-adam] [--compile] [--json]
+    python benchmarks/train_step.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # runs on CPU
+
+Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
+the published config; tiny presets build the test models. Prints median step time, samples/s, latent
+tokens/s, achieved TFLOP/s and MFU against the GPU's dense bf16 peak (FLOPs formula in
+benchmarks/common.py:training_flops and docs/performance.md), and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+
+import torch
+from accelerate import Accelerator
+
+from benchmarks.common import (
+    benchmark_config,
+    build_family_and_transformer,
+    device_peak_tflops,
+    sequence_tokens,
+    synthetic_batch,
+    temporary_workdir,
+    training_flops,
+)
+from blueberry_video.training.lora import make_trainable
+from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.sampling import sample_generators
+from blueberry_video.training.step import training_step
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", required=True,
+                        choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video", "tiny-cogvideox", "tiny-hunyuan-video"])
+    parser.add_argument("--mode", choices=["lora", "full"], default="lora")
+    parser.add_argument("--rank", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--8bit-adam", dest="adam_8bit", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    device = accelerator.device
+    weight_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    workdir = temporary_workdir()
+    try:
+        family, transformer = build_family_and_transformer(
+            args.preset, weight_dtype if args.mode == "lora" else torch.float32, device, workdir)
+        family.check_video_shape(args.frames, args.height, args.width)
+        config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit)
+        params = make_trainable(transformer, config, family)
+        if args.compile:
+            for module in transformer.modules():
+                if type(module).__name__ in family.block_class_names:
+                    module.compile()
+        optimizer = build_optimizer(params, config)
+        lr_scheduler = build_lr_scheduler(optimizer, config, args.steps + args.warmup)
+        transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+        noise_scheduler = family.load_training_scheduler()
+        batch = synthetic_batch(family, args.batch, args.frames, args.height, args.width, device)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for step in range(args.warmup + args.steps):
+            generators = sample_generators(0, step, range(args.batch), device)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params, optimizer,
+                          lr_scheduler, 1.0)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if step >= args.warmup:
+                times.append(time.perf_counter() - start)
+
+        model = accelerator.unwrap_model(transformer)
+        cfg = model.config
+        latent_shape = family.latent_shape(args.frames, args.height, args.width)
+        text_tokens = next(v.shape[0] for k, v in batch.items() if k == "prompt_embeds") if "prompt_embeds" in batch else 0
+        video_tokens, text_tokens = sequence_tokens(dict(cfg), latent_shape, batch["prompt_embeds"].shape[1])
+        tokens = video_tokens + text_tokens
+        num_params = sum(p.numel() for p in model.parameters())
+        num_trainable = sum(p.numel() for p in params)
+        hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+        num_layers = cfg.get("num_layers", 0) + cfg.get("num_single_layers", 0)
+        flops = args.batch * training_flops(num_params - num_trainable, num_trainable, tokens, num_layers, hidden,
+                                            args.mode)
+        step_time = statistics.median(times)
+        peak = device_peak_tflops(device)
+        result = {
+            "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
+            "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
+            "8bit_adam": args.adam_8bit, "compile": args.compile,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,
+            "step_time_s": step_time, "samples_per_s": args.batch / step_time,
+            "latent_tokens_per_s": args.batch * video_tokens / step_time,
+            "achieved_tflops": flops / step_time / 1e12,
+            "mfu": (flops / step_time / 1e12 / peak) if peak else None,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        }
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return result
+    for key, value in result.items():
+        print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

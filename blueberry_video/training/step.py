@@ -1,0 +1,35 @@
+"""One micro-batch of training: loss, backward, and — at an accumulation boundary — clip and update.
+
+The trainer and the benchmarks both call this, so what is measured is what trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepOutcome:
+    loss: torch.Tensor  # detached
+    grad_norm: torch.Tensor | None  # set at accumulation boundaries (None under engines that clip themselves)
+    applied: bool  # False when the gradients were not finite and the update was skipped
+
+
+def training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params, optimizer,
+                  lr_scheduler, max_grad_norm: float) -> StepOutcome:
+    with accelerator.accumulate(transformer):
+        with accelerator.autocast():
+            loss = family.training_loss(transformer, noise_scheduler, batch, generators)
+        accelerator.backward(loss)
+        grad_norm, applied = None, True
+        if accelerator.sync_gradients:
+            # An infinite max norm measures without clipping, so non-finite gradients are still caught.
+            grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm or float("inf"))
+            applied = grad_norm is None or bool(torch.isfinite(grad_norm))
+        if applied:
+            optimizer.step()
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(loss.detach(), grad_norm, applied)

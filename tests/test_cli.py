@@ -1,0 +1,160 @@
+"""The `blueberry-video` command on the tiny model and real videos: each verb's output is checked by loading it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import imageio_ffmpeg
+import pytest
+import torch
+from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from blueberry_video.cli import main
+from blueberry_video.data.decode import FrameSampling, VideoTooShortError, decode_video
+from blueberry_video.data.latent_dataset import LatentCacheDataset
+from blueberry_video.errors import ConfigError
+
+SHAPE = ["--height", "96", "--width", "160"]
+
+
+def console_script() -> str:
+    # The script installed beside this interpreter, so the test does not depend on PATH.
+    script = Path(sys.executable).parent / "blueberry-video"
+    return str(script) if script.exists() else shutil.which("blueberry-video")
+
+
+def assert_same_weights(a, b):
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+
+
+def test_make_tiny_model_writes_a_loadable_pipeline(tmp_path, tiny_cogvideox_dir, capsys):
+    main(["make-tiny-model", "--family", "cogvideox", str(tmp_path / "tiny")])
+    assert str(tmp_path / "tiny") in capsys.readouterr().out
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path / "tiny")
+    assert pipe.transformer.config.num_layers <= 2  # tiny, not a default-size model
+    # The default seed is the one the session fixture was built with: same weights.
+    assert_same_weights(pipe.transformer, CogVideoXPipeline.from_pretrained(tiny_cogvideox_dir).transformer)
+
+
+def test_make_tiny_model_through_the_installed_command(tmp_path):
+    result = subprocess.run([console_script(), "make-tiny-model", "--family", "cogvideox", "--seed", "1",
+                             str(tmp_path / "tiny")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path / "tiny")
+    assert pipe.vae is not None and pipe.text_encoder is not None and pipe.tokenizer is not None
+
+
+def test_create_sample_videos_writes_decodable_videos_and_captions(tmp_path, capsys):
+    out = tmp_path / "samples"
+    main(["create-sample-videos", str(out), "--num", "2", "--num-frames", "9"])
+    assert "2 videos written" in capsys.readouterr().out
+    records = json.loads((out / "metadata.json").read_text())
+    assert len(records) == 2 and sorted(p.name for p in (out / "videos").iterdir()) == ["0000.mp4", "0001.mp4"]
+    clips = []
+    for record in records:
+        assert record["caption"].strip()
+        clips.append(decode_video(out / record["file"], FrameSampling(num_frames=9, height=96, width=160)))
+        with pytest.raises(VideoTooShortError):  # exactly the 9 frames asked for
+            decode_video(out / record["file"], FrameSampling(num_frames=10, height=96, width=160))
+    assert clips[0].shape == (9, 3, 96, 160)
+    assert not torch.equal(clips[0], clips[1])
+    assert (clips[0][0] - clips[0][-1]).abs().max() > 0.1  # the shape moves
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """`precompute` builds an Accelerator in this process; leave no state behind for other tests."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_precompute_writes_a_cache_whose_report_matches(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,
+                                                        capsys, fresh_accelerate_state):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset_dir, data)
+    (data / "videos" / "broken.mp4").write_bytes(b"not a video" * 100)
+    records = json.loads((data / "metadata.json").read_text())[:2]
+    records.append({"file": "videos/broken.mp4", "caption": "a clip that will not decode"})
+    (data / "metadata.json").write_text(json.dumps(records))
+
+    main(["precompute", "--model", str(tiny_cogvideox_dir), "--data", str(data), "--out", str(tmp_path / "cache"),
+          *SHAPE, "--num-frames", "9"])
+    out = capsys.readouterr().out
+    assert ": 2 cached, 1 skipped" in out and "broken.mp4" in out
+    (cache_path,) = (tmp_path / "cache").iterdir()
+    manifest = json.loads((cache_path / "manifest.json").read_text())
+    assert manifest["num_cached"] == 2 and len(manifest["skipped"]) == 1
+    assert len(LatentCacheDataset(cache_path)) == 2
+    assert datasets.load_from_disk(str(cache_path / "dataset"))["video"] == [r["file"] for r in records[:2]]
+
+
+def test_precompute_refuses_a_frame_count_the_vae_cannot_take(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,
+                                                              fresh_accelerate_state):
+    with pytest.raises(ConfigError, match="max_num_frames=8.*use 9"):
+        main(["precompute", "--model", str(tiny_cogvideox_dir), "--data", str(sample_dataset_dir),
+              "--out", str(tmp_path / "cache"), *SHAPE, "--num-frames", "8"])
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.fixture(scope="module")
+def random_lora(tiny_cogvideox_dir, tmp_path_factory) -> Path:
+    """A LoRA on the tiny transformer whose B weights are random, so it changes the output."""
+    transformer = CogVideoXTransformer3DModel.from_pretrained(tiny_cogvideox_dir, subfolder="transformer")
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    state = get_peft_model_state_dict(transformer)
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in state.items())
+    out = tmp_path_factory.mktemp("lora")
+    CogVideoXPipeline.save_lora_weights(out, transformer_lora_layers=state)
+    return out
+
+
+def generate(model: Path, out: Path, *extra: str, num_frames: int = 9) -> torch.Tensor:
+    main(["generate", "--model", str(model), "--prompt", "a red circle moving left to right", "--out", str(out),
+          *SHAPE, "--num-frames", str(num_frames), "--steps", "2", "--seed", "3", *extra])
+    return decode_video(out, FrameSampling(num_frames=num_frames, height=96, width=160))
+
+
+def test_generate_applies_a_lora(tmp_path, tiny_cogvideox_dir, random_lora, capsys):
+    lora_file = random_lora / "pytorch_lora_weights.safetensors"
+    assert lora_file.is_file()
+    base = generate(tiny_cogvideox_dir, tmp_path / "base.mp4")
+    assert str(tmp_path / "base.mp4") in capsys.readouterr().out
+    with_lora = generate(tiny_cogvideox_dir, tmp_path / "lora.mp4", "--lora", str(lora_file))
+    scaled_to_zero = generate(tiny_cogvideox_dir, tmp_path / "zero.mp4", "--lora", str(random_lora),
+                              "--lora-scale", "0")
+
+    assert base.shape == with_lora.shape == (9, 3, 96, 160)
+    for path in ("base.mp4", "lora.mp4"):  # exactly the 9 frames asked for
+        assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / path))[0] == 9
+    assert (with_lora - base).abs().mean() > 0.02
+    # A LoRA at scale 0 is the base model: the difference above is the LoRA's, not noise.
+    torch.testing.assert_close(scaled_to_zero, base, rtol=0, atol=2 / 255)
+
+
+@pytest.mark.xfail(strict=True, reason="CogVideoX's VAE decodes an even latent frame count to 4x as many frames: "
+                                       "--num-frames 5 writes 8 frames (13 writes 16); generate neither refuses "
+                                       "nor corrects such counts")
+def test_generate_writes_the_frame_count_it_was_asked_for_or_refuses(tmp_path, tiny_cogvideox_dir):
+    try:
+        generate(tiny_cogvideox_dir, tmp_path / "five.mp4", num_frames=5)
+    except ConfigError as error:
+        assert "num_frames" in str(error) or "max_num_frames" in str(error)
+        return
+    assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "five.mp4"))[0] == 5

@@ -1,0 +1,189 @@
+"""Training configuration: YAML, flags, their precedence, and the errors a user meets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blueberry_video.config import TrainConfig, load_yaml, parse_config
+from blueberry_video.errors import ConfigError
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "blueberry_video" / "configs"
+
+
+@pytest.fixture
+def required(tmp_path) -> list[str]:
+    """The two settings every run needs; the data folder must exist."""
+    (tmp_path / "data").mkdir()
+    return ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--instance_data_root", str(tmp_path / "data")]
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_values_are_read_with_their_types(tmp_path, required):
+    path = write_yaml(tmp_path, """
+height: 64
+learning_rate: 1e-4      # YAML 1.1 reads this as a string
+adam_epsilon: 1.0e-8
+lora_alpha: 16           # an int where a float is wanted
+fps: 8
+gradient_checkpointing: true
+lora_target_modules: [to_q, to_k]
+validation_prompt: ["a red circle", "a blue square"]
+max_train_steps:         # empty: an optional setting left unset
+training_mode: full
+""")
+    config = parse_config(["--config", str(path), *required])
+    assert config.height == 64
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert config.adam_epsilon == 1e-8
+    assert config.lora_alpha == 16.0 and isinstance(config.lora_alpha, float)
+    assert config.fps == 8.0
+    assert config.gradient_checkpointing is True
+    assert config.lora_target_modules == ["to_q", "to_k"]
+    assert config.validation_prompt == ["a red circle", "a blue square"]
+    assert config.max_train_steps is None
+    assert config.training_mode == "full"
+    assert config.width == TrainConfig.width  # untouched settings keep their defaults
+
+
+def test_the_shipped_demo_config_loads(required):
+    config = parse_config(["--config", str(PACKAGE_CONFIGS / "demo_cogvideox.yaml"), *required])
+    assert (config.height, config.width, config.max_num_frames) == (96, 160, 9)
+    assert config.mixed_precision == "no"  # quoted in the file: bare `no` would be YAML's False
+
+
+def test_flags_override_yaml_which_overrides_recipe_defaults(tmp_path, required):
+    path = write_yaml(tmp_path, "height: 64\nrank: 8\nlearning_rate: 0.01\n")
+    config = parse_config(["--config", str(path), "--height", "128", *required],
+                          defaults={"rank": 4, "learning_rate": 0.5, "seed": 3})
+    assert config.height == 128  # flag beats YAML
+    assert config.rank == 8 and config.learning_rate == 0.01  # YAML beats the recipe's defaults
+    assert config.seed == 3  # the recipe's default beats the dataclass's
+
+
+def test_unknown_yaml_key_names_the_file_and_the_close_setting(tmp_path, required):
+    path = write_yaml(tmp_path, "height: 64\nlearning_rat: 1e-4\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(["--config", str(path), *required])
+    message = str(raised.value)
+    assert str(path) in message and "'learning_rat'" in message
+    assert "did you mean 'learning_rate'" in message
+
+
+@pytest.mark.parametrize("flag, suggestion", [("--learning_rat", "learning_rate"),
+                                              ("--gradient_checkpoint", "gradient_checkpointing"),
+                                              ("--max_train_step=5", "max_train_steps")])
+def test_unknown_flag_suggests_the_close_one(required, flag, suggestion):
+    with pytest.raises(ConfigError) as raised:
+        parse_config([*required, flag, "1"])
+    message = str(raised.value)
+    assert f"unknown flag {flag.split('=')[0]}" in message
+    assert f"did you mean {suggestion!r}" in message
+
+
+@pytest.mark.parametrize("line, setting", [
+    ("rank: eight", "rank"),
+    ("rank: true", "rank"),
+    ("rank: 4.5", "rank"),
+    ("learning_rate: fast", "learning_rate"),
+    ("gradient_checkpointing: 'yes please'", "gradient_checkpointing"),
+    ("validation_prompt: [1, 2]", "validation_prompt"),
+    ("height:", "height"),
+])
+def test_a_yaml_value_of_the_wrong_type_names_the_setting(tmp_path, required, line, setting):
+    path = write_yaml(tmp_path, line + "\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(["--config", str(path), *required])
+    assert str(path) in str(raised.value) and setting in str(raised.value)
+
+
+def test_a_flag_of_the_wrong_type_names_the_flag(required, capsys):
+    with pytest.raises(SystemExit):
+        parse_config([*required, "--rank", "eight"])
+    assert "argument --rank: invalid int value: 'eight'" in capsys.readouterr().err
+
+
+def test_validation_prompts_split_on_the_command_line(tmp_path, required):
+    config = parse_config([*required, "--validation_prompt", "a red circle, moving:::a blue square"])
+    assert config.validation_prompt == ["a red circle, moving", "a blue square"]
+    path = write_yaml(tmp_path, "validation_prompt: 'one:::two'\n")
+    assert parse_config(["--config", str(path), *required]).validation_prompt == ["one", "two"]
+    path = write_yaml(tmp_path, "validation_prompt: ['one, with a comma:::still one']\n")
+    assert parse_config(["--config", str(path), *required]).validation_prompt == ["one, with a comma:::still one"]
+    assert parse_config([*required, "--lora_target_modules", "to_q, to_v"]).lora_target_modules == ["to_q", "to_v"]
+
+
+def test_bool_flags_turn_settings_on_and_off(tmp_path, required):
+    assert parse_config(required).gradient_checkpointing is False
+    assert parse_config([*required, "--gradient_checkpointing"]).gradient_checkpointing is True
+    path = write_yaml(tmp_path, "gradient_checkpointing: true\n")
+    assert parse_config(["--config", str(path), *required]).gradient_checkpointing is True
+    assert parse_config(["--config", str(path), *required, "--no-gradient_checkpointing"]).gradient_checkpointing is False
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("rank", "0"),
+    ("learning_rate", "-1e-4"),
+    ("learning_rate", "0"),
+    ("height", "0"),
+    ("train_batch_size", "0"),
+    ("max_train_steps", "0"),
+    ("checkpointing_steps", "-1"),
+    ("lr_warmup_steps", "-5"),
+    ("lora_dropout", "1.5"),
+    ("adam_beta2", "1.0"),
+    ("fps", "-2"),
+])
+def test_an_out_of_range_value_names_the_setting(required, flag, value):
+    with pytest.raises(ConfigError) as raised:
+        parse_config([*required, f"--{flag}={value}"])  # '=': argparse takes a bare -1e-4 for a flag
+    assert str(raised.value).startswith(f"{flag}=")
+
+
+def test_an_invalid_choice_in_yaml_lists_the_choices(tmp_path, required):
+    path = write_yaml(tmp_path, "crop: middle\n")
+    with pytest.raises(ConfigError, match="crop='middle': choose one of center, random"):
+        parse_config(["--config", str(path), *required])
+
+
+def test_the_model_and_the_data_are_required(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ConfigError, match="pretrained_model_name_or_path is required"):
+        parse_config(["--instance_data_root", str(tmp_path / "data")])
+    with pytest.raises(ConfigError, match="instance_data_root is required"):
+        parse_config(["--pretrained_model_name_or_path", "model"])
+    with pytest.raises(ConfigError, match=r"instance_data_root=.*nowhere: folder not found"):
+        parse_config(["--pretrained_model_name_or_path", "model", "--instance_data_root", str(tmp_path / "nowhere")])
+    # dummy data needs no dataset
+    assert parse_config(["--pretrained_model_name_or_path", "model", "--dummy_data"]).dummy_data
+
+
+def test_a_missing_config_file_is_named(tmp_path, required):
+    with pytest.raises(ConfigError, match=r"--config .*absent\.yaml: file not found"):
+        parse_config(["--config", str(tmp_path / "absent.yaml"), *required])
+
+
+def test_a_yaml_that_is_not_a_mapping_is_refused(tmp_path):
+    path = write_yaml(tmp_path, "- height: 64\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize("tagged", [
+    '!!python/object/apply:os.system ["touch {marker}"]',
+    "!!python/object/new:pathlib.Path ['{marker}']",
+    "!!python/name:os.system",
+])
+def test_yaml_python_tags_are_refused(tmp_path, tagged):
+    marker = tmp_path / "executed"
+    path = write_yaml(tmp_path, f"output_dir: {tagged.format(marker=marker)}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_yaml(path)
+    assert str(path) in str(raised.value) and "python" in str(raised.value)
+    assert not marker.exists()

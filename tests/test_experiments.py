@@ -1,0 +1,150 @@
+"""Experiment folders from the template, runs of their config through `blueberry-video train`, and `report`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from blueberry_video import cli
+from blueberry_video.config import FIELDS, load_yaml
+from blueberry_video.demo import demo_config_path
+from blueberry_video.errors import ConfigError
+from blueberry_video.experiments import TEMPLATE_DIR, new_experiment
+from blueberry_video.report import RunRecordsError, compare_runs
+
+COMMENTED_SETTING = re.compile(r"^# ([a-z][a-z0-9_]*): ", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    return new_experiment("lr-sweep", base_dir=tmp_path_factory.mktemp("experiments"))
+
+
+def test_new_experiment_copies_the_template_with_the_name_filled_in(experiment):
+    assert sorted(p.name for p in experiment.iterdir()) == sorted(p.name for p in TEMPLATE_DIR.iterdir())
+    readme = (experiment / "README.md").read_text()
+    assert "{{name}}" not in readme and "--config experiments/lr-sweep/config.yaml" in readme
+    for section in ("Research question", "Hypothesis", "Method", "How to run", "Results", "Conclusion"):
+        assert f"## {section}" in readme
+    assert "![loss curves of all runs](report.png)" in readme
+    assert load_yaml(experiment / "config.yaml")["output_dir"] == "outputs/lr-sweep"
+
+
+def test_template_config_runs_the_demo_and_lists_valid_settings(tmp_path):
+    text = (TEMPLATE_DIR / "config.yaml").read_text()
+    settings = load_yaml(TEMPLATE_DIR / "config.yaml")
+    assert load_yaml(demo_config_path("cogvideox")).items() <= settings.items()
+    assert settings["pretrained_model_name_or_path"] == ".blueberry/demo/tiny-cogvideox"
+    assert settings["instance_data_root"] == ".blueberry/demo/sample-videos"
+    commented = COMMENTED_SETTING.findall(text)
+    assert len(commented) >= 30 and not set(commented) & set(settings)
+    # Every commented line, uncommented, is a setting the config accepts with that value.
+    (tmp_path / "all.yaml").write_text(COMMENTED_SETTING.sub(r"\1: ", text))
+    assert set(load_yaml(tmp_path / "all.yaml")) == set(settings) | set(commented)
+    assert set(commented) | set(settings) <= set(FIELDS)
+
+
+def test_new_experiment_refuses_an_existing_folder(experiment):
+    with pytest.raises(ConfigError, match="already exists: pick another experiment name"):
+        new_experiment("lr-sweep", base_dir=experiment.parent)
+
+
+@pytest.mark.parametrize("name", ["", "has space", "../escape", "a/b", "-flag", "exp_template", "x" * 65])
+def test_new_experiment_refuses_an_invalid_name(name, tmp_path):
+    with pytest.raises(ConfigError, match="e.g. lr-sweep"):
+        new_experiment(name, base_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_new_experiment_from_a_config_copies_it(tmp_path):
+    source = tmp_path / "base.yaml"
+    source.write_text("rank: 64\nlearning_rate: 3.0e-4\n")
+    path = new_experiment("rank-64", base_dir=tmp_path / "experiments", from_config=source)
+    assert (path / "config.yaml").read_text() == source.read_text()
+    assert "rank-64" in (path / "README.md").read_text()
+
+
+def test_new_experiment_from_an_invalid_config_writes_nothing(tmp_path):
+    source = tmp_path / "typo.yaml"
+    source.write_text("learning_rat: 0.001\n")
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        new_experiment("typo", base_dir=tmp_path / "experiments", from_config=source)
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_cli_new_experiment(tmp_path, capsys):
+    cli.main(["new-experiment", "cli-made", "--dir", str(tmp_path)])
+    assert (tmp_path / "cli-made" / "config.yaml").is_file()
+    assert "experiment created" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def runs(experiment, tiny_cogvideox_dir, sample_dataset_dir, tmp_path_factory):
+    """The experiment's config trained twice through the CLI, at its learning rate and at a 4x lower one."""
+    root = tmp_path_factory.mktemp("runs")
+    short = ["--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--instance_data_root", str(sample_dataset_dir),
+             "--cache_dir", str(root / "cache"), "--max_train_steps", "6", "--validation_prompt", ""]
+    dirs = [root / "baseline", root / "lr-5e-4"]
+    for output_dir, extra in zip(dirs, [[], ["--learning_rate", "5e-4"]]):
+        cli.main(["train", "--family", "cogvideox", "--config", str(experiment / "config.yaml"),
+                  "--output_dir", str(output_dir), *short, *extra])
+    return dirs
+
+
+def test_train_verb_runs_the_config_with_flags_on_top(runs, experiment):
+    baseline, lower = runs
+    for run, learning_rate in ((baseline, 0.002), (lower, 0.0005)):
+        settings = yaml.safe_load((run / "config.yaml").read_text())
+        assert settings["learning_rate"] == learning_rate
+        assert settings["rank"] == load_yaml(experiment / "config.yaml")["rank"]  # from the YAML
+        assert settings["validation_prompt"] == []
+        assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
+        assert (run / "pytorch_lora_weights.safetensors").is_file()
+        assert not (run / "validation").exists()
+
+
+def test_report_shows_only_the_settings_that_differ_and_the_losses(runs, tmp_path, capsys):
+    baseline, lower = runs
+    out, plot = tmp_path / "results.md", tmp_path / "plots" / "report.png"
+    plot.parent.mkdir()
+    cli.main(["report", str(baseline), str(lower), "--out", str(out), "--plot", str(plot)])
+    printed = capsys.readouterr().out
+    header, rule, *rows = [line for line in printed.splitlines() if line.startswith("|")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["run", "learning_rate", "steps", "final loss", "min loss", "mean of last 10", "wall time"]
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows}
+    assert set(cells) == {"baseline", "lr-5e-4"}
+    assert cells["baseline"][1] == "0.002" and cells["lr-5e-4"][1] == "0.0005"
+    for run in runs:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records]
+        assert cells[run.name][2:6] == ["6", f"{losses[-1]:.4f}", f"{min(losses):.4f}", f"{sum(losses) / 6:.4f}"]
+        assert cells[run.name][6] == f"{sum(r['step_time'] for r in records):.1f} s"
+    markdown = out.read_text()
+    assert header in markdown and "![training loss of every run](plots/report.png)" in markdown
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_labels_runs_by_path_where_folder_names_repeat(runs, tmp_path):
+    copy = tmp_path / "baseline"
+    copy.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "run_info.json"):
+        (copy / name).write_bytes((runs[0] / name).read_bytes())
+    report = compare_runs([runs[0], copy])
+    assert [run.label for run in report.runs] == [str(runs[0]), str(copy)]
+    assert report.differing == []
+
+
+def test_report_names_a_folder_without_metrics(runs, tmp_path):
+    (tmp_path / "config.yaml").write_text("rank: 4\n")
+    with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path))}: no metrics.jsonl"):
+        compare_runs([runs[0], tmp_path])
+
+
+def test_train_verb_refuses_an_unknown_flag(experiment):
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        cli.main(["train", "--config", str(experiment / "config.yaml"), "--learning_rat", "1e-3"])
+
