@@ -15,3 +15,25 @@ class ModelLayoutError(BlueberryError, FileNotFoundError):
 
 class LaunchError(BlueberryError, RuntimeError):
     """The process was launched in a way that would silently train wrongly."""
+
+
+class OutOfMemoryHelp(BlueberryError, MemoryError):
+    """The GPU ran out of memory; the message lists this recipe's memory options."""
+
+
+def out_of_memory_message(config, detail: str) -> str:
+    options = []
+    if not config.gradient_checkpointing:
+        options.append("--gradient_checkpointing (recompute activations: the biggest saving)")
+    if not config.use_8bit_adam:
+        options.append("--use_8bit_adam (8-bit optimizer states, needs bitsandbytes)")
+    if config.training_mode == "full":
+        options.append("--training_mode lora (train an adapter instead of every weight)")
+    options.append(f"fewer frames or pixels: --max_num_frames {config.max_num_frames} / "
+                   f"--height {config.height} --width {config.width}")
+    if config.train_batch_size > 1:
+        options.append(f"--train_batch_size 1 with --gradient_accumulation_steps {config.train_batch_size}")
+    options.append("shard or offload across GPUs: accelerate launch --config_file "
+                   "accelerate_configs/deepspeed_zero2_offload.yaml (or a ZeRO-3 / FSDP config)")
+    lines = "\n".join(f"  - {option}" for option in options)
+    return f"out of GPU memory ({detail}). Options for this run, most effective first:\n{lines}"

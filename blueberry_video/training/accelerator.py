@@ -109,6 +109,18 @@ def check_launch(accelerator: Accelerator) -> None:
         )
 
 
+def autocast(accelerator: Accelerator):
+    """`accelerator.autocast()`, made to work under DeepSpeed too.
+
+    DeepSpeed's bf16/fp16 modes convert the model's weights but not the inputs the family builds in fp32, and
+    accelerate's autocast is a no-op there: the first layer would fail with "mat1 and mat2 must have the same
+    dtype". torch's autocast (what DeepSpeed's own `torch_autocast` option does) casts per operation instead.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision in ("bf16", "fp16"):
+        return torch.autocast(accelerator.device.type, dtype=weight_dtype(accelerator))
+    return accelerator.autocast()
+
+
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     """The dtype frozen weights are stored in: the autocast precision."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)

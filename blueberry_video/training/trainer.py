@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
 from blueberry_video.data.decode import FrameSampling
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
-from blueberry_video.errors import ConfigError
+from blueberry_video.errors import ConfigError, OutOfMemoryHelp, out_of_memory_message
 from blueberry_video.training.accelerator import (
+    autocast,
     build_accelerator,
     check_output_dir,
     fit_fsdp_wrap_classes,
@@ -93,7 +94,10 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
     from blueberry_video.config import parse_config
 
     config = parse_config(argv, description=description)
-    return train(config, family_class.from_config(config))
+    try:
+        return train(config, family_class.from_config(config))
+    except torch.OutOfMemoryError as error:
+        raise OutOfMemoryHelp(out_of_memory_message(config, str(error).splitlines()[0])) from error
 
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
@@ -159,7 +163,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
             with accelerator.accumulate(transformer):
                 # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
                 generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
-                with accelerator.autocast():
+                with autocast(accelerator):
                     loss = family.training_loss(transformer, noise_scheduler, batch, generators)
                 accelerator.backward(loss)
                 grad_ok, grad_norm = True, None

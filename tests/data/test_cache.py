@@ -231,19 +231,20 @@ def test_a_resume_with_another_chunk_size_keeps_every_item(family, sample_datase
 
 @pytest.fixture
 def mixed_dataset(tmp_path, sample_dataset_dir, garbage_video, zero_byte_video, truncated_video, audio_only_video):
-    """Two good videos among every kind of bad one."""
+    """Two good videos among every kind of bad one: undecodable files, a missing file, a missing caption."""
     root = tmp_path / "mixed"
     (root / "videos").mkdir(parents=True)
     good = metadata(sample_dataset_dir)[:2]
     for record in good:
         shutil.copy(sample_dataset_dir / record["file"], root / record["file"])
-    bad = {"garbage.mp4": garbage_video, "zero.mp4": zero_byte_video, "truncated.mp4": truncated_video,
-           "audio_only.mp4": audio_only_video, "no_caption.mp4": good[0]["file"]}
-    for name, source in bad.items():
-        shutil.copy(source if Path(source).is_absolute() else sample_dataset_dir / source, root / "videos" / name)
-    records = [good[0]] + [{"file": f"videos/{name}", "caption": f"clip {name}"} for name in bad if name != "no_caption.mp4"]
-    records += [{"file": "videos/no_caption.mp4", "caption": ""},
-                {"file": "videos/missing.mp4", "caption": "a clip that was never copied"}, good[1]]
+    undecodable = {"garbage.mp4": garbage_video, "zero.mp4": zero_byte_video, "truncated.mp4": truncated_video,
+                   "audio_only.mp4": audio_only_video}
+    for name, source in undecodable.items():
+        shutil.copy(source, root / "videos" / name)
+    shutil.copy(sample_dataset_dir / good[0]["file"], root / "videos" / "no_caption.mp4")
+    records = [good[0], *({"file": f"videos/{name}", "caption": f"clip {name}"} for name in undecodable),
+               {"file": "videos/no_caption.mp4", "caption": ""},
+               {"file": "videos/missing.mp4", "caption": "a clip that was never copied"}, good[1]]
     (root / "metadata.json").write_text(json.dumps(records))
     return root, good
 

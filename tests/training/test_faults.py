@@ -1,0 +1,69 @@
+"""Non-finite losses are skipped and counted, too many in a row stop the run; GPU OOM explains the options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from blueberry_video.config import parse_config
+from blueberry_video.errors import OutOfMemoryHelp
+from blueberry_video.models.cogvideox import CogVideoXFamily
+from blueberry_video.training.trainer import TooManyBadStepsError, run_recipe, train
+
+
+def config_for(model_dir, data_dir, out, *extra):
+    return parse_config(["--pretrained_model_name_or_path", str(model_dir), "--instance_data_root", str(data_dir),
+                         "--output_dir", str(out), "--cache_dir", str(out.parent / "cache"), "--height", "96",
+                         "--width", "160", "--max_num_frames", "9", "--mixed_precision", "no", "--rank", "8",
+                         "--train_batch_size", "2", "--checkpointing_steps", "1", *extra])
+
+
+class PoisonedLoss(CogVideoXFamily):
+    """A loss that turns NaN on chosen calls, as a corrupt latent or an overflow would make it."""
+
+    def __init__(self, model_dir, bad_calls):
+        super().__init__(model_dir)
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def training_loss(self, *args, **kwargs):
+        self.calls += 1
+        loss = super().training_loss(*args, **kwargs)
+        return loss * float("nan") if self.bad_calls(self.calls) else loss
+
+
+def test_a_nan_step_is_skipped_and_training_goes_on(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    family = PoisonedLoss(tiny_cogvideox_dir, lambda call: call == 3)
+    result = train(config_for(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "run", "--max_train_steps", "6"),
+                   family)
+    assert result.global_step == 6 and result.bad_steps == 1
+    weights = load_file(result.weights)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_too_many_bad_steps_stop_with_the_last_good_checkpoint_kept(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    family = PoisonedLoss(tiny_cogvideox_dir, lambda call: call > 2)
+    out = tmp_path / "run"
+    with pytest.raises(TooManyBadStepsError, match="3 steps in a row.*learning_rate"):
+        train(config_for(tiny_cogvideox_dir, sample_dataset_dir, out, "--max_train_steps", "20",
+                         "--max_consecutive_bad_steps", "3"), family)
+    good = load_file(out / "checkpoint-2" / "lora_adapter.safetensors")
+    assert all(torch.isfinite(t).all() for t in good.values())
+
+
+class OutOfMemoryFamily(CogVideoXFamily):
+    def training_loss(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_out_of_memory_lists_the_memory_options(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    args = ["--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--instance_data_root", str(sample_dataset_dir),
+            "--output_dir", str(tmp_path / "oom"), "--cache_dir", str(tmp_path / "cache"), "--height", "96",
+            "--width", "160", "--max_num_frames", "9", "--mixed_precision", "no", "--train_batch_size", "2"]
+    with pytest.raises(OutOfMemoryHelp) as error:
+        run_recipe(OutOfMemoryFamily, args)
+    message = str(error.value)
+    assert "Tried to allocate 20.00 GiB" in message
+    for option in ("--gradient_checkpointing", "--use_8bit_adam", "--max_num_frames 9", "--train_batch_size 1",
+                   "deepspeed_zero2_offload.yaml"):
+        assert option in message
