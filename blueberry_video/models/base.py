@@ -76,13 +76,44 @@ class ModelFamily(ABC):
 
     # --- geometry -------------------------------------------------------------------------------
 
+    @property
+    def vae_config(self) -> dict:
+        return self.read_config("vae")
+
+    @property
+    @abstractmethod
+    def spatial_compression(self) -> int:
+        """Pixels per latent pixel along height and width."""
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae_config.get("temporal_compression_ratio", 4)
+
     @abstractmethod
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
         """Raise ConfigError naming the setting and the nearest valid value if the VAE/patching cannot take it."""
 
-    @abstractmethod
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(channels, frames, height, width) of the VAE latent for a video of this size."""
+        s = self.spatial_compression
+        frames = (num_frames - 1) // self.temporal_compression + 1
+        return (self.vae_config["latent_channels"], frames, height // s, width // s)
+
+    def _require_frames(self, num_frames: int, is_valid, rule: str) -> None:
+        if not is_valid(num_frames):
+            raise ConfigError(
+                f"max_num_frames={num_frames}: this {self.name} model's VAE takes {rule} frames; "
+                f"use {nearest_valid(num_frames, is_valid)}"
+            )
+
+    @staticmethod
+    def _require_pixel_multiple(height: int, width: int, multiple: int, why: str) -> None:
+        for setting, value in (("height", height), ("width", width)):
+            if value % multiple:
+                raise ConfigError(
+                    f"{setting}={value}: must be a multiple of {multiple} ({why}); "
+                    f"use {nearest_valid(value, lambda v: v % multiple == 0)}"
+                )
 
     # --- loading ---------------------------------------------------------------------------------
 

@@ -7,13 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
-from blueberry_video.errors import ConfigError
 from blueberry_video.models.base import (
     Encoders,
     ModelFamily,
-    nearest_valid,
     unwrap_model,
     vae_latent_distribution,
 )
@@ -32,16 +30,8 @@ class CogVideoXFamily(ModelFamily):
     # --- geometry ---------------------------------------------------------------------------------
 
     @property
-    def _vae_config(self) -> dict:
-        return self.read_config("vae")
-
-    @property
     def spatial_compression(self) -> int:
-        return 2 ** (len(self._vae_config["block_out_channels"]) - 1)
-
-    @property
-    def temporal_compression(self) -> int:
-        return self._vae_config.get("temporal_compression_ratio", 4)
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
     def _frames_valid(self, num_frames: int) -> bool:
         t = self.temporal_compression
@@ -52,30 +42,10 @@ class CogVideoXFamily(ModelFamily):
         return p_t is None or ((num_frames - 1) // t + 1) % p_t == 0
 
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
-        if not self._frames_valid(num_frames):
-            rule = f"{self.temporal_compression}k+1"
-            if self.transformer_config.get("patch_size_t"):
-                rule = f"{self.temporal_compression * self.transformer_config['patch_size_t']}k+1"
-            raise ConfigError(
-                f"max_num_frames={num_frames}: this CogVideoX model's VAE takes {rule} frames; "
-                f"use {nearest_valid(num_frames, self._frames_valid)}"
-            )
+        p_t = self.transformer_config.get("patch_size_t") or 1
+        self._require_frames(num_frames, self._frames_valid, f"{self.temporal_compression * p_t}k+1")
         multiple = self.spatial_compression * self.transformer_config["patch_size"]
-        for setting, value in (("height", height), ("width", width)):
-            if value % multiple:
-                raise ConfigError(
-                    f"{setting}={value}: must be a multiple of {multiple} (VAE downsampling x patch size); "
-                    f"use {nearest_valid(value, lambda v: v % multiple == 0)}"
-                )
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        s = self.spatial_compression
-        return (
-            self._vae_config["latent_channels"],
-            (num_frames - 1) // self.temporal_compression + 1,
-            height // s,
-            width // s,
-        )
+        self._require_pixel_multiple(height, width, multiple, "VAE downsampling x patch size")
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -128,7 +98,7 @@ class CogVideoXFamily(ModelFamily):
             generators,
             num_train_timesteps=scheduler.config.num_train_timesteps,
         )
-        scaling = self._vae_config.get("scaling_factor", 1.15258426)
+        scaling = self.vae_config.get("scaling_factor", 1.15258426)
         latents = (latents * scaling).permute(0, 2, 1, 3, 4)  # transformer takes [B, F, C, H, W]
         noise = noise.permute(0, 2, 1, 3, 4)
         if config.patch_size_t is not None and latents.shape[1] % config.patch_size_t:

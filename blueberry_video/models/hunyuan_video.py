@@ -10,8 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from blueberry_video.errors import ConfigError
-from blueberry_video.models.base import Encoders, ModelFamily, nearest_valid, unwrap_model, vae_latent_distribution
+from blueberry_video.models.base import Encoders, ModelFamily, unwrap_model, vae_latent_distribution
 from blueberry_video.training.objectives import flow_matching_loss
 from blueberry_video.training.sampling import draw_noise_and_sigmas, flow_sigma_sampler, shift_sigmas
 
@@ -77,16 +76,8 @@ class HunyuanVideoFamily(ModelFamily):
     # --- geometry ---------------------------------------------------------------------------------
 
     @property
-    def _vae_config(self) -> dict:
-        return self.read_config("vae")
-
-    @property
     def spatial_compression(self) -> int:
-        return self._vae_config.get("spatial_compression_ratio", 8)
-
-    @property
-    def temporal_compression(self) -> int:
-        return self._vae_config.get("temporal_compression_ratio", 4)
+        return self.vae_config.get("spatial_compression_ratio", 8)
 
     def _frames_valid(self, num_frames: int) -> bool:
         t = self.temporal_compression
@@ -96,32 +87,13 @@ class HunyuanVideoFamily(ModelFamily):
 
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
         patch_size_t = self.transformer_config.get("patch_size_t", 1)
-        if not self._frames_valid(num_frames):
-            rule = f"{self.temporal_compression}k+1"
-            if patch_size_t > 1:
-                rule += f" with a latent frame count divisible by patch_size_t={patch_size_t}"
-            raise ConfigError(
-                f"max_num_frames={num_frames}: this HunyuanVideo model's VAE takes {rule} frames; "
-                f"use {nearest_valid(num_frames, self._frames_valid)}"
-            )
+        rule = f"{self.temporal_compression}k+1"
+        if patch_size_t > 1:
+            rule += f" with a latent frame count divisible by patch_size_t={patch_size_t}"
+        self._require_frames(num_frames, self._frames_valid, rule)
         patch = self.spatial_compression * self.transformer_config.get("patch_size", 2)
-        multiple = math.lcm(patch, PIPELINE_PIXEL_MULTIPLE)
-        for setting, value in (("height", height), ("width", width)):
-            if value % multiple:
-                raise ConfigError(
-                    f"{setting}={value}: must be a multiple of {multiple} (VAE downsampling x patch size, and "
-                    f"HunyuanVideoPipeline's own multiple of 16); "
-                    f"use {nearest_valid(value, lambda v: v % multiple == 0)}"
-                )
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        s = self.spatial_compression
-        return (
-            self._vae_config["latent_channels"],
-            (num_frames - 1) // self.temporal_compression + 1,
-            height // s,
-            width // s,
-        )
+        self._require_pixel_multiple(height, width, math.lcm(patch, PIPELINE_PIXEL_MULTIPLE),
+                                     "VAE downsampling x patch size, and HunyuanVideoPipeline's own multiple of 16")
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -201,7 +173,7 @@ class HunyuanVideoFamily(ModelFamily):
         )
         shift = scheduler.config.shift if self.flow_shift is None else self.flow_shift
         sigmas = shift_sigmas(sigmas, shift)
-        latents = latents * self._vae_config.get("scaling_factor", 0.476986)
+        latents = latents * self.vae_config.get("scaling_factor", 0.476986)
         s = sigmas.view(-1, *([1] * (latents.dim() - 1)))
         noisy_latents = (1 - s) * latents + s * noise
 

@@ -25,30 +25,33 @@ def sample_generators(seed: int, step: int, sample_indices, device) -> list[torc
     ]
 
 
-def draw_latent_noise_and_timesteps(latent_mean, latent_std, generators, num_train_timesteps: int):
-    """Sample latents from the cached VAE distribution, plus noise and an integer timestep, per sample."""
+def draw_training_sample(latent_mean, latent_std, generators, draw_noise_level):
+    """Per sample i, from generators[i] in this order: a latent from the cached VAE distribution
+    (mean + std * eps), the diffusion noise, and a noise level `draw_noise_level(generator)`."""
     shape = latent_mean.shape[1:]
     device = latent_mean.device
-    latents, noises, timesteps = [], [], []
+    latents, noises, levels = [], [], []
     for i, generator in enumerate(generators):
         eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
         latents.append(latent_mean[i].float() + latent_std[i].float() * eps)
         noises.append(torch.randn(shape, generator=generator, device=generator.device).to(device))
-        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device))
-    return torch.stack(latents), torch.stack(noises), torch.cat(timesteps).to(device).long()
+        levels.append(draw_noise_level(generator).reshape(()))
+    return torch.stack(latents), torch.stack(noises), torch.stack(levels).to(device)
+
+
+def draw_latent_noise_and_timesteps(latent_mean, latent_std, generators, num_train_timesteps: int):
+    """Latents, noise and integer timesteps in [0, num_train_timesteps), for DDPM-style objectives."""
+    def timestep(generator):
+        return torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device)
+
+    latents, noise, timesteps = draw_training_sample(latent_mean, latent_std, generators, timestep)
+    return latents, noise, timesteps.long()
 
 
 def draw_noise_and_sigmas(latent_mean, latent_std, generators, sigma_sampler):
-    """Like `draw_latent_noise_and_timesteps`, for flow matching: `sigma_sampler(generator)` gives sigma in (0, 1)."""
-    shape = latent_mean.shape[1:]
-    device = latent_mean.device
-    latents, noises, sigmas = [], [], []
-    for i, generator in enumerate(generators):
-        eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
-        latents.append(latent_mean[i].float() + latent_std[i].float() * eps)
-        noises.append(torch.randn(shape, generator=generator, device=generator.device).to(device))
-        sigmas.append(sigma_sampler(generator))
-    return torch.stack(latents), torch.stack(noises), torch.stack(sigmas).to(device).float()
+    """Latents, noise and flow-matching sigmas in (0, 1) drawn by `sigma_sampler(generator)`."""
+    latents, noise, sigmas = draw_training_sample(latent_mean, latent_std, generators, sigma_sampler)
+    return latents, noise, sigmas.float()
 
 
 # The timestep densities diffusers' flow-matching examples offer (SD3 paper, section 3.1).

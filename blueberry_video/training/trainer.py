@@ -8,7 +8,6 @@ Everything model-specific goes through the `ModelFamily` the recipe passes in.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
