@@ -65,10 +65,11 @@ def synthetic_batch(family, batch: int, frames: int, height: int, width: int, de
     return {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
 
 
-def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool) -> TrainConfig:
+def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool,
+                     layerwise_casting: bool = False) -> TrainConfig:
     return TrainConfig(pretrained_model_name_or_path=str(family.model_dir), training_mode=mode, rank=rank,
                        lora_alpha=rank, gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
-                       dummy_data=True)
+                       layerwise_casting=layerwise_casting, dummy_data=True)
 
 
 def sequence_tokens(transformer_config, latent_shape, text_tokens: int) -> tuple[int, int]:

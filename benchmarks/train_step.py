@@ -1,7 +1,7 @@
 """Training-step speed and memory of a transformer preset on synthetic latents, through the recipes' step code.
 
     python benchmarks/train_step.py --preset cogvideox-2b --mode lora --frames 49 --height 480 --width 720 \
-        --batch 1 --gradient-checkpointing [--8bit-adam] [--compile] [--json]
+        --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--json]
     python benchmarks/train_step.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # runs on CPU
 
 Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
@@ -33,7 +33,7 @@ from benchmarks.common import (
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
-from blueberry_video.training.step import training_step
+from blueberry_video.training.step import compile_blocks, training_step
 
 
 def parse_args(argv=None):
@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--8bit-adam", dest="adam_8bit", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    parser.add_argument("--layerwise-casting", action="store_true", help="LoRA: frozen weights stored in float8")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", action="store_true")
@@ -64,12 +65,11 @@ def run(args) -> dict:
         family, transformer = build_family_and_transformer(
             args.preset, weight_dtype if args.mode == "lora" else torch.float32, device, workdir)
         family.check_video_shape(args.frames, args.height, args.width)
-        config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit)
+        config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit,
+                                  args.layerwise_casting)
         params = make_trainable(transformer, config, family)
         if args.compile:
-            for module in transformer.modules():
-                if type(module).__name__ in family.block_class_names:
-                    module.compile()
+            compile_blocks(transformer, family.block_class_names)
         optimizer = build_optimizer(params, config)
         lr_scheduler = build_lr_scheduler(optimizer, config, args.steps + args.warmup)
         transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
@@ -93,7 +93,6 @@ def run(args) -> dict:
         model = accelerator.unwrap_model(transformer)
         cfg = model.config
         latent_shape = family.latent_shape(args.frames, args.height, args.width)
-        text_tokens = next(v.shape[0] for k, v in batch.items() if k == "prompt_embeds") if "prompt_embeds" in batch else 0
         video_tokens, text_tokens = sequence_tokens(dict(cfg), latent_shape, batch["prompt_embeds"].shape[1])
         tokens = video_tokens + text_tokens
         num_params = sum(p.numel() for p in model.parameters())
@@ -107,7 +106,7 @@ def run(args) -> dict:
         result = {
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
-            "8bit_adam": args.adam_8bit, "compile": args.compile,
+            "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,
             "step_time_s": step_time, "samples_per_s": args.batch / step_time,

@@ -60,6 +60,8 @@ class TrainConfig:
     mixed_precision: str = _opt("bf16", "autocast precision; frozen weights are stored in it", ["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
+    layerwise_casting: bool = _opt(False, "LoRA only: store frozen transformer weights in float8, upcast layer by layer to compute (about half their memory)")
+    compile: bool = _opt(False, "torch.compile each transformer block (slow first steps, faster after)")
     # optimisation
     optimizer: str = _opt("adamw", "optimizer", ["adamw", "adam"])
     use_8bit_adam: bool = _opt(False, "8-bit AdamW from bitsandbytes")

@@ -51,8 +51,13 @@ def load_lora_into(transformer, path: str | Path) -> None:
 
 def make_trainable(transformer, config, family) -> list[torch.nn.Parameter]:
     """Freeze what is not trained; return the trained parameters (kept in fp32 for the optimizer)."""
+    if config.layerwise_casting and config.training_mode != "lora":
+        raise ConfigError("layerwise_casting stores frozen weights in float8: it needs training_mode=lora")
     if config.training_mode == "lora":
         transformer.requires_grad_(False)
+        if config.layerwise_casting:
+            # diffusers' hooks keep each frozen layer in float8 and upcast it only while it computes.
+            transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
         add_lora(transformer, config, family)
     else:
         transformer.requires_grad_(True)

@@ -33,3 +33,12 @@ def training_step(accelerator, family, transformer, noise_scheduler, batch, gene
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return StepOutcome(loss.detach(), grad_norm, applied)
+
+
+def compile_blocks(transformer, block_class_names) -> int:
+    """torch.compile each transformer block in place (compiling blocks, not the whole model, keeps
+    graph breaks and recompilation local); returns how many were compiled."""
+    blocks = [m for m in transformer.modules() if type(m).__name__ in block_class_names]
+    for block in blocks:
+        block.compile()
+    return len(blocks)

@@ -1,0 +1,42 @@
+"""The benchmarks run on CPU with the tiny presets and report what they promise (no timing is asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import overhead, precompute_throughput, train_step
+from benchmarks.common import training_flops
+
+
+def test_flops_formula_counts_dense_and_attention_terms():
+    n, n_lora, tokens, layers, hidden = 1000, 10, 50, 2, 8
+    attention = 12 * layers * tokens**2 * hidden
+    assert training_flops(n, 0, tokens, layers, hidden, "full") == 6 * n * tokens + attention
+    assert training_flops(n, n_lora, tokens, layers, hidden, "lora") == 4 * n * tokens + 6 * n_lora * tokens + attention
+
+
+@pytest.mark.parametrize("preset", ["tiny-cogvideox", "tiny-hunyuan-video"])
+def test_train_step_benchmark_reports_throughput_and_flops(preset):
+    result = train_step.main(["--preset", preset, "--frames", "9", "--height", "96", "--width", "160", "--batch", "2",
+                              "--rank", "4", "--steps", "2", "--warmup", "1", "--json"])
+    assert result["trainable_params"] < result["params"]
+    assert result["tokens_per_sample"] > 0 and result["achieved_tflops"] > 0
+    assert result["samples_per_s"] == pytest.approx(2 / result["step_time_s"])
+    assert result["mfu"] is None  # no GPU peak to compare against on CPU
+
+
+def test_train_step_benchmark_with_float8_frozen_weights():
+    result = train_step.main(["--preset", "tiny-cogvideox", "--frames", "9", "--height", "96", "--width", "160",
+                              "--steps", "1", "--warmup", "1", "--layerwise-casting", "--json"])
+    assert result["layerwise_casting"] and result["step_time_s"] > 0
+
+
+def test_overhead_benchmark_reports_a_ratio_and_loader_wait():
+    result = overhead.main(["--rounds", "1", "--steps", "2", "--json"])
+    assert result["overhead_ratio"] == pytest.approx(result["ours_step_s"] / result["bare_step_s"])
+    assert 0 <= result["loader_wait_fraction"] < 1
+
+
+def test_precompute_benchmark_caches_every_video():
+    result = precompute_throughput.main(["--num", "2", "--json"])
+    assert result["videos"] == 2 and result["videos_per_s"] > 0
