@@ -1,4 +1,5 @@
-"""Building the Accelerator from the config, and refusing launches that would silently train wrongly."""
+"""Building the Accelerator from the config, fitting DeepSpeed and FSDP to the recipe, and refusing launches
+that would silently train wrongly."""
 
 from __future__ import annotations
 
@@ -37,8 +38,17 @@ def build_accelerator(config) -> Accelerator:
 
 
 def configure_deepspeed(accelerator: Accelerator, config) -> None:
-    """Make a DeepSpeed JSON's `"auto"` entries follow the recipe, and keep the frozen models whole under ZeRO-3."""
+    """Make a DeepSpeed JSON's `"auto"` entries follow the recipe, refuse what DeepSpeed would silently change,
+    and keep the frozen models whole under ZeRO-3."""
     plugin = accelerator.state.deepspeed_plugin
+    ds_config = plugin.deepspeed_config
+    offloaded = ds_config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") != "none"
+    if offloaded and config.use_8bit_adam and ds_config.get("zero_force_ds_cpu_optimizer", True):
+        raise ConfigError(
+            "use_8bit_adam with a DeepSpeed config that offloads the optimizer (offload_optimizer in the JSON): "
+            "accelerate replaces the optimizer by DeepSpeed's CPU Adam there, and an 8-bit AdamW would silently "
+            "become Adam with L2 weight decay. Pass --no-use_8bit_adam: the optimizer state is in CPU RAM anyway."
+        )
     # accelerate fills an "auto" gradient_clipping with 1.0 whatever the recipe says; DeepSpeed clips inside
     # `backward`, so this is the only place max_grad_norm can reach it (0 turns clipping off in both).
     if plugin.is_auto("gradient_clipping"):

@@ -5,29 +5,34 @@ The trainer and the benchmarks both call this, so what is measured is what train
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from blueberry_video.training.accelerator import autocast
 
 
 @dataclass
 class StepOutcome:
     loss: torch.Tensor  # detached
-    grad_norm: torch.Tensor | None  # set at accumulation boundaries (None under engines that clip themselves)
+    grad_norm: float | None  # set at accumulation boundaries (None where the engine does not report it)
     applied: bool  # False when the gradients were not finite and the update was skipped
 
 
 def training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params, optimizer,
                   lr_scheduler, max_grad_norm: float) -> StepOutcome:
     with accelerator.accumulate(transformer):
-        with accelerator.autocast():
+        with autocast(accelerator):
             loss = family.training_loss(transformer, noise_scheduler, batch, generators)
         accelerator.backward(loss)
         grad_norm, applied = None, True
         if accelerator.sync_gradients:
             # An infinite max norm measures without clipping, so non-finite gradients are still caught.
-            grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm or float("inf"))
-            applied = grad_norm is None or bool(torch.isfinite(grad_norm))
+            norm = accelerator.clip_grad_norm_(params, max_grad_norm or float("inf"))
+            # A tensor, or under DeepSpeed (which clips inside `backward`) a float or None.
+            grad_norm = None if norm is None else float(norm)
+            applied = grad_norm is None or math.isfinite(grad_norm)
         if applied:
             optimizer.step()
             lr_scheduler.step()

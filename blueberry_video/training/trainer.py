@@ -22,7 +22,6 @@ from blueberry_video.data.decode import FrameSampling
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.errors import ConfigError, OutOfMemoryHelp, out_of_memory_message
 from blueberry_video.training.accelerator import (
-    autocast,
     build_accelerator,
     check_output_dir,
     fit_fsdp_wrap_classes,
@@ -40,6 +39,7 @@ from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
 from blueberry_video.training.records import MetricsLog, plot_losses, write_model_card, write_run_info
 from blueberry_video.training.sampling import sample_generators
+from blueberry_video.training.step import compile_blocks, training_step
 from blueberry_video.training.validation import run_validation
 
 logger = get_logger(__name__)
@@ -119,6 +119,8 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
     transformer = family.load_transformer(dtype=dtype if config.training_mode == "lora" else torch.float32)
     params = make_trainable(transformer, config, family)
+    if config.compile:
+        compile_blocks(transformer, family.block_class_names)
     optimizer = build_optimizer(params, config, accelerator.num_processes)
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
@@ -159,30 +161,19 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         batches_in_epoch = skip
         for batch in batches:
-            with accelerator.accumulate(transformer):
-                # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
-                generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
-                with autocast(accelerator):
-                    loss = family.training_loss(transformer, noise_scheduler, batch, generators)
-                accelerator.backward(loss)
-                grad_ok, grad_norm = True, None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-                    # A tensor, or under DeepSpeed (which clips inside `backward`) a float or None.
-                    grad_ok = grad_norm is None or math.isfinite(float(grad_norm))
-                if grad_ok:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
+            generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
+            outcome = training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params,
+                                    optimizer, lr_scheduler, config.max_grad_norm)
             batches_in_epoch += 1
-            loss_sum, micro_batches = loss_sum + loss.detach().float(), micro_batches + 1
+            loss_sum, micro_batches = loss_sum + outcome.loss.float(), micro_batches + 1
             if not accelerator.sync_gradients:
                 continue
 
             global_step += 1
             step_loss = accelerator.reduce(loss_sum / micro_batches, reduction="mean").item()
             loss_sum, micro_batches = 0.0, 0
-            bad_in_a_row = 0 if grad_ok and math.isfinite(step_loss) else bad_in_a_row + 1
+            bad_in_a_row = 0 if outcome.applied and math.isfinite(step_loss) else bad_in_a_row + 1
             if bad_in_a_row:
                 state["bad_steps"] += 1
                 logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
@@ -196,8 +187,8 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
             now = time.perf_counter()
             record = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": now - step_start,
                       "epoch": epoch}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            if outcome.grad_norm is not None:
+                record["grad_norm"] = outcome.grad_norm
             if torch.cuda.is_available():
                 record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             step_start = now

@@ -78,10 +78,16 @@ def test_two_ranks_of_batch_one_equal_one_rank_of_batch_two(tiny_cogvideox_dir, 
     train(single, CogVideoXFamily(tiny_cogvideox_dir))
     a = load_file(tmp_path / "ddp" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "single" / "pytorch_lora_weights.safetensors")
-    base = {k: torch.zeros_like(v) for k, v in a.items() if "lora_B" in k}
-    assert any(not torch.equal(a[k], base[k]) for k in base)  # it trained
+    assert a.keys() == b.keys()
+    # LoRA's B matrices start at zero, so their values are exactly what training learned. The two runs sum the
+    # same gradients in another order (all-reduce vs batch mean, 1 vs 2 threads): Adam may round a near-zero
+    # gradient's step differently, so compare against the size of the whole update, not elementwise at 1e-6.
+    learned = torch.cat([a[k].flatten() for k in a if "lora_B" in k])
+    difference = torch.cat([(a[k] - b[k]).flatten() for k in a if "lora_B" in k])
+    assert learned.norm() > 0
+    assert difference.norm() < 1e-3 * learned.norm(), (difference.norm(), learned.norm())
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=5e-5)
 
 
 def test_two_machines_on_loopback(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
