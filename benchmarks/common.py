@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def training_flops(num_params: int, num_trainable: int, tokens: int, num_layers:
 
 def temporary_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="blueberry-bench-"))
+
+
+def print_result(result: dict, as_json: bool) -> dict:
+    """One JSON line, or an aligned `key: value` table."""
+    if as_json:
+        print(json.dumps(result))
+        return result
+    width = max(len(key) for key in result)
+    for key, value in result.items():
+        print(f"{key:>{width}}: {value:.4g}" if isinstance(value, float) else f"{key:>{width}}: {value}")
+    return result

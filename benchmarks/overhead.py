@@ -11,7 +11,6 @@ Prints the median step time of each, their ratio, and the fraction of our step s
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -19,7 +18,13 @@ import time
 import torch
 from accelerate import Accelerator
 
-from benchmarks.common import benchmark_config, build_family_and_transformer, synthetic_batch, temporary_workdir
+from benchmarks.common import (
+    benchmark_config,
+    build_family_and_transformer,
+    print_result,
+    synthetic_batch,
+    temporary_workdir,
+)
 from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -126,12 +131,7 @@ def main(argv=None):
         result["overhead_ratio"] = result["ours_step_s"] / result["bare_step_s"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
-    return result
+    return print_result(result, args.json)
 
 
 if __name__ == "__main__":

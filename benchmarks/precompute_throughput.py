@@ -10,13 +10,12 @@ storage, not a real VAE). Sample videos are generated at the clip size; each run
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 
 import torch
 
-from benchmarks.common import temporary_workdir
+from benchmarks.common import print_result, temporary_workdir
 from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
 from blueberry_video.data.decode import FrameSampling
 from blueberry_video.data.sample_videos import create_sample_videos
@@ -57,12 +56,7 @@ def main(argv=None):
                   "cache_hit_seconds": reuse_seconds}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>18}: {value:.4g}" if isinstance(value, float) else f"{key:>18}: {value}")
-    return result
+    return print_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ benchmarks/common.py:training_flops and docs/performance.md), and peak GPU memor
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -25,6 +24,7 @@ from benchmarks.common import (
     benchmark_config,
     build_family_and_transformer,
     device_peak_tflops,
+    print_result,
     sequence_tokens,
     synthetic_batch,
     temporary_workdir,
@@ -122,13 +122,7 @@ def run(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args)
-    if args.json:
-        print(json.dumps(result))
-        return result
-    for key, value in result.items():
-        print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
-    return result
+    return print_result(run(args), args.json)
 
 
 if __name__ == "__main__":
