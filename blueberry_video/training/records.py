@@ -40,6 +40,21 @@ def write_run_info(output_dir, config, family_name: str, num_processes: int) -> 
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
 
 
+def write_final_metrics(output_dir, records: list[dict], bad_steps: int) -> dict:
+    """The run's summary numbers, for tables that compare runs (`blueberry-video report`)."""
+    losses = [r["loss"] for r in records if "loss" in r]
+    final = {
+        "steps": records[-1]["step"] if records else 0,
+        "final_loss": losses[-1] if losses else None,
+        "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "min_loss": min(losses) if losses else None,
+        "train_seconds": sum(r.get("step_time", 0.0) for r in records),
+        "skipped_steps": bad_steps,
+    }
+    (Path(output_dir) / "final_metrics.json").write_text(json.dumps(final, indent=1))
+    return final
+
+
 class MetricsLog:
     """Appends one JSON line per logged step to metrics.jsonl (kept across resumes)."""
 

@@ -37,7 +37,13 @@ from blueberry_video.training.export import export_trained_weights
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
-from blueberry_video.training.records import MetricsLog, plot_losses, write_model_card, write_run_info
+from blueberry_video.training.records import (
+    MetricsLog,
+    plot_losses,
+    write_final_metrics,
+    write_model_card,
+    write_run_info,
+)
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import compile_blocks, training_step
 from blueberry_video.training.validation import run_validation
@@ -230,7 +236,9 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     if last_validated != global_step:  # the same on every process, so none waits alone
         videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
     if accelerator.is_main_process:
-        plot_losses({output_dir.name: metrics.read()}, output_dir / "loss.png")
+        records = metrics.read()
+        plot_losses({output_dir.name: records}, output_dir / "loss.png")
+        write_final_metrics(output_dir, records, state["bad_steps"])
         write_model_card(output_dir, config, family.name, num_videos, global_step, videos)
     accelerator.end_training()
     return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,

@@ -67,3 +67,28 @@ def test_out_of_memory_lists_the_memory_options(tiny_cogvideox_dir, sample_datas
     for option in ("--gradient_checkpointing", "--use_8bit_adam", "--max_num_frames 9", "--train_batch_size 1",
                    "deepspeed_zero2_offload.yaml"):
         assert option in message
+
+
+def test_bad_videos_are_reported_and_the_good_ones_still_train(tiny_cogvideox_dir, sample_dataset_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset_dir, data, ignore=shutil.ignore_patterns(".latent_cache"))
+    good = (data / "videos" / "0000.mp4").read_bytes()
+    (data / "videos" / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (data / "videos" / "empty.mp4").write_bytes(b"")
+    (data / "videos" / "garbage.mp4").write_bytes(b"\x00not a video\xff" * 100)
+    metadata = json.loads((data / "metadata.json").read_text())
+    metadata += [{"file": f"videos/{name}.mp4", "caption": "broken"} for name in ("truncated", "empty", "garbage")]
+    metadata.append({"file": "videos/0001.mp4", "caption": ""})  # a second entry for 0001 with no caption
+    (data / "metadata.json").write_text(json.dumps(metadata))
+
+    result = train(config_for(tiny_cogvideox_dir, data, tmp_path / "run", "--max_train_steps", "3"),
+                   CogVideoXFamily(tiny_cogvideox_dir))
+    assert result.global_step == 3
+    report = capsys.readouterr().out
+    assert "4 cached, 4 skipped" in report
+    for name in ("truncated.mp4", "empty.mp4", "garbage.mp4"):
+        assert name in report
+    assert "0 bytes" in report and "no caption" in report

@@ -51,11 +51,13 @@ def test_lora_loss_falls_on_a_repeated_video(lora_run):
 def test_lora_run_writes_every_output(lora_run):
     out = lora_run.output_dir
     for name in ("pytorch_lora_weights.safetensors", "README.md", "loss.png", "config.yaml", "run_info.json",
-                 "metrics.jsonl"):
+                 "metrics.jsonl", "final_metrics.json"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-30", "checkpoint-60"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 61))
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["steps"] == 60 and final["final_loss"] == pytest.approx(lora_run.losses[-1])
     videos = sorted(p.name for p in (out / "validation").glob("*.mp4"))
     assert videos == ["step-000030-prompt0-0.mp4", "step-000030-prompt1-0.mp4",
                       "step-000060-prompt0-0.mp4", "step-000060-prompt1-0.mp4"]
@@ -120,3 +122,46 @@ def test_resume_matches_an_uninterrupted_run(mode, tiny_cogvideox_dir, sample_da
     for name in trained:
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7)
     assert whole.losses[3:] == pytest.approx(second.losses, rel=1e-5)
+
+
+def test_memory_options_train_lora_with_8bit_adam_checkpointing_and_float8_storage(
+        tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    result = train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "memory",
+                                              "--rank", "8", "--learning_rate", "3e-3", "--dataset_repeats", "4",
+                                              "--train_batch_size", "4", "--max_train_steps", "30",
+                                              "--checkpointing_steps", "0", "--use_8bit_adam",
+                                              "--gradient_checkpointing", "--layerwise_casting"))
+    model = result.transformer
+    assert model.is_gradient_checkpointing
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert torch.float8_e4m3fn in frozen
+    assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5]), result.losses
+    state = torch.load(tmp_path / "memory" / "checkpoint-30" / "optimizer.bin", weights_only=False)
+    # bitsandbytes' state layout (state1/state2), not torch AdamW's (exp_avg/exp_avg_sq); tensors this small
+    # keep 32-bit states, as bitsandbytes does below its min_8bit_size.
+    assert all("__bnb_optimizer_quant_state__" in s and "exp_avg" not in s for s in state["state"].values())
+
+
+def test_training_can_start_from_an_existing_lora(lora_run, tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    config_args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "continued", "--rank", "16",
+                              "--lora_alpha", "32", "--init_lora_weights", str(lora_run.output_dir),
+                              "--learning_rate", "1e-12", "--max_train_steps", "1", "--checkpointing_steps", "0")
+    continued = train_cogvideox.main(config_args)
+    inputs = transformer_inputs()
+    with torch.no_grad():
+        before = lora_run.transformer.eval()(**inputs, return_dict=False)[0]
+        after = continued.transformer.eval()(**inputs, return_dict=False)[0]
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "tb", "--max_train_steps",
+                                     "3", "--checkpointing_steps", "0", "--report_to", "tensorboard",
+                                     "--validation_prompt", "a red circle", "--num_inference_steps", "2"))
+    events = list((tmp_path / "tb" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    assert len(accumulator.Scalars("loss")) == 3
+    assert accumulator.Tags()["images"]
