@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def cache_fingerprint(family, root: Path, entries, settings: CacheSettings) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@contextmanager
+def _quiet_datasets():
+    """No "Saving the dataset" bar per chunk: the precompute's own bar already shows progress."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _features(example: dict[str, np.ndarray]) -> datasets.Features:
     spec = {"index": datasets.Value("int64"), "video": datasets.Value("string"), "caption": datasets.Value("string")}
     array_types = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
@@ -132,7 +145,8 @@ def _write_chunk(chunk_dir: Path, rows, skipped, root: Path, process_index: int)
             {"index": entry.index, "video": str(entry.video_path.relative_to(root)), "caption": entry.caption, **tensors}
             for entry, tensors in rows
         ]
-        datasets.Dataset.from_list(records, features=features).save_to_disk(str(tmp / "data"))
+        with _quiet_datasets():
+            datasets.Dataset.from_list(records, features=features).save_to_disk(str(tmp / "data"))
     (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
     (tmp / "process.json").write_text(json.dumps({"process_index": process_index, "num_encoded": len(rows)}))
     os.replace(tmp, chunk_dir)
@@ -151,10 +165,12 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]
     if not parts:
         reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5])
         raise EmptyCacheError(f"no video could be encoded into {cache_path} ({reasons})")
-    merged = datasets.concatenate_datasets(parts).sort("index")
+    # Chunks hold consecutive items and are listed in item order: concatenating keeps the index order.
+    merged = datasets.concatenate_datasets(parts)
     tmp = cache_path / "dataset.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_to_disk(str(tmp))
+    with _quiet_datasets():
+        merged.save_to_disk(str(tmp))
     os.replace(tmp, cache_path / "dataset")
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped)
     # Which process encoded how many videos: shows that a multi-process precompute shared the work.
