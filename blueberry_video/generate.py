@@ -31,6 +31,8 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
              guidance_scale: float = 6.0, seed: int = 0, fps: int = 8, lora_scale: float = 1.0,
              device: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
     family = load_family(family_name, model_dir)
+    family.check_video_shape(num_frames, height, width)
+    family.check_generation_frames(num_frames)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype).to(device)
     frames = pipe(

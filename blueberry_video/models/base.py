@@ -93,6 +93,9 @@ class ModelFamily(ABC):
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
         """Raise ConfigError naming the setting and the nearest valid value if the VAE/patching cannot take it."""
 
+    def check_generation_frames(self, num_frames: int) -> None:
+        """Raise ConfigError if the pipeline would not return `num_frames` frames for this request."""
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(channels, frames, height, width) of the VAE latent for a video of this size."""
         s = self.spatial_compression

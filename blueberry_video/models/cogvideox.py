@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import torch
 from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
+from blueberry_video.errors import ConfigError
 from blueberry_video.models.base import (
     Encoders,
     ModelFamily,
+    nearest_valid,
     unwrap_model,
     vae_latent_distribution,
 )
@@ -40,6 +42,18 @@ class CogVideoXFamily(ModelFamily):
         # CogVideoX 1.5 patches latent frames in pairs: the latent frame count must divide by patch_size_t.
         p_t = self.transformer_config.get("patch_size_t")
         return p_t is None or ((num_frames - 1) // t + 1) % p_t == 0
+
+    def check_generation_frames(self, num_frames: int) -> None:
+        # The VAE decodes latent frames in pairs, keeping the first frame whole only when the count is odd:
+        # an even latent count comes back as 4x as many frames (13 frames -> 4 latents -> 16 frames).
+        latent_frames = (num_frames - 1) // self.temporal_compression + 1
+        p_t = self.transformer_config.get("patch_size_t")
+        if p_t is None and latent_frames % 2 == 0:
+            valid = lambda n: (n - 1) % (2 * self.temporal_compression) == 0  # noqa: E731
+            raise ConfigError(
+                f"num_frames={num_frames}: CogVideoX's VAE would return {4 * latent_frames} frames for it; generate "
+                f"8k+1 frames, e.g. {nearest_valid(num_frames, valid)}"
+            )
 
     def check_video_shape(self, num_frames: int, height: int, width: int) -> None:
         p_t = self.transformer_config.get("patch_size_t") or 1

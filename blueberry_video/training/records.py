@@ -110,10 +110,12 @@ def write_model_card(output_dir, config, family_name: str, num_samples: int, glo
     weights = "pytorch_lora_weights.safetensors" if config.training_mode == "lora" else "transformer/"
     pipeline = {"cogvideox": "CogVideoXPipeline", "hunyuan_video": "HunyuanVideoPipeline"}.get(family_name, "DiffusionPipeline")
     if config.training_mode == "lora":
-        usage = (f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\")\n"
+        usage = (f"from diffusers import {pipeline}\n\n"
+                 f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\")\n"
                  f"pipe.load_lora_weights(\"{output_dir}\")")
     else:
-        usage = (f"transformer = {pipeline.replace('Pipeline', 'Transformer3DModel')}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
+        usage = (f"from diffusers import {pipeline}, {pipeline.replace('Pipeline', 'Transformer3DModel')}\n\n"
+                 f"transformer = {pipeline.replace('Pipeline', 'Transformer3DModel')}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
                  f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", transformer=transformer)")
     samples = "\n".join(f"- [{v.name}]({v.relative_to(output_dir)})" for v in videos) or "- (no validation prompt was set)"
     card = f"""# {family_name} {config.training_mode} fine-tune
@@ -131,7 +133,9 @@ Trained with blueberry-video.
 | learning rate | {config.learning_rate} ({config.lr_scheduler}) |
 | precision | {config.mixed_precision} |
 
-Weights: `{weights}`. Loss curve: `loss.png`. Full settings: `config.yaml`.
+Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.jsonl`.
+
+![training loss](loss.png)
 
 ## Use
 

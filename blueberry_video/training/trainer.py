@@ -112,6 +112,11 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     accelerator = build_accelerator(config)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
+    if config.validation_prompt:
+        try:
+            family.check_generation_frames(config.max_num_frames)
+        except ConfigError as error:
+            logger.warning(f"validation videos: {error}", main_process_only=True)
     dtype = weight_dtype(accelerator)
     if config.mixed_precision == "fp16":
         logger.warning("fp16 training of video transformers often produces NaN losses; bf16 is the safe choice.",
