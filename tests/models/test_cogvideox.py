@@ -7,23 +7,13 @@ from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.presets import tiny_cogvideox_components
 from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
-from tests.models.helpers import PROMPTS, cached_batch, generators
+from tests.models.helpers import PROMPTS, generators
 from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
 
 
 @pytest.fixture(scope="module")
 def family(cogvideox_dir):
     return CogVideoXFamily(cogvideox_dir)
-
-
-@pytest.fixture(scope="module")
-def encoders(family):
-    return family.load_encoders(torch.float32, "cpu")
-
-
-@pytest.fixture(scope="module")
-def batch(family, encoders, videos):
-    return cached_batch(family, encoders, videos)
 
 
 def test_tiny_pipeline_reloads_with_every_part_and_generates(cogvideox_dir, family):

@@ -17,23 +17,13 @@ from blueberry_video.errors import ConfigError
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
 from blueberry_video.models.presets import build_real_size_transformer, tiny_hunyuan_video_components
 from blueberry_video.training.sampling import draw_noise_and_sigmas, shift_sigmas
-from tests.models.helpers import PROMPTS, cached_batch, generators
+from tests.models.helpers import PROMPTS, generators
 from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
 
 
 @pytest.fixture(scope="module")
 def family(hunyuan_dir):
     return HunyuanVideoFamily(hunyuan_dir)
-
-
-@pytest.fixture(scope="module")
-def encoders(family):
-    return family.load_encoders(torch.float32, "cpu")
-
-
-@pytest.fixture(scope="module")
-def batch(family, encoders, videos):
-    return cached_batch(family, encoders, videos)
 
 
 def test_tiny_pipeline_reloads_with_every_part_and_generates(hunyuan_dir, family):
