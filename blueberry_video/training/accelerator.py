@@ -25,7 +25,9 @@ def build_accelerator(config) -> Accelerator:
         ),
         # Data order depends only on (seed, epoch), whatever the number of processes: resume and
         # DDP-vs-single-process runs then see the same samples in the same steps.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        # Pinned host memory (set in the trainer's DataLoader) lets batches copy to the GPU without blocking.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed,
+                                                  non_blocking=torch.cuda.is_available()),
     )
     check_launch(accelerator)
     check_validation_with_sharded_weights(accelerator, config)
