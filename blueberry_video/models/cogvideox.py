@@ -36,12 +36,10 @@ class CogVideoXFamily(ModelFamily):
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
     def _frames_valid(self, num_frames: int) -> bool:
-        t = self.temporal_compression
-        if (num_frames - 1) % t:
-            return False
-        # CogVideoX 1.5 patches latent frames in pairs: the latent frame count must divide by patch_size_t.
-        p_t = self.transformer_config.get("patch_size_t")
-        return p_t is None or ((num_frames - 1) // t + 1) % p_t == 0
+        # CogVideoX 1.5 patches latent frames in pairs and is trained on 8k+1 frames (81 = 21 latent frames, padded
+        # to 22 by repeating the first, as its pipeline does): (frames - 1) must divide by 4 x patch_size_t.
+        p_t = self.transformer_config.get("patch_size_t") or 1
+        return (num_frames - 1) % (self.temporal_compression * p_t) == 0
 
     def check_generation_frames(self, num_frames: int) -> None:
         # The VAE decodes latent frames in pairs, keeping the first frame whole only when the count is odd:

@@ -7,7 +7,7 @@ from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.presets import tiny_cogvideox_components
 from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
-from tests.models.helpers import PROMPTS, generators
+from tests.models.helpers import PROMPTS, cached_batch, generators
 from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
 
 
@@ -113,3 +113,33 @@ def test_geometry_errors_name_the_setting_and_a_valid_value(family):
 
 def test_training_on_one_sample_reduces_the_loss(family, batch):
     assert_training_reduces_loss(family, {name: value[1:] for name, value in batch.items()})
+
+
+@pytest.fixture(scope="module")
+def cogvideox_15_dir(cogvideox_dir, tmp_path_factory):
+    """The tiny pipeline with a CogVideoX 1.5-style transformer: frames patched in pairs, rotary positions, ofs."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny-cogvideox-1.5")
+    shutil.copytree(cogvideox_dir, root, dirs_exist_ok=True)
+    config = CogVideoXTransformer3DModel.load_config(cogvideox_dir / "transformer")
+    config.update(patch_size_t=2, use_rotary_positional_embeddings=True, ofs_embed_dim=16, patch_bias=False)
+    torch.manual_seed(0)
+    CogVideoXTransformer3DModel.from_config(config).save_pretrained(root / "transformer")
+    return root
+
+
+def test_cogvideox_15_frame_rule_and_training_loss(cogvideox_15_dir, videos):
+    family = CogVideoXFamily(cogvideox_15_dir)
+    family.check_video_shape(81, 96, 160)  # the 1.5 models' own clip length
+    family.check_video_shape(9, 96, 160)
+    with pytest.raises(ConfigError, match="8k\\+1.*use 17"):
+        family.check_video_shape(13, 96, 160)
+    encoders = family.load_encoders(torch.float32, "cpu")
+    batch = cached_batch(family, encoders, videos)  # 9 frames: 3 latent frames, padded to 4 for the pairs
+    transformer = family.load_transformer()
+    loss = family.training_loss(transformer, family.load_training_scheduler(), batch, generators([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert transformer.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert_training_reduces_loss(family, {k: v[:1] for k, v in batch.items()})
