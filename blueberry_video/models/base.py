@@ -63,12 +63,19 @@ class ModelFamily(ABC):
             )
 
     def read_config(self, subfolder: str) -> dict:
-        """A component's config.json (or scheduler_config.json) without loading its weights."""
-        folder = self.model_dir / subfolder
-        for name in ("config.json", "scheduler_config.json"):
-            if (folder / name).is_file():
-                return json.loads((folder / name).read_text())
-        raise ModelLayoutError(f"{folder}: no config.json or scheduler_config.json")
+        """A component's config.json (or scheduler_config.json) without loading its weights.
+
+        Read once per family object: the loss reads the VAE's config every step, and disk I/O has no place
+        in the training step.
+        """
+        cache = self.__dict__.setdefault("_configs", {})
+        if subfolder not in cache:
+            folder = self.model_dir / subfolder
+            files = [folder / name for name in ("config.json", "scheduler_config.json") if (folder / name).is_file()]
+            if not files:
+                raise ModelLayoutError(f"{folder}: no config.json or scheduler_config.json")
+            cache[subfolder] = json.loads(files[0].read_text())
+        return cache[subfolder]
 
     @property
     def transformer_config(self) -> dict:
