@@ -9,6 +9,7 @@ Everything model-specific goes through the `ModelFamily` the recipe passes in.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,72 +161,73 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
     global_step = state["global_step"]
     bad_in_a_row, losses, videos, last_validated = 0, [], [], None
-    progress = tqdm(total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
-    step_start, loss_sum, micro_batches = time.perf_counter(), 0.0, 0
-    preemption, stop_early = PreemptionWatch(), False
-
-    for epoch in range(state["epoch"], num_epochs):
-        if global_step >= max_train_steps or stop_early:
-            break
-        dataloader.set_epoch(epoch)
-        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        batches_in_epoch = skip
-        for batch in batches:
-            # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
-            generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
-            outcome = training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params,
-                                    optimizer, lr_scheduler, config.max_grad_norm)
-            batches_in_epoch += 1
-            loss_sum, micro_batches = loss_sum + outcome.loss.float(), micro_batches + 1
-            if not accelerator.sync_gradients:
-                continue
-
-            global_step += 1
-            step_loss = accelerator.reduce(loss_sum / micro_batches, reduction="mean").item()
-            loss_sum, micro_batches = 0.0, 0
-            bad_in_a_row = 0 if outcome.applied and math.isfinite(step_loss) else bad_in_a_row + 1
-            if bad_in_a_row:
-                state["bad_steps"] += 1
-                logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
-                               f"({bad_in_a_row} in a row)", main_process_only=True)
-                if bad_in_a_row >= config.max_consecutive_bad_steps:
-                    raise TooManyBadStepsError(
-                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {global_step}). "
-                        f"The last good checkpoint in {output_dir} is kept. Try a lower learning_rate, "
-                        f"mixed_precision=bf16 instead of fp16, or max_grad_norm=1.0."
-                    )
-            now = time.perf_counter()
-            record = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": now - step_start,
-                      "epoch": epoch}
-            if outcome.grad_norm is not None:
-                record["grad_norm"] = outcome.grad_norm
-            if torch.cuda.is_available():
-                record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            step_start = now
-            losses.append(step_loss)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            if global_step % config.logging_steps == 0:
-                accelerator.log(record, step=global_step)
-                if accelerator.is_main_process:
-                    metrics.append(global_step, record)
-
-            state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch)
-            if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-            if config.validation_steps and global_step % config.validation_steps == 0:
-                videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
-                last_validated = global_step
-            stop_early = global_step == stop_after_step or preemption.should_stop(accelerator)
+    stop_early = False
+    with ExitStack() as cleanup:  # the bar and the SIGTERM handler are released even if training raises
+        progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=global_step, desc="training",
+                                              disable=not accelerator.is_main_process))
+        preemption = PreemptionWatch()
+        cleanup.callback(preemption.close)
+        step_start, loss_sum, micro_batches = time.perf_counter(), 0.0, 0
+        for epoch in range(state["epoch"], num_epochs):
             if global_step >= max_train_steps or stop_early:
                 break
-        else:
-            if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
-                videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
-                last_validated = global_step
-    progress.close()
-    preemption.close()
+            dataloader.set_epoch(epoch)
+            skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+            batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            batches_in_epoch = skip
+            for batch in batches:
+                # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
+                generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
+                outcome = training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params,
+                                        optimizer, lr_scheduler, config.max_grad_norm)
+                batches_in_epoch += 1
+                loss_sum, micro_batches = loss_sum + outcome.loss.float(), micro_batches + 1
+                if not accelerator.sync_gradients:
+                    continue
+
+                global_step += 1
+                step_loss = accelerator.reduce(loss_sum / micro_batches, reduction="mean").item()
+                loss_sum, micro_batches = 0.0, 0
+                bad_in_a_row = 0 if outcome.applied and math.isfinite(step_loss) else bad_in_a_row + 1
+                if bad_in_a_row:
+                    state["bad_steps"] += 1
+                    logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
+                                   f"({bad_in_a_row} in a row)", main_process_only=True)
+                    if bad_in_a_row >= config.max_consecutive_bad_steps:
+                        raise TooManyBadStepsError(
+                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {global_step}). "
+                            f"The last good checkpoint in {output_dir} is kept. Try a lower learning_rate, "
+                            f"mixed_precision=bf16 instead of fp16, or max_grad_norm=1.0."
+                        )
+                now = time.perf_counter()
+                record = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": now - step_start,
+                          "epoch": epoch}
+                if outcome.grad_norm is not None:
+                    record["grad_norm"] = outcome.grad_norm
+                if torch.cuda.is_available():
+                    record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                step_start = now
+                losses.append(step_loss)
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                if global_step % config.logging_steps == 0:
+                    accelerator.log(record, step=global_step)
+                    if accelerator.is_main_process:
+                        metrics.append(global_step, record)
+
+                state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch)
+                if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
+                if config.validation_steps and global_step % config.validation_steps == 0:
+                    videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+                    last_validated = global_step
+                stop_early = global_step == stop_after_step or preemption.should_stop(accelerator)
+                if global_step >= max_train_steps or stop_early:
+                    break
+            else:
+                if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
+                    videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+                    last_validated = global_step
 
     accelerator.wait_for_everyone()
     if not config.checkpointing_steps or global_step % config.checkpointing_steps:
