@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import types
+import warnings
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,9 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data: types, ranges and combinations."""
+    if config.mixed_precision == "fp16":
+        warnings.warn("mixed_precision=fp16: fp16 training of video transformers often produces NaN losses; "
+                      "bf16 is the safe choice", UserWarning, stacklevel=3)
     for name, f in FIELDS.items():
         choices = f.metadata["choices"]
         value = getattr(config, name)

@@ -119,9 +119,6 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         except ConfigError as error:
             logger.warning(f"validation videos: {error}", main_process_only=True)
     dtype = weight_dtype(accelerator)
-    if config.mixed_precision == "fp16":
-        logger.warning("fp16 training of video transformers often produces NaN losses; bf16 is the safe choice.",
-                       main_process_only=True)
 
     dataset, num_videos = build_dataset(config, family, accelerator, dtype)
     global_batch = config.train_batch_size * accelerator.num_processes

@@ -165,3 +165,21 @@ def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, o
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
     assert len(accumulator.Scalars("loss")) == 3
     assert accumulator.Tags()["images"]
+
+
+def test_a_new_run_refuses_an_output_dir_holding_an_earlier_run(lora_run, tiny_cogvideox_dir, one_video_dataset_dir):
+    from blueberry_video.errors import ConfigError
+
+    before = sorted(p.name for p in lora_run.output_dir.rglob("*"))
+    with pytest.raises(ConfigError, match="is not empty.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
+        train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, lora_run.output_dir,
+                                         "--max_train_steps", "1"))
+    assert sorted(p.name for p in lora_run.output_dir.rglob("*")) == before  # nothing written or removed
+
+
+def test_fp16_is_warned_about(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    from blueberry_video.config import parse_config
+
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "fp16")
+    with pytest.warns(UserWarning, match="fp16 training of video transformers often produces NaN losses"):
+        parse_config([*args, "--mixed_precision", "fp16"])
