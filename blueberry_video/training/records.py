@@ -105,17 +105,19 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
     return Path(path)
 
 
-def write_model_card(output_dir, config, family_name: str, num_samples: int, global_step: int, videos: list[Path]) -> Path:
+def write_model_card(output_dir, config, family, num_samples: int, global_step: int, videos: list[Path]) -> Path:
+    """README.md for the run: settings, how to load the result with the family's own diffusers classes, samples."""
     output_dir = Path(output_dir)
+    family_name = family.name
     weights = "pytorch_lora_weights.safetensors" if config.training_mode == "lora" else "transformer/"
-    pipeline = {"cogvideox": "CogVideoXPipeline", "hunyuan_video": "HunyuanVideoPipeline"}.get(family_name, "DiffusionPipeline")
+    pipeline, transformer = family.pipeline_class.__name__, family.transformer_class.__name__
     if config.training_mode == "lora":
         usage = (f"from diffusers import {pipeline}\n\n"
                  f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\")\n"
                  f"pipe.load_lora_weights(\"{output_dir}\")")
     else:
-        usage = (f"from diffusers import {pipeline}, {pipeline.replace('Pipeline', 'Transformer3DModel')}\n\n"
-                 f"transformer = {pipeline.replace('Pipeline', 'Transformer3DModel')}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
+        usage = (f"from diffusers import {pipeline}, {transformer}\n\n"
+                 f"transformer = {transformer}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
                  f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", transformer=transformer)")
     samples = "\n".join(f"- [{v.name}]({v.relative_to(output_dir)})" for v in videos) or "- (no validation prompt was set)"
     card = f"""# {family_name} {config.training_mode} fine-tune

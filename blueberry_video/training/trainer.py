@@ -243,7 +243,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         records = metrics.read()
         plot_losses({output_dir.name: records}, output_dir / "loss.png")
         write_final_metrics(output_dir, records, state["bad_steps"])
-        write_model_card(output_dir, config, family.name, num_videos, global_step, videos)
+        write_model_card(output_dir, config, family, num_videos, global_step, videos)
     accelerator.end_training()
     return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,
                        accelerator.unwrap_model(transformer))
