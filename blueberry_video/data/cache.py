@@ -182,9 +182,9 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]
     return report
 
 
-def _read_report(cache_path: Path) -> CacheReport:
+def _read_report(cache_path: Path, reused: bool) -> CacheReport:
     manifest = json.loads((cache_path / "manifest.json").read_text())
-    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=True)
+    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused)
 
 
 def precompute_latent_cache(
@@ -215,7 +215,7 @@ def precompute_latent_cache(
     fingerprint = cache_fingerprint(family, root, entries, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
-        return _read_report(cache_path)
+        return _read_report(cache_path, reused=True)
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -251,4 +251,5 @@ def precompute_latent_cache(
         logger.info(report.summary())
     if accelerator:
         accelerator.wait_for_everyone()
-    return _read_report(cache_path) if not is_main else report
+    # The other processes read what the main one merged: built in this call, not reused.
+    return report if is_main else _read_report(cache_path, reused=False)
