@@ -81,15 +81,14 @@ def sequence_tokens(transformer_config, latent_shape, text_tokens: int) -> tuple
     return (-(-frames // p_t)) * (height // p) * (width // p), text_tokens
 
 
-def training_flops(num_params: int, num_trainable: int, tokens: int, num_layers: int, hidden: int,
-                   mode: str) -> float:
+def training_flops(frozen_params: int, trainable_params: int, tokens: int, num_layers: int, hidden: int) -> float:
     """Model FLOPs of one training sample (no recomputation counted), the usual convention:
 
-    dense:     forward 2·N·T, backward 4·N·T when every weight trains (6·N·T); with LoRA the frozen weights
-               need only the activation gradient, 2·N·T, so 4·N·T + 6·N_lora·T.
+    dense:     a trained weight costs 2·T forward and 4·T backward (activation and weight gradients): 6·T each;
+               a frozen one needs no weight gradient: 4·T. Full fine-tune: 6·N·T; LoRA: 4·N·T + 6·N_lora·T.
     attention: forward 4·T²·d per layer (QKᵀ and AV), backward twice that: 12·L·T²·d.
     """
-    dense = 6 * num_params * tokens if mode == "full" else 4 * num_params * tokens + 6 * num_trainable * tokens
+    dense = (4 * frozen_params + 6 * trainable_params) * tokens
     return dense + 12 * num_layers * tokens * tokens * hidden
 
 

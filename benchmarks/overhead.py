@@ -2,10 +2,13 @@
 
     python benchmarks/overhead.py [--preset tiny-cogvideox] [--frames 9 --height 96 --width 160] [--rounds 5]
 
-"ours": batches from the dataloader over a latent dataset (accelerate-prepared, as in the trainer), keyed
-per-sample randomness, the family's loss, `training_step` (autocast, backward, clip, step), loss reduction.
-"bare": the same transformer forward/backward/AdamW step on tensors prepared once, nothing else.
-Prints the median step time of each, their ratio, and the fraction of our step spent waiting on the loader.
+"ours": the trainer's own per-batch code (`BatchLoop`: keyed per-sample randomness, the family's loss,
+`training_step` with autocast/backward/clip/step/LR schedule, the all-reduced loss, the step record in
+metrics.jsonl and the progress bar) fed by an accelerate-prepared DataLoader over a latent cache table read by
+`LatentCacheDataset` (the rows are random stand-ins of the cached shapes, so no VAE is needed).
+"bare": the same transformer forward/backward, gradient clipping at the same max norm, and AdamW step on
+tensors prepared once, nothing else. Prints the median step time of each, their ratio, and the fraction of
+our step spent waiting on the loader.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from benchmarks.common import (
     benchmark_config,
@@ -25,16 +29,31 @@ from benchmarks.common import (
     synthetic_batch,
     temporary_workdir,
 )
-from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.data.cache import write_latent_table
+from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
+from blueberry_video.training.loop import BatchLoop, timed_batches
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.records import MetricsLog
 from blueberry_video.training.sampling import sample_generators
-from blueberry_video.training.step import training_step
 
 
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def stand_in_cache(family, num_samples: int, frames: int, height: int, width: int, workdir) -> LatentCacheDataset:
+    """A latent cache table of random rows with the shapes and dtypes the precompute step writes."""
+    dummy = DummyLatentDataset(family, num_samples, frames, height, width)
+    rows = []
+    for i in range(num_samples):
+        item = dummy[i]
+        del item["sample_index"]
+        rows.append({"index": i, "video": f"{i}.mp4", "caption": "",
+                     **{name: value.numpy() for name, value in item.items()}})
+    write_latent_table(workdir / "cache" / "dataset", rows)
+    return LatentCacheDataset(workdir / "cache")
 
 
 def main(argv=None):
@@ -45,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (dataloader_num_workers)")
     parser.add_argument("--steps", type=int, default=20, help="steps per round and loop")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
@@ -56,12 +76,15 @@ def main(argv=None):
     try:
         family, transformer = build_family_and_transformer(args.preset, torch.float32, device, workdir)
         config = benchmark_config(family, args.mode, 16, False, False)
+        config.output_dir = str(workdir / "run")
+        (workdir / "run").mkdir()
         params = make_trainable(transformer, config, family)
         optimizer = build_optimizer(params, config)
         lr_scheduler = build_lr_scheduler(optimizer, config, 10**6)
-        dataset = DummyLatentDataset(family, 64, args.frames, args.height, args.width)
+        dataset = stand_in_cache(family, 16 * args.batch, args.frames, args.height, args.width, workdir)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
-                                             pin_memory=torch.cuda.is_available())
+                                             num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                                             persistent_workers=args.num_workers > 0)
         transformer, optimizer, loader, lr_scheduler = accelerator.prepare(transformer, optimizer, loader, lr_scheduler)
         noise_scheduler = family.load_training_scheduler()
 
@@ -77,25 +100,27 @@ def main(argv=None):
         hook.remove()
         bare_inputs, target = captured["kwargs"], torch.randn_like(captured["output"])
 
+        progress = tqdm(disable=True)  # the bar's bookkeeping runs; nothing is drawn
+        loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
+                         metrics=MetricsLog(workdir / "run"), progress=progress)
+        epochs = iter(range(10**9))
+
         def ours(n):
-            times, waits, iterator, step = [], [], iter(loader), 0
-            for _ in range(n):
+            times, waits = [], []
+            while len(times) < n:
+                epoch = next(epochs)
+                loader.set_epoch(epoch)
                 _sync()
                 start = time.perf_counter()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    iterator = iter(loader)
-                    batch = next(iterator)
-                waited = time.perf_counter() - start
-                generators = sample_generators(0, step, batch["sample_index"].tolist(), device)
-                outcome = training_step(accelerator, family, transformer, noise_scheduler, batch, generators,
-                                        params, optimizer, lr_scheduler, 1.0)
-                accelerator.reduce(outcome.loss, reduction="mean").item()
-                _sync()
-                times.append(time.perf_counter() - start)
-                waits.append(waited)
-                step += 1
+                for batch, waited in timed_batches(loader):
+                    loop.run(batch, epoch, waited)
+                    _sync()
+                    now = time.perf_counter()
+                    times.append(now - start)
+                    waits.append(waited)
+                    if len(times) == n:
+                        break
+                    start = now
             return times, waits
 
         def bare(n):
@@ -108,6 +133,7 @@ def main(argv=None):
                     out = model(**bare_inputs)[0]
                 loss = torch.nn.functional.mse_loss(out.float(), target.float())
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 loss.item()

@@ -99,8 +99,7 @@ def run(args) -> dict:
         num_trainable = sum(p.numel() for p in params)
         hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
         num_layers = cfg.get("num_layers", 0) + cfg.get("num_single_layers", 0)
-        flops = args.batch * training_flops(num_params - num_trainable, num_trainable, tokens, num_layers, hidden,
-                                            args.mode)
+        flops = args.batch * training_flops(num_params - num_trainable, num_trainable, tokens, num_layers, hidden)
         step_time = statistics.median(times)
         peak = device_peak_tflops(device)
         result = {
@@ -109,6 +108,7 @@ def run(args) -> dict:
             "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,
+            "layers": num_layers, "hidden": hidden,
             "step_time_s": step_time, "samples_per_s": args.batch / step_time,
             "latent_tokens_per_s": args.batch * video_tokens / step_time,
             "achieved_tflops": flops / step_time / 1e12,

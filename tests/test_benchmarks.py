@@ -11,8 +11,21 @@ from benchmarks.common import training_flops
 def test_flops_formula_counts_dense_and_attention_terms():
     n, n_lora, tokens, layers, hidden = 1000, 10, 50, 2, 8
     attention = 12 * layers * tokens**2 * hidden
-    assert training_flops(n, 0, tokens, layers, hidden, "full") == 6 * n * tokens + attention
-    assert training_flops(n, n_lora, tokens, layers, hidden, "lora") == 4 * n * tokens + 6 * n_lora * tokens + attention
+    assert training_flops(0, n, tokens, layers, hidden) == 6 * n * tokens + attention  # full fine-tune
+    assert training_flops(n, n_lora, tokens, layers, hidden) == 4 * n * tokens + 6 * n_lora * tokens + attention
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_train_step_benchmark_counts_the_flops_of_its_mode(mode):
+    result = train_step.main(["--preset", "tiny-cogvideox", "--mode", mode, "--frames", "9", "--height", "96",
+                              "--width", "160", "--batch", "2", "--rank", "4", "--steps", "1", "--warmup", "1",
+                              "--json"])
+    n, trainable, tokens = result["params"], result["trainable_params"], result["tokens_per_sample"]
+    dense = 6 * n * tokens if mode == "full" else 4 * (n - trainable) * tokens + 6 * trainable * tokens
+    attention = 12 * result["layers"] * tokens**2 * result["hidden"]
+    assert (trainable == n) == (mode == "full")
+    flops = result["achieved_tflops"] * 1e12 * result["step_time_s"]
+    assert flops == pytest.approx(2 * (dense + attention), rel=1e-9)
 
 
 @pytest.mark.parametrize("preset", ["tiny-cogvideox", "tiny-hunyuan-video"])

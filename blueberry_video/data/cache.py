@@ -104,6 +104,14 @@ def _features(example: dict[str, np.ndarray]) -> datasets.Features:
     return datasets.Features(spec)
 
 
+def write_latent_table(path: Path, records: list[dict]) -> None:
+    """Rows of {index, video, caption, <tensor name>: np.ndarray} saved as the Arrow table the cache holds
+    (benchmarks write stand-in rows with it to time the real loader)."""
+    tensors = {name: value for name, value in records[0].items() if name not in ("index", "video", "caption")}
+    with _quiet_datasets():
+        datasets.Dataset.from_list(records, features=_features(tensors)).save_to_disk(str(path))
+
+
 def _to_numpy(tensor: torch.Tensor, cache_dtype: str) -> np.ndarray:
     if tensor.is_floating_point():
         return tensor.detach().to("cpu", getattr(torch, cache_dtype)).numpy()
@@ -140,13 +148,10 @@ def _write_chunk(chunk_dir: Path, rows, skipped, root: Path, process_index: int)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if rows:
-        features = _features(rows[0][1])
-        records = [
+        write_latent_table(tmp / "data", [
             {"index": entry.index, "video": str(entry.video_path.relative_to(root)), "caption": entry.caption, **tensors}
             for entry, tensors in rows
-        ]
-        with _quiet_datasets():
-            datasets.Dataset.from_list(records, features=features).save_to_disk(str(tmp / "data"))
+        ])
     (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
     (tmp / "process.json").write_text(json.dumps({"process_index": process_index, "num_encoded": len(rows)}))
     os.replace(tmp, chunk_dir)

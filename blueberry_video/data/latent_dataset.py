@@ -25,9 +25,16 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         return len(self.table) * self.repeats
 
     def __getitem__(self, sample_index: int) -> dict[str, torch.Tensor]:
-        item = dict(self.table[sample_index % len(self.table)])
-        item["sample_index"] = torch.tensor(sample_index)
-        return item
+        return self.__getitems__([sample_index])[0]
+
+    def __getitems__(self, sample_indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A DataLoader batch in one table read: datasets' fixed cost per read, not the bytes, dominates
+        loading small latents (benchmarks/overhead.py)."""
+        rows = self.table[[index % len(self.table) for index in sample_indices]]
+        return [
+            {**{name: rows[name][i] for name in self.tensor_columns}, "sample_index": torch.tensor(index)}
+            for i, index in enumerate(sample_indices)
+        ]
 
 
 class DummyLatentDataset(torch.utils.data.Dataset):

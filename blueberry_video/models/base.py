@@ -213,6 +213,13 @@ def unwrap_model(module):
     return getattr(module, "_orig_mod", module)
 
 
+def model_class(module) -> type:
+    """The diffusers class of `module`, to build another of: FSDP2 swaps in a generated subclass (FSDP<Name>)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
+
+
 def vae_latent_distribution(vae, videos: torch.Tensor) -> dict[str, torch.Tensor]:
     """videos [B, F, C, H, W] in [-1, 1] -> the VAE posterior's {"latent_mean", "latent_std"}, [B, C, F', H', W']."""
     pixels = videos.to(vae.device, vae.dtype).permute(0, 2, 1, 3, 4)  # the video VAEs take [B, C, F, H, W]

@@ -17,7 +17,7 @@ from blueberry_video.models.base import (
     unwrap_model,
     vae_latent_distribution,
 )
-from blueberry_video.training.objectives import cogvideox_loss
+from blueberry_video.training.objectives import alphas_cumprod_at, cogvideox_loss, ddpm_noisy_latents
 from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
 
 
@@ -119,7 +119,8 @@ class CogVideoXFamily(ModelFamily):
             latents = torch.cat([latents[:, :1].expand(-1, pad, -1, -1, -1), latents], dim=1)
             noise = torch.cat([noise[:, :1].expand(-1, pad, -1, -1, -1), noise], dim=1)
 
-        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+        alpha_bar = alphas_cumprod_at(scheduler, timesteps)
+        noisy_latents = ddpm_noisy_latents(latents, noise, alpha_bar)
         height, width = (dim * self.spatial_compression for dim in latents.shape[-2:])
         rotary = (
             _rotary_embeddings(config, self.spatial_compression, height, width, latents.shape[1], latents.device)
@@ -138,7 +139,7 @@ class CogVideoXFamily(ModelFamily):
             return_dict=False,
             **extra,
         )[0]
-        return cogvideox_loss(model_output, noisy_latents, latents, timesteps, scheduler)
+        return cogvideox_loss(model_output, noisy_latents, latents, alpha_bar)
 
     # --- inference ------------------------------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ def build_accelerator(config) -> Accelerator:
                                                   non_blocking=torch.cuda.is_available()),
     )
     check_launch(accelerator)
-    check_validation_with_sharded_weights(accelerator, config)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator, config)
     set_seed(config.seed)
@@ -64,24 +63,14 @@ def configure_deepspeed(accelerator: Accelerator, config) -> None:
     unset_hf_deepspeed_config()
 
 
-def shards_weights(accelerator: Accelerator) -> bool:
-    """FSDP and ZeRO-3 split the weights over the processes: every forward needs all of them."""
-    if accelerator.num_processes == 1:
-        return False
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
-
-
-def check_validation_with_sharded_weights(accelerator: Accelerator, config) -> None:
-    """Validation videos are generated on the main process alone, which cannot gather sharded weights by itself."""
-    if config.validation_prompt and shards_weights(accelerator):
-        raise ConfigError(
-            f"validation_prompt with {accelerator.distributed_type.value} over {accelerator.num_processes} processes: "
-            f"the validation pipeline runs on the main process only, and its first forward would wait forever for "
-            f"the other processes to gather the sharded weights. Drop validation_prompt and render videos from the "
-            f"exported weights afterwards, or train with DDP or DeepSpeed ZeRO-2."
-        )
+def engine_name(accelerator: Accelerator) -> str:
+    """How the run spreads the model, for run_info.json: e.g. MULTI_GPU, FSDP2, DEEPSPEED ZeRO-3."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    if kind == DistributedType.DEEPSPEED:
+        return f"DEEPSPEED ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return kind.value
 
 
 def fit_fsdp_wrap_classes(accelerator: Accelerator, model: torch.nn.Module) -> None:

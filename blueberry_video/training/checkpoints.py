@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from blueberry_video.errors import ConfigError
@@ -108,11 +109,36 @@ def _deepspeed_save_kwargs(accelerator) -> dict:
     return {"exclude_frozen_parameters": True} if _is_deepspeed(accelerator) else {}
 
 
+def _is_fsdp1(accelerator) -> bool:
+    return accelerator.distributed_type.value == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version == 1
+
+
+def create_optimizer_state(optimizer) -> None:
+    """A step at learning rate 0 on zero gradients: creates the optimizer's state without moving a weight.
+
+    accelerate (1.15) loads an FSDP1 optimizer checkpoint into the state the optimizer already has — none
+    before its first step — so without this Adam's moments would silently restart at every resume.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # past accelerate's wrapper, which may skip steps
+    learning_rates = [group["lr"] for group in inner.param_groups]
+    for group in inner.param_groups:
+        group["lr"] = 0.0
+        for param in group["params"]:
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+    inner.step()
+    for group, lr in zip(inner.param_groups, learning_rates):
+        group["lr"] = lr
+    inner.zero_grad(set_to_none=True)
+
+
 def _is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type.value == "DEEPSPEED"
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
+def load_checkpoint(accelerator, path: Path, optimizer) -> dict:
+    if _is_fsdp1(accelerator):
+        create_optimizer_state(optimizer)
     # Non-strict under DeepSpeed: the frozen weights left out of a LoRA checkpoint keep their pretrained values.
     accelerator.load_state(str(path), **({"load_module_strict": False} if _is_deepspeed(accelerator) else {}))
     return json.loads((path / STATE_FILE).read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
+from blueberry_video.models.base import model_class
 from blueberry_video.training.lora import lora_metadata, lora_state_dict
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -46,6 +47,6 @@ def model_with(model, state_dict: dict[str, torch.Tensor]):
     the model's own tensors: empty shards under ZeRO-3 and FSDP, and never in the requested dtype.
     """
     with init_empty_weights():
-        copy = type(model).from_config(model.config)
+        copy = model_class(model).from_config(model.config)
     copy.load_state_dict(state_dict, strict=True, assign=True)
     return copy

@@ -6,12 +6,14 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.models.base import model_class
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,19 @@ def make_trainable(transformer, config, family) -> list[torch.nn.Parameter]:
 
 def lora_state_dict(transformer, state_dict=None) -> dict[str, torch.Tensor]:
     """The adapter's weights under diffusers' key names; `state_dict` may be a gathered full one."""
+    if state_dict is not None:
+        # peft finds the adapter's keys by module name, and FSDP1 puts `_fsdp_wrapped_module.` inside the names
+        # of the blocks it wraps while the gathered state dict's keys are clean: read them off a clean copy.
+        transformer = adapter_layout(transformer)
     return get_peft_model_state_dict(transformer, state_dict=state_dict, adapter_name=ADAPTER)
+
+
+def adapter_layout(transformer):
+    """The transformer's structure with its LoRA adapter on the meta device (no memory), without engine wrappers."""
+    with init_empty_weights():
+        layout = model_class(transformer).from_config(transformer.config)
+        layout.add_adapter(transformer.peft_config[ADAPTER], adapter_name=ADAPTER)
+    return layout
 
 
 def lora_metadata(transformer) -> dict:

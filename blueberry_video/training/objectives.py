@@ -5,18 +5,26 @@ from __future__ import annotations
 import torch
 
 
-def cogvideox_loss(model_output, noisy_latents, latents, timesteps, scheduler) -> torch.Tensor:
+def alphas_cumprod_at(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t of a DDPM-style diffusers scheduler for each timestep, float32, shaped [B, 1, 1, 1, 1]."""
+    # Indexed before the cast: the scheduler keeps all of them in float64.
+    return scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float().view(-1, 1, 1, 1, 1)
+
+
+def ddpm_noisy_latents(latents, noise, alpha_bar) -> torch.Tensor:
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps: the schedulers' `add_noise`, with the coefficients computed once
+    per step for this and the loss (the scheduler's version recomputes them per call)."""
+    return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+
+
+def cogvideox_loss(model_output, noisy_latents, latents, alpha_bar) -> torch.Tensor:
     """CogVideoX's objective: v-prediction turned into an x0 prediction, MSE weighted by 1 / (1 - alpha_bar_t).
 
-    `scheduler.get_velocity(v, x_t, t)` = sqrt(a_t) x_t - sqrt(1 - a_t) v, which for a v-prediction model is
-    its estimate of the clean latents; the weight makes the loss equivalent to an epsilon/v loss per step.
+    sqrt(a_t) x_t - sqrt(1 - a_t) v (the schedulers' `get_velocity`) is, for a v-prediction model, its
+    estimate of the clean latents; the weight makes the loss equivalent to an epsilon/v loss per step.
     """
-    model_output = model_output.float()
-    noisy_latents = noisy_latents.float()
-    predicted_latents = scheduler.get_velocity(model_output, noisy_latents, timesteps)
-    alphas_cumprod = scheduler.alphas_cumprod.to(latents.device, torch.float32)[timesteps]
-    weights = (1.0 / (1.0 - alphas_cumprod)).view(-1, *([1] * (latents.dim() - 1)))
-    per_sample = (weights * (predicted_latents - latents.float()) ** 2).flatten(1).mean(dim=1)
+    predicted_latents = alpha_bar.sqrt() * noisy_latents.float() - (1 - alpha_bar).sqrt() * model_output.float()
+    per_sample = ((predicted_latents - latents.float()) ** 2 / (1 - alpha_bar)).flatten(1).mean(dim=1)
     return per_sample.mean()
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 
-import torch
-
 
 class PreemptionWatch:
+    """`requested` turns True on SIGTERM; the training loop shares it across processes with the step's loss."""
+
     def __init__(self):
         self.requested = False
         self._previous = None
@@ -17,13 +17,6 @@ class PreemptionWatch:
 
     def _on_signal(self, signum, frame):
         self.requested = True
-
-    def should_stop(self, accelerator) -> bool:
-        """True on every process once any of them was signalled, so all stop at the same step."""
-        if accelerator.num_processes == 1:
-            return self.requested
-        flag = torch.tensor([int(self.requested)], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item())
 
     def close(self) -> None:
         if self._previous is not None:

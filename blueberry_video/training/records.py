@@ -32,11 +32,11 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_info(output_dir, config, family_name: str, num_processes: int) -> None:
+def write_run_info(output_dir, config, family_name: str, num_processes: int, engine: str) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    info = {"family": family_name, "num_processes": num_processes, "versions": package_versions(), "git_commit": git_commit()}
+    info = {"family": family_name, "num_processes": num_processes, "engine": engine, "versions": package_versions(), "git_commit": git_commit()}
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
 
 

@@ -29,14 +29,19 @@ def draw_training_sample(latent_mean, latent_std, generators, draw_noise_level):
     """Per sample i, from generators[i] in this order: a latent from the cached VAE distribution
     (mean + std * eps), the diffusion noise, and a noise level `draw_noise_level(generator)`."""
     shape = latent_mean.shape[1:]
-    device = latent_mean.device
-    latents, noises, levels = [], [], []
+    draw_device = generators[0].device
+    # Drawn straight into batch tensors: this runs every step, and per-sample stacking was a visible share
+    # of a small model's step (benchmarks/overhead.py).
+    eps = torch.empty((len(generators), *shape), device=draw_device)
+    noise = torch.empty_like(eps)
+    levels = []
     for i, generator in enumerate(generators):
-        eps = torch.randn(shape, generator=generator, device=generator.device).to(device)
-        latents.append(latent_mean[i].float() + latent_std[i].float() * eps)
-        noises.append(torch.randn(shape, generator=generator, device=generator.device).to(device))
+        torch.randn(shape, generator=generator, device=draw_device, out=eps[i])
+        torch.randn(shape, generator=generator, device=draw_device, out=noise[i])
         levels.append(draw_noise_level(generator).reshape(()))
-    return torch.stack(latents), torch.stack(noises), torch.stack(levels).to(device)
+    device = latent_mean.device
+    latents = torch.addcmul(latent_mean.float(), latent_std.float(), eps.to(device))
+    return latents, noise.to(device), torch.stack(levels).to(device)
 
 
 def draw_latent_noise_and_timesteps(latent_mean, latent_std, generators, num_train_timesteps: int):

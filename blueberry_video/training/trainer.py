@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from blueberry_video.errors import ConfigError, OutOfMemoryHelp, out_of_memory_m
 from blueberry_video.training.accelerator import (
     build_accelerator,
     check_output_dir,
+    engine_name,
     fit_fsdp_wrap_classes,
     weight_dtype,
 )
@@ -35,6 +35,7 @@ from blueberry_video.training.checkpoints import (
     save_checkpoint,
 )
 from blueberry_video.training.export import export_trained_weights
+from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed_batches  # noqa: F401 (re-exported)
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
@@ -45,8 +46,7 @@ from blueberry_video.training.records import (
     write_model_card,
     write_run_info,
 )
-from blueberry_video.training.sampling import sample_generators
-from blueberry_video.training.step import compile_blocks, training_step
+from blueberry_video.training.step import compile_blocks
 from blueberry_video.training.validation import run_validation
 
 logger = get_logger(__name__)
@@ -62,10 +62,6 @@ class TrainResult:
     bad_steps: int = 0
     stopped_early: bool = False  # preempted (SIGTERM) or stop_after_step: resume with --resume_from_checkpoint latest
     transformer: torch.nn.Module | None = None  # the trained model, unwrapped, still on its device
-
-
-class TooManyBadStepsError(RuntimeError):
-    """The loss or gradients stayed non-finite for too many steps in a row."""
 
 
 def build_dataset(config, family, accelerator, dtype: torch.dtype):
@@ -142,90 +138,59 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     register_lora_checkpoint_hooks(accelerator, config.training_mode)
     fit_fsdp_wrap_classes(accelerator, transformer)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
+    # FSDP2 replaces the parameters with sharded ones: clip (and check) those the prepared model trains.
+    params = [p for p in transformer.parameters() if p.requires_grad]
     noise_scheduler = family.load_training_scheduler()
 
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
     resume_path = resolve_resume_path(output_dir, config.resume_from_checkpoint)
     metrics = MetricsLog(output_dir)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, resume_path, optimizer)
         if accelerator.is_main_process:
             metrics.truncate_after(state["global_step"])
             print(f"resumed from {resume_path} at step {state['global_step']}")
     elif accelerator.is_main_process:
-        write_run_info(output_dir, config, family.name, accelerator.num_processes)
+        write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
     accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
 
-    global_step = state["global_step"]
-    bad_in_a_row, losses, videos, last_validated = 0, [], [], None
-    stop_early = False
+    videos, last_validated, stop_early = [], None, False
     with ExitStack() as cleanup:  # the bar and the SIGTERM handler are released even if training raises
-        progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=global_step, desc="training",
+        progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=state["global_step"], desc="training",
                                               disable=not accelerator.is_main_process))
         preemption = PreemptionWatch()
         cleanup.callback(preemption.close)
-        step_start, loss_sum, micro_batches = time.perf_counter(), 0.0, 0
+        loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
+                         metrics=metrics, progress=progress, preemption=preemption,
+                         global_step=state["global_step"], bad_steps=state["bad_steps"])
         for epoch in range(state["epoch"], num_epochs):
-            if global_step >= max_train_steps or stop_early:
+            if loop.global_step >= max_train_steps or stop_early:
                 break
             dataloader.set_epoch(epoch)
             skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
             batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
             batches_in_epoch = skip
-            for batch in batches:
-                # Each sample's randomness is keyed by (seed, epoch, sample): independent of process count.
-                generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
-                outcome = training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params,
-                                        optimizer, lr_scheduler, config.max_grad_norm)
+            for batch, data_wait in timed_batches(batches):
                 batches_in_epoch += 1
-                loss_sum, micro_batches = loss_sum + outcome.loss.float(), micro_batches + 1
-                if not accelerator.sync_gradients:
-                    continue
-
-                global_step += 1
-                step_loss = accelerator.reduce(loss_sum / micro_batches, reduction="mean").item()
-                loss_sum, micro_batches = 0.0, 0
-                bad_in_a_row = 0 if outcome.applied and math.isfinite(step_loss) else bad_in_a_row + 1
-                if bad_in_a_row:
-                    state["bad_steps"] += 1
-                    logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
-                                   f"({bad_in_a_row} in a row)", main_process_only=True)
-                    if bad_in_a_row >= config.max_consecutive_bad_steps:
-                        raise TooManyBadStepsError(
-                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {global_step}). "
-                            f"The last good checkpoint in {output_dir} is kept. Try a lower learning_rate, "
-                            f"mixed_precision=bf16 instead of fp16, or max_grad_norm=1.0."
-                        )
-                now = time.perf_counter()
-                record = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": now - step_start,
-                          "epoch": epoch}
-                if outcome.grad_norm is not None:
-                    record["grad_norm"] = outcome.grad_norm
-                if torch.cuda.is_available():
-                    record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                step_start = now
-                losses.append(step_loss)
-                progress.update(1)
-                progress.set_postfix(loss=f"{step_loss:.4f}")
-                if global_step % config.logging_steps == 0:
-                    accelerator.log(record, step=global_step)
-                    if accelerator.is_main_process:
-                        metrics.append(global_step, record)
-
-                state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch)
+                if loop.run(batch, epoch, data_wait) is None:
+                    continue  # accumulating
+                global_step = loop.global_step
+                state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch,
+                             bad_steps=loop.bad_steps)
                 if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
                     save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
                 if config.validation_steps and global_step % config.validation_steps == 0:
                     videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
                     last_validated = global_step
-                stop_early = global_step == stop_after_step or preemption.should_stop(accelerator)
+                stop_early = global_step == stop_after_step or loop.stop_requested
                 if global_step >= max_train_steps or stop_early:
                     break
             else:
                 if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
-                    videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
-                    last_validated = global_step
+                    videos += run_validation(accelerator, family, transformer, config, loop.global_step, dtype)
+                    last_validated = loop.global_step
 
+    global_step, losses, state["bad_steps"] = loop.global_step, loop.losses, loop.bad_steps
     accelerator.wait_for_everyone()
     if not config.checkpointing_steps or global_step % config.checkpointing_steps:
         save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)

@@ -1,12 +1,22 @@
-"""Validation videos: the family's pipeline around the training transformer, run on the main process."""
+"""Validation videos: the family's pipeline around the training transformer, on every process.
+
+The prompts are shared out over the processes, so N GPUs render N prompts at once. Where the engine shards
+the weights (FSDP, DeepSpeed ZeRO-3), each forward gathers them with a collective that every process must
+join, so every process runs the same number of pipeline calls — the ones short of a prompt render one and
+discard it. Each process writes its own videos (output_dir must be shared, as checkpoints already require)
+and the main process logs all of them to the trackers.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from blueberry_video.data.video_writer import write_mp4
 
@@ -38,12 +48,55 @@ def generate_videos(pipe, family, prompt: str, config, generator, num_videos: in
     ).frames
 
 
-def _log_to_trackers(accelerator, videos: list[Path], frames: list[np.ndarray], step: int) -> None:
+def weights_are_sharded(model: torch.nn.Module) -> bool:
+    """True when this process holds only part of the weights: FSDP (1 or 2) or DeepSpeed ZeRO-3."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        return True
+    # ZeRO-3 partitions parameters in place (they carry a ds_id); FSDP2 turns them into DTensors.
+    return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+
+
+def prompts_for_process(num_prompts: int, process_index: int, num_processes: int, lockstep: bool) -> list[int | None]:
+    """The prompt indices this process renders, round robin; in lockstep every process gets the same count,
+    padded with None (render a prompt, keep nothing) so that no process skips a collective the others join."""
+    mine: list[int | None] = list(range(process_index, num_prompts, num_processes))
+    if lockstep:
+        mine += [None] * (math.ceil(num_prompts / num_processes) - len(mine))
+    return mine
+
+
+def _pipeline_transformer(transformer):
+    """The module to hand the pipeline, and a context to call it in.
+
+    FSDP1 keeps the top-level weights (patch embedding, norms) in the root unit, gathered only by the
+    wrapper's own forward; the pipeline calls the inner module, so those are gathered for the duration
+    (the blocks are FSDP units of their own and gather themselves). FSDP2 and ZeRO-3 hook the module itself.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    module = transformer
+    while hasattr(module, "module") and not isinstance(module, FullyShardedDataParallel):
+        module = module.module  # DDP / DeepSpeed engine
+    if isinstance(module, FullyShardedDataParallel):
+        return module.module, FullyShardedDataParallel.summon_full_params(module, recurse=False, writeback=False)
+    return getattr(module, "_orig_mod", module), contextlib.nullcontext()
+
+
+def _to_device_except(pipe, module, device) -> None:
+    """Move the pipeline's other parts; the training transformer stays where the engine placed its shards."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component is not module:
+            component.to(device)
+
+
+def _log_to_trackers(accelerator, videos: list[Path], picks: list[np.ndarray], step: int) -> None:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            for path, clip in zip(videos, frames):
-                picks = clip[[0, len(clip) // 2, -1]]  # first, middle, last frame: no moviepy needed
-                tracker.writer.add_images(f"validation/{path.stem.split('-', 2)[-1]}", picks, step, dataformats="NHWC")
+            for path, frames in zip(videos, picks):
+                tracker.writer.add_images(f"validation/{path.stem.split('-', 2)[-1]}", frames, step, dataformats="NHWC")
         elif tracker.name == "wandb":
             import wandb
 
@@ -51,30 +104,44 @@ def _log_to_trackers(accelerator, videos: list[Path], frames: list[np.ndarray], 
 
 
 def run_validation(accelerator, family, transformer, config, step: int, dtype: torch.dtype) -> list[Path]:
-    """Write one .mp4 per prompt and video under output_dir/validation, named by step; others wait."""
-    written: list[Path] = []
-    if accelerator.is_main_process and config.validation_prompt:
-        model = accelerator.unwrap_model(transformer)
-        was_training = model.training
-        model.eval()
-        pipe = family.build_pipeline(model, dtype=dtype).to(accelerator.device)
+    """Write one .mp4 per prompt and video under output_dir/validation, named by step; returns every
+    process's videos, in prompt order, on every process."""
+    if not config.validation_prompt:
+        return []
+    model, gathered = _pipeline_transformer(transformer)
+    lockstep = accelerator.num_processes > 1 and weights_are_sharded(transformer)
+    mine = prompts_for_process(len(config.validation_prompt), accelerator.process_index, accelerator.num_processes,
+                               lockstep)
+    out_dir = Path(config.output_dir) / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered: list[tuple[int, int, str, np.ndarray]] = []  # (prompt, video, path, first/middle/last frames)
+    was_training = model.training
+    model.eval()
+    with gathered:
+        pipe = family.build_pipeline(model, dtype=dtype)
+        _to_device_except(pipe, model, accelerator.device)
         pipe.set_progress_bar_config(disable=True)
-        out_dir = Path(config.output_dir) / "validation"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        all_frames = []
-        for i, prompt in enumerate(config.validation_prompt):
-            # The same seed at every validation, so successive videos differ only by training.
+        for i in mine:
+            # The same seed at every validation and on every process: a prompt's videos differ only by training.
             generator = torch.Generator(device=accelerator.device).manual_seed(config.seed)
+            prompt = config.validation_prompt[0 if i is None else i]
             with torch.no_grad(), accelerator.autocast():
                 clips = generate_videos(pipe, family, prompt, config, generator, config.num_validation_videos)
+            if i is None:
+                continue
             for j, clip in enumerate(clips):
+                frames = (np.clip(clip, 0, 1) * 255).round().astype(np.uint8)
                 path = _unique(out_dir / f"step-{step:06d}-prompt{i}-{j}.mp4")
-                write_mp4((np.clip(clip, 0, 1) * 255).round().astype(np.uint8), path, fps=config.validation_fps)
-                written.append(path)
-                all_frames.append(clip)
-        _log_to_trackers(accelerator, written, all_frames, step)
-        model.train(was_training)
+                write_mp4(frames, path, fps=config.validation_fps)
+                rendered.append((i, j, str(path), frames[[0, len(frames) // 2, -1]]))
         del pipe
+    model.train(was_training)
+    if accelerator.num_processes > 1:
+        rendered = gather_object(rendered)
+    rendered.sort(key=lambda video: video[:2])
+    written = [Path(path) for _, _, path, _ in rendered]
+    if accelerator.is_main_process:
+        _log_to_trackers(accelerator, written, [picks for *_, picks in rendered], step)
         logger.info("validation videos: %s", ", ".join(str(p) for p in written))
     accelerator.wait_for_everyone()
     return written

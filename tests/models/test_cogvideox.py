@@ -6,6 +6,7 @@ from transformers import T5EncoderModel, T5Tokenizer
 from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.presets import tiny_cogvideox_components
+from blueberry_video.training.objectives import alphas_cumprod_at, cogvideox_loss, ddpm_noisy_latents
 from blueberry_video.training.sampling import draw_latent_noise_and_timesteps
 from tests.models.helpers import PROMPTS, cached_batch, generators
 from tests.models.helpers import assert_generates_frames, assert_pipeline_is_the_preset, assert_training_reduces_loss
@@ -86,6 +87,21 @@ def test_training_loss_equals_a_direct_computation(family, batch):
     scaling = family.read_config("vae")["scaling_factor"]
     expected = reference_loss(transformer, scheduler, batch, seeds, scaling)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+def test_noising_and_loss_equal_the_schedulers_own_formulas(family):
+    # The loss computes the coefficients once per step; they must stay the scheduler's add_noise/get_velocity.
+    scheduler = family.load_training_scheduler()
+    gen = torch.Generator().manual_seed(3)
+    latents, noise, output = (torch.randn(2, 3, 4, 6, 8, generator=gen) for _ in range(3))
+    timesteps = torch.tensor([17, 903])
+    alpha_bar = alphas_cumprod_at(scheduler, timesteps)
+    noisy = ddpm_noisy_latents(latents, noise, alpha_bar)
+    torch.testing.assert_close(noisy, scheduler.add_noise(latents, noise, timesteps))
+    x0 = scheduler.get_velocity(output, noisy, timesteps)
+    weights = 1 / (1 - scheduler.alphas_cumprod[timesteps].float())
+    expected = (weights * ((x0 - latents) ** 2).flatten(1).mean(1)).mean()
+    torch.testing.assert_close(cogvideox_loss(output, noisy, latents, alpha_bar), expected)
 
 
 def test_draws_do_not_depend_on_the_batch_split(family, batch):

@@ -1,12 +1,18 @@
-"""Helpers shared by the recipe tests of every family."""
+"""Helpers shared by the recipe tests of every family, and by the multi-process ones."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
 
 import torch
+
+from tests.conftest import REPO_ROOT
+
+RECIPE = str(REPO_ROOT / "recipes" / "train_cogvideox.py")
 
 
 def transformer_output_after_fresh_lora_load(pipeline_class: str, model_dir, lora_dir, inputs: dict, workdir):
@@ -26,3 +32,27 @@ def transformer_output_after_fresh_lora_load(pipeline_class: str, model_dir, lor
     subprocess.run([sys.executable, "-c", script], check=True, cwd=workdir)
     out = torch.load(workdir / "out.pt", weights_only=True)
     return out["base"], out["loaded"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def training_args(model_dir, data_dir, output_dir, cache_dir, *extra):
+    return ["--pretrained_model_name_or_path", str(model_dir), "--instance_data_root", str(data_dir),
+            "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--height", "96", "--width", "160",
+            "--max_num_frames", "9", "--mixed_precision", "no", "--rank", "8", "--learning_rate", "1e-3",
+            "--max_train_steps", "4", "--checkpointing_steps", "2", "--seed", "3", *extra]
+
+
+def launch(args, num_processes=2, cpu_backend=True, extra_launch=(), timeout=600):
+    env = dict(os.environ)
+    env.pop("ACCELERATE_USE_CPU", None)
+    if cpu_backend:
+        env["ACCELERATE_USE_CPU"] = "1"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), *extra_launch, RECIPE, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)

@@ -8,43 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO_ROOT
+from tests.training.helpers import RECIPE, free_port, launch, training_args
 
 pytestmark = pytest.mark.slow
-
-RECIPE = str(REPO_ROOT / "recipes" / "train_cogvideox.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def training_args(model_dir, data_dir, output_dir, cache_dir, *extra):
-    return ["--pretrained_model_name_or_path", str(model_dir), "--instance_data_root", str(data_dir),
-            "--output_dir", str(output_dir), "--cache_dir", str(cache_dir), "--height", "96", "--width", "160",
-            "--max_num_frames", "9", "--mixed_precision", "no", "--rank", "8", "--learning_rate", "1e-3",
-            "--max_train_steps", "4", "--checkpointing_steps", "2", "--seed", "3", *extra]
-
-
-def launch(args, num_processes=2, cpu_backend=True, extra_launch=(), timeout=600):
-    env = dict(os.environ)
-    env.pop("ACCELERATE_USE_CPU", None)
-    if cpu_backend:
-        env["ACCELERATE_USE_CPU"] = "1"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), *extra_launch, RECIPE, *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
 def test_two_process_ddp_trains_saves_once_and_resumes(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
@@ -116,3 +92,95 @@ def test_launch_that_would_train_alone_twice_is_refused(tiny_cogvideox_dir, samp
     assert run.returncode != 0
     assert "ACCELERATE_USE_CPU=1" in run.stderr and "WORLD_SIZE=2" in run.stderr
     assert not (tmp_path / "trap" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_validation_prompts_are_shared_out_and_every_video_is_written_once(tiny_cogvideox_dir, sample_dataset_dir,
+                                                                            tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "validate"
+    run = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache",
+                               "--max_train_steps", "2", "--validation_steps", "2", "--num_inference_steps", "2",
+                               "--validation_prompt", "a red circle:::a blue square:::a green line",
+                               "--report_to", "tensorboard"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    # 3 prompts over 2 processes (rank 0: prompts 0 and 2, rank 1: prompt 1), each video written once, and
+    # the final validation at the same step is not repeated.
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        f"step-000002-prompt{i}-0.mp4" for i in range(3)]
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["images"]
+    assert sorted(tags) == [f"validation/prompt{i}-0" for i in range(3)]  # the main process logged all three
+
+
+def run_sharded_validation(model_dir, out_dir, engine: str, num_processes: int):
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+               "--master_port", str(free_port()), str(REPO_ROOT / "tests" / "training" / "scripts" /
+                                                    "sharded_validation.py"), str(model_dir), str(out_dir), engine]
+    # A process that skipped a forward would leave the others waiting in a gather: the timeout turns a hang
+    # into a failure.
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out_dir / "videos.json").read_text())
+    assert result["num_processes"] == num_processes
+    return result["videos"]
+
+
+@pytest.fixture(scope="module")
+def unsharded_videos(tiny_cogvideox_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("unsharded")
+    return run_sharded_validation(tiny_cogvideox_dir, out, "none", 1)
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "fsdp1"])
+def test_validation_on_weights_sharded_over_two_processes_matches_unsharded(engine, tiny_cogvideox_dir,
+                                                                           unsharded_videos, tmp_path):
+    from blueberry_video.data.decode import FrameSampling, decode_video
+
+    videos = run_sharded_validation(tiny_cogvideox_dir, tmp_path, engine, 2)
+    assert [os.path.basename(v) for v in videos] == [f"step-000001-prompt{i}-0.mp4" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "validation").iterdir()) == [os.path.basename(v) for v in videos]
+    sampling = FrameSampling(num_frames=9, height=32, width=48)
+    for sharded, whole in zip(videos, unsharded_videos):
+        torch.testing.assert_close(decode_video(sharded, sampling), decode_video(whole, sampling), rtol=0, atol=0)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tiny_cogvideox_dir, sample_dataset_dir,
+                                                                              tmp_path):
+    import psutil
+
+    out = tmp_path / "preempted"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()), RECIPE, *training_args(tiny_cogvideox_dir, sample_dataset_dir, out,
+                                                        tmp_path / "cache", "--max_train_steps", "400",
+                                                        "--checkpointing_steps", "1000", "--dataset_repeats", "50")]
+    launcher = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    workers = []
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert launcher.poll() is None and time.time() < deadline, launcher.stdout.read()[-3000:]
+            time.sleep(0.05)
+        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if RECIPE in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        workers[-1].send_signal(signal.SIGTERM)  # as a scheduler might signal only one node's processes
+        output, _ = launcher.communicate(timeout=180)
+    finally:
+        # A process left waiting for the other must not outlive a failed test.
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, output[-3000:]
+    assert "stopped at step" in output
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1
+    step = json.loads((checkpoints[0] / "training_state.json").read_text())["global_step"]
+    assert 3 <= step < 400
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == step  # neither process went on alone

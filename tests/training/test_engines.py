@@ -240,26 +240,6 @@ def stand_in_accelerator(distributed_type, num_processes=2, zero_stage=None):
     )
 
 
-@pytest.mark.parametrize("distributed_type, processes, stage, refused", [
-    (DistributedType.FSDP, 2, None, True),
-    (DistributedType.DEEPSPEED, 2, 3, True),
-    (DistributedType.DEEPSPEED, 1, 3, False),  # one process holds every shard: runs (tested below)
-    (DistributedType.DEEPSPEED, 2, 2, False),
-    (DistributedType.MULTI_GPU, 2, None, False),
-])
-def test_validation_is_refused_where_the_main_process_alone_cannot_run_the_model(distributed_type, processes,
-                                                                                  stage, refused):
-    from blueberry_video.training.accelerator import check_validation_with_sharded_weights
-
-    accelerator = stand_in_accelerator(distributed_type, processes, stage)
-    check_validation_with_sharded_weights(accelerator, SimpleNamespace(validation_prompt=None))
-    if refused:
-        with pytest.raises(ConfigError, match="validation_prompt"):
-            check_validation_with_sharded_weights(accelerator, SimpleNamespace(validation_prompt=["a cat"]))
-    else:
-        check_validation_with_sharded_weights(accelerator, SimpleNamespace(validation_prompt=["a cat"]))
-
-
 @pytest.mark.parametrize("distributed_type", [DistributedType.FSDP, DistributedType.DEEPSPEED])
 def test_lora_checkpoint_hooks_stay_out_of_engines_that_save_the_model_themselves(distributed_type):
     from blueberry_video.training.checkpoints import register_lora_checkpoint_hooks

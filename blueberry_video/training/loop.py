@@ -1,0 +1,116 @@
+"""What the trainer does with each batch: keyed randomness, the training step, the per-step record.
+
+`benchmarks/overhead.py` runs this same class against a bare PyTorch loop, so the overhead it reports is
+the loop's own. Checkpoints, validation and epochs stay in the trainer: they happen every N steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from accelerate.logging import get_logger
+
+from blueberry_video.training.sampling import sample_generators
+from blueberry_video.training.step import training_step
+
+logger = get_logger(__name__)
+
+
+class TooManyBadStepsError(RuntimeError):
+    """The loss or gradients stayed non-finite for too many steps in a row."""
+
+
+def timed_batches(batches):
+    """Yields (batch, seconds spent waiting for it): the loader's share of a step, logged as `data_wait`."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
+
+
+def reduce_step_stats(accelerator, loss: torch.Tensor, stop_requested: bool) -> tuple[float, bool]:
+    """(mean loss over processes, whether any process asked to stop) in one all-reduce and one host sync:
+    a separate collective per flag would stall every step of a multi-GPU run again."""
+    stats = torch.stack([loss.detach().float().reshape(()).to(accelerator.device),
+                         torch.tensor(float(stop_requested), device=accelerator.device)])
+    if accelerator.num_processes > 1:
+        stats = accelerator.reduce(stats, reduction="sum")
+    loss_sum, stops = stats.tolist()
+    return loss_sum / accelerator.num_processes, stops > 0
+
+
+class BatchLoop:
+    """Feeds micro-batches to `training_step`; at each accumulation boundary counts the step, checks it
+    was finite, logs its record (metrics.jsonl, trackers, progress bar) and returns it."""
+
+    def __init__(self, accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
+                 *, metrics=None, progress=None, preemption=None, global_step: int = 0, bad_steps: int = 0):
+        self.accelerator, self.family, self.transformer = accelerator, family, transformer
+        self.noise_scheduler, self.params, self.optimizer, self.lr_scheduler = (
+            noise_scheduler, params, optimizer, lr_scheduler)
+        self.config, self.metrics, self.progress, self.preemption = config, metrics, progress, preemption
+        self.global_step, self.bad_steps, self.bad_in_a_row = global_step, bad_steps, 0
+        self.losses: list[float] = []
+        self.stop_requested = False  # set on every process once any was asked to stop (SIGTERM)
+        self._loss_sum, self._micro_batches, self._data_wait = 0.0, 0, 0.0
+        self._step_start = time.perf_counter()
+
+    def run(self, batch, epoch: int, data_wait: float = 0.0) -> dict | None:
+        """One micro-batch; the step's record at an accumulation boundary, else None."""
+        accelerator, config = self.accelerator, self.config
+        # Each sample's randomness is keyed by (seed, epoch, sample): independent of the process count.
+        generators = sample_generators(config.seed, epoch, batch["sample_index"].tolist(), accelerator.device)
+        outcome = training_step(accelerator, self.family, self.transformer, self.noise_scheduler, batch, generators,
+                                self.params, self.optimizer, self.lr_scheduler, config.max_grad_norm)
+        self._loss_sum += outcome.loss.float()
+        self._micro_batches += 1
+        self._data_wait += data_wait
+        if not accelerator.sync_gradients:
+            return None
+
+        self.global_step += 1
+        step_loss, self.stop_requested = reduce_step_stats(
+            accelerator, self._loss_sum / self._micro_batches,
+            self.preemption is not None and self.preemption.requested)
+        self._check_finite(outcome.applied and math.isfinite(step_loss))
+        now = time.perf_counter()
+        record = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0], "step_time": now - self._step_start,
+                  "data_wait": self._data_wait, "epoch": epoch}
+        if outcome.grad_norm is not None:
+            record["grad_norm"] = outcome.grad_norm
+        if torch.cuda.is_available():
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        self._step_start, self._loss_sum, self._micro_batches, self._data_wait = now, 0.0, 0, 0.0
+        self.losses.append(step_loss)
+        self._log(record)
+        return record
+
+    def _check_finite(self, finite: bool) -> None:
+        self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1
+        if finite:
+            return
+        self.bad_steps += 1
+        logger.warning(f"step {self.global_step}: non-finite loss/gradient, update skipped "
+                       f"({self.bad_in_a_row} in a row)", main_process_only=True)
+        if self.bad_in_a_row >= self.config.max_consecutive_bad_steps:
+            raise TooManyBadStepsError(
+                f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (step {self.global_step}). "
+                f"The last good checkpoint in {self.config.output_dir} is kept. Try a lower learning_rate, "
+                f"mixed_precision=bf16 instead of fp16, or max_grad_norm=1.0."
+            )
+
+    def _log(self, record: dict) -> None:
+        if self.progress is not None:
+            # refresh=False: the bar redraws at its own interval, not on every step.
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            self.progress.update(1)
+        if self.global_step % self.config.logging_steps == 0:
+            self.accelerator.log(record, step=self.global_step)
+            if self.metrics is not None and self.accelerator.is_main_process:
+                self.metrics.append(self.global_step, record)
