@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from blueberry_video.config import TrainConfig
-from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.data.cache import write_latent_table
+from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.models import get_family_class
 from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, build_real_size_transformer
 
@@ -64,6 +65,21 @@ def synthetic_batch(family, batch: int, frames: int, height: int, width: int, de
     dataset = DummyLatentDataset(family, batch, frames, height, width)
     items = [dataset[i] for i in range(batch)]
     return {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
+
+
+def stand_in_cache(family, num_samples: int, frames: int, height: int, width: int, workdir,
+                   dtype: torch.dtype = torch.float32) -> LatentCacheDataset:
+    """A latent cache table of random rows with the shapes the precompute step writes, stored as `dtype`."""
+    dummy = DummyLatentDataset(family, num_samples, frames, height, width)
+    rows = []
+    for i in range(num_samples):
+        item = dummy[i]
+        del item["sample_index"]
+        rows.append({"index": i, "video": f"{i}.mp4", "caption": "",
+                     **{name: (value.to(dtype) if value.is_floating_point() else value).numpy()
+                        for name, value in item.items()}})
+    write_latent_table(workdir / "cache" / "dataset", rows)
+    return LatentCacheDataset(workdir / "cache")
 
 
 def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool,

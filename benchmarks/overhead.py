@@ -26,11 +26,10 @@ from benchmarks.common import (
     benchmark_config,
     build_family_and_transformer,
     print_result,
+    stand_in_cache,
     synthetic_batch,
     temporary_workdir,
 )
-from blueberry_video.data.cache import write_latent_table
-from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.training.loop import BatchLoop, timed_batches
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -41,19 +40,6 @@ from blueberry_video.training.sampling import sample_generators
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def stand_in_cache(family, num_samples: int, frames: int, height: int, width: int, workdir) -> LatentCacheDataset:
-    """A latent cache table of random rows with the shapes and dtypes the precompute step writes."""
-    dummy = DummyLatentDataset(family, num_samples, frames, height, width)
-    rows = []
-    for i in range(num_samples):
-        item = dummy[i]
-        del item["sample_index"]
-        rows.append({"index": i, "video": f"{i}.mp4", "caption": "",
-                     **{name: value.numpy() for name, value in item.items()}})
-    write_latent_table(workdir / "cache" / "dataset", rows)
-    return LatentCacheDataset(workdir / "cache")
 
 
 def main(argv=None):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from benchmarks import overhead, precompute_throughput, train_step
+from benchmarks import loader_throughput, overhead, precompute_throughput, train_step
 from benchmarks.common import training_flops
 
 
@@ -53,3 +55,17 @@ def test_overhead_benchmark_reports_a_ratio_and_loader_wait():
 def test_precompute_benchmark_caches_every_video():
     result = precompute_throughput.main(["--num", "2", "--json"])
     assert result["videos"] == 2 and result["videos_per_s"] > 0
+
+
+@pytest.mark.parametrize("cache_dtype", ["float32", "float16"])
+def test_loader_benchmark_reads_samples_of_the_cached_shapes(cache_dtype, tiny_cogvideox_dir):
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+
+    family = CogVideoXFamily(tiny_cogvideox_dir)
+    result = loader_throughput.main(["--frames", "9", "--height", "96", "--width", "160", "--batch", "2",
+                                     "--num-samples", "4", "--epochs", "2", "--cache-dtype", cache_dtype, "--json"])
+    latent_values = math.prod(family.latent_shape(9, 96, 160))
+    text_values = family.max_text_length * family.transformer_config["text_embed_dim"]
+    # mean and std latents and the prompt embedding, read back as float32 whatever the cache stores, + the index
+    assert result["sample_mb"] * 2**20 == (2 * latent_values + text_values) * 4 + 8
+    assert result["samples_per_s"] == pytest.approx(2 / result["batch_s"])

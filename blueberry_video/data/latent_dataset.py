@@ -18,7 +18,9 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     def __init__(self, cache_path: str | Path, repeats: int = 1):
         self.table = datasets.load_from_disk(str(Path(cache_path) / "dataset"))
         self.tensor_columns = [c for c in self.table.column_names if c not in NON_TENSOR_COLUMNS]
-        self.table = self.table.with_format("torch", columns=self.tensor_columns)
+        # numpy, then torch.from_numpy: datasets' torch formatter took ~6x longer per real-size sample
+        # (benchmarks/loader_throughput.py).
+        self.table = self.table.with_format("numpy", columns=self.tensor_columns)
         self.repeats = repeats
 
     def __len__(self) -> int:
@@ -32,7 +34,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         loading small latents (benchmarks/overhead.py)."""
         rows = self.table[[index % len(self.table) for index in sample_indices]]
         return [
-            {**{name: rows[name][i] for name in self.tensor_columns}, "sample_index": torch.tensor(index)}
+            {**{name: torch.from_numpy(rows[name][i]) for name in self.tensor_columns},
+             "sample_index": torch.tensor(index)}
             for i, index in enumerate(sample_indices)
         ]
 

@@ -98,15 +98,35 @@ def fsdp_wrap_classes_in(model: torch.nn.Module, names: list[str] | None) -> lis
     return present
 
 
+# What `accelerate launch --config_file` asks for, and the DistributedType that delivers it.
+REQUESTED_ENGINES = {"ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED, "ACCELERATE_USE_FSDP": DistributedType.FSDP}
+
+
 def check_launch(accelerator: Accelerator) -> None:
-    """A launcher that says N processes while the Accelerator sees one means N copies training alone."""
+    """Refuse the launches that would silently train otherwise than asked: N copies each training alone, or
+    a DeepSpeed/FSDP config that accelerate quietly turned into plain DDP or a single process."""
+    for variable, engine in REQUESTED_ENGINES.items():
+        if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != engine:
+            raise LaunchError(
+                f"the launch asked for {engine.value} ({variable}=true) but accelerate set up "
+                f"{accelerator.distributed_type.value} with {accelerator.num_processes} process(es): the run would not "
+                f"shard as configured. accelerate runs FSDP only on GPUs and DeepSpeed without GPUs with one process "
+                f"only; ACCELERATE_USE_CPU=1 turns both off. On a CPU machine use accelerate_configs/cpu_test.yaml "
+                f"(DDP) or a DeepSpeed config with --num_processes 1."
+            )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
+        hint = (
+            "DeepSpeed without GPUs runs one process: launch with --num_processes 1, or use DDP "
+            "(accelerate_configs/cpu_test.yaml)"
+            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            else f"on a machine without GPUs, launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                 f"--num_processes {world_size} ...` (or `ACCELERATE_USE_CPU=1 torchrun ...`); `accelerate launch "
+                 f"--cpu --num_processes N` starts one process"
+        )
         raise LaunchError(
             f"WORLD_SIZE={world_size} but this process trains alone (accelerate found no distributed backend): "
-            f"every process would train on all the data and write the same outputs. On a machine without GPUs, "
-            f"launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {world_size} ...` "
-            f"(or `ACCELERATE_USE_CPU=1 torchrun ...`); `accelerate launch --cpu --num_processes N` starts one process."
+            f"every process would train on all the data and write the same outputs. {hint}."
         )
 
 

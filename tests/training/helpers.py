@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -56,3 +57,23 @@ def launch(args, num_processes=2, cpu_backend=True, extra_launch=(), timeout=600
                str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), *extra_launch, RECIPE, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def launcher_environment(config_file: Path, *flags: str):
+    """What `accelerate launch --config_file ...` decides and exports, without starting any process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import (
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+        prepare_simple_launcher_cmd_env,
+    )
+
+    argv = ["--config_file", str(config_file), "--main_process_port", str(free_port()), *flags, "train.py"]
+    args, defaults, mixed_precision_from_config = _validate_launch_command(launch_command_parser().parse_args(argv))
+    if args.use_deepspeed:  # as launch_command does
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        return args, prepare_deepspeed_cmd_env(args)[1]
+    if args.use_fsdp or args.multi_gpu:
+        return args, prepare_multi_gpu_env(args)
+    return args, prepare_simple_launcher_cmd_env(args)[1]

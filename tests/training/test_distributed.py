@@ -184,3 +184,17 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(ti
     step = json.loads((checkpoints[0] / "training_state.json").read_text())["global_step"]
     assert 3 <= step < 400
     assert len((out / "metrics.jsonl").read_text().splitlines()) == step  # neither process went on alone
+
+
+def test_an_fsdp_config_that_would_train_as_plain_ddp_is_refused(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    out = tmp_path / "not-fsdp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "fsdp2_full_shard.yaml"), "--num_processes", "2",
+               "--main_process_port", str(free_port()), RECIPE,
+               *training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache")]
+    # What a user trying the FSDP config on a CPU box would do: accelerate makes it plain DDP over gloo.
+    run = subprocess.run(command, env=dict(os.environ, ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
+                         timeout=600, cwd=REPO_ROOT)
+    assert run.returncode != 0
+    assert "asked for FSDP" in run.stderr and "MULTI_CPU" in run.stderr
+    assert not (out / "metrics.jsonl").exists()

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from safetensors.torch import load_file
 
 from blueberry_video.errors import ConfigError
 from tests.conftest import REPO_ROOT
+from tests.training.helpers import free_port, launcher_environment
 
 RECIPE = str(REPO_ROOT / "recipes" / "train_cogvideox.py")
 CONFIG_DIR = REPO_ROOT / "accelerate_configs"
@@ -35,12 +35,6 @@ DEEPSPEED_DIR = REPO_ROOT / "deepspeed_configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 MACHINE_KEYS = {"num_machines", "num_processes", "machine_rank", "main_process_ip", "main_process_port"}
 SHAPE = ["--height", "96", "--width", "160", "--max_num_frames", "9"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_yaml(path: Path) -> dict:
@@ -54,26 +48,6 @@ def restore_environ():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-def launcher_environment(config_file: Path, *flags: str):
-    """What `accelerate launch --config_file ...` decides and exports, without starting any process."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import (
-        prepare_deepspeed_cmd_env,
-        prepare_multi_gpu_env,
-        prepare_simple_launcher_cmd_env,
-    )
-
-    argv = ["--config_file", str(config_file), "--main_process_port", str(free_port()), *flags, "train.py"]
-    args, defaults, mixed_precision_from_config = _validate_launch_command(launch_command_parser().parse_args(argv))
-    if args.use_deepspeed:  # as launch_command does
-        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
-        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
-        return args, prepare_deepspeed_cmd_env(args)[1]
-    if args.use_fsdp or args.multi_gpu:
-        return args, prepare_multi_gpu_env(args)
-    return args, prepare_simple_launcher_cmd_env(args)[1]
 
 
 def fsdp_plugin(config_file: Path):

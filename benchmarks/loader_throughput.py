@@ -1,0 +1,70 @@
+"""How fast the training DataLoader delivers batches from a latent cache, at a preset's real shapes.
+
+    python -m benchmarks.loader_throughput --preset cogvideox-2b --frames 49 --height 480 --width 720 \
+        --batch 1 [--num-workers 2] [--cache-dtype float16]
+
+Writes a cache table of random rows with the shapes and dtype the precompute step would store for that
+preset and video size (no weights, no VAE: the transformer is built on the meta device), then reads it
+through `LatentCacheDataset` and a DataLoader set up as the trainer's. Prints the sample's size on disk,
+the median time per batch, samples/s and MB/s: a GPU step shorter than the time per batch would wait for
+data unless `dataloader_num_workers` loads ahead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import build_family_and_transformer, print_result, stand_in_cache, temporary_workdir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-cogvideox")
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--num-samples", type=int, default=16, help="rows in the stand-in cache")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (dataloader_num_workers)")
+    parser.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    workdir = temporary_workdir()
+    try:
+        family, _ = build_family_and_transformer(args.preset, torch.float32, torch.device("meta"), workdir)
+        dataset = stand_in_cache(family, args.num_samples, args.frames, args.height, args.width, workdir,
+                                 dtype=getattr(torch, args.cache_dtype))
+        sample_bytes = sum(value.numel() * value.element_size() for value in dataset[0].values())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
+                                             num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                                             persistent_workers=args.num_workers > 0)
+        times = []
+        for epoch in range(args.epochs):
+            iterator = iter(loader)
+            start = time.perf_counter()
+            for _ in iterator:
+                now = time.perf_counter()
+                if epoch:  # the first epoch starts the workers and warms the page cache
+                    times.append(now - start)
+                start = now
+        per_batch = statistics.median(times)
+        result = {
+            "preset": args.preset, "frames": args.frames, "height": args.height, "width": args.width,
+            "batch": args.batch, "num_workers": args.num_workers, "cache_dtype": args.cache_dtype,
+            "sample_mb": sample_bytes / 2**20, "batch_s": per_batch, "samples_per_s": args.batch / per_batch,
+            "mb_per_s": args.batch * sample_bytes / 2**20 / per_batch,
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return print_result(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
