@@ -68,7 +68,7 @@ def synthetic_batch(family, batch: int, frames: int, height: int, width: int, de
 
 
 def stand_in_cache(family, num_samples: int, frames: int, height: int, width: int, workdir,
-                   dtype: torch.dtype = torch.float32) -> LatentCacheDataset:
+                   dtype: torch.dtype = torch.float32, **dataset_options) -> LatentCacheDataset:
     """A latent cache table of random rows with the shapes the precompute step writes, stored as `dtype`."""
     dummy = DummyLatentDataset(family, num_samples, frames, height, width)
     rows = []
@@ -79,7 +79,7 @@ def stand_in_cache(family, num_samples: int, frames: int, height: int, width: in
                      **{name: (value.to(dtype) if value.is_floating_point() else value).numpy()
                         for name, value in item.items()}})
     write_latent_table(workdir / "cache" / "dataset", rows)
-    return LatentCacheDataset(workdir / "cache")
+    return LatentCacheDataset(workdir / "cache", **dataset_options)
 
 
 def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool,

@@ -1,11 +1,12 @@
 """How fast the training DataLoader delivers batches from a latent cache, at a preset's real shapes.
 
     python -m benchmarks.loader_throughput --preset cogvideox-2b --frames 49 --height 480 --width 720 \
-        --batch 1 [--num-workers 2] [--cache-dtype float16]
+        --batch 1 [--num-workers 2] [--cache-dtype float16] [--from-disk]
 
 Writes a cache table of random rows with the shapes and dtype the precompute step would store for that
 preset and video size (no weights, no VAE: the transformer is built on the meta device), then reads it
-through `LatentCacheDataset` and a DataLoader set up as the trainer's. Prints the sample's size on disk,
+through `LatentCacheDataset` (held in memory when small, as in training, or read from disk with
+`--from-disk`) and a DataLoader set up as the trainer's. Prints the sample's size on disk,
 the median time per batch, samples/s and MB/s: a GPU step shorter than the time per batch would wait for
 data unless `dataloader_num_workers` loads ahead.
 """
@@ -32,6 +33,8 @@ def main(argv=None):
     parser.add_argument("--num-samples", type=int, default=16, help="rows in the stand-in cache")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (dataloader_num_workers)")
     parser.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--from-disk", action="store_true",
+                        help="read rows from the Arrow files, as for a cache over the in-memory limit")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -40,7 +43,8 @@ def main(argv=None):
     try:
         family, _ = build_family_and_transformer(args.preset, torch.float32, torch.device("meta"), workdir)
         dataset = stand_in_cache(family, args.num_samples, args.frames, args.height, args.width, workdir,
-                                 dtype=getattr(torch, args.cache_dtype))
+                                 dtype=getattr(torch, args.cache_dtype),
+                                 **({"in_memory_limit": 0} if args.from_disk else {}))
         sample_bytes = sum(value.numel() * value.element_size() for value in dataset[0].values())
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
                                              num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
@@ -58,6 +62,7 @@ def main(argv=None):
         result = {
             "preset": args.preset, "frames": args.frames, "height": args.height, "width": args.width,
             "batch": args.batch, "num_workers": args.num_workers, "cache_dtype": args.cache_dtype,
+            "in_memory": dataset.columns is not None,
             "sample_mb": sample_bytes / 2**20, "batch_s": per_batch, "samples_per_s": args.batch / per_batch,
             "mb_per_s": args.batch * sample_bytes / 2**20 / per_batch,
         }

@@ -58,6 +58,13 @@ def test_the_shipped_demo_config_loads(required):
     assert config.mixed_precision == "no"  # quoted in the file: bare `no` would be YAML's False
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE_CONFIGS.parents[1] / "recipes" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_config_loads(path, required):
+    config = parse_config(["--config", str(path), *required])
+    assert config.mixed_precision == "bf16" and config.dataloader_num_workers >= 1  # written for GPUs
+
+
 def test_flags_override_yaml_which_overrides_recipe_defaults(tmp_path, required):
     path = write_yaml(tmp_path, "height: 64\nrank: 8\nlearning_rate: 0.01\n")
     config = parse_config(["--config", str(path), "--height", "128", *required],

@@ -37,11 +37,11 @@ def timed_batches(batches):
 def reduce_step_stats(accelerator, loss: torch.Tensor, stop_requested: bool) -> tuple[float, bool]:
     """(mean loss over processes, whether any process asked to stop) in one all-reduce and one host sync:
     a separate collective per flag would stall every step of a multi-GPU run again."""
+    if accelerator.num_processes == 1:
+        return float(loss), stop_requested
     stats = torch.stack([loss.detach().float().reshape(()).to(accelerator.device),
                          torch.tensor(float(stop_requested), device=accelerator.device)])
-    if accelerator.num_processes > 1:
-        stats = accelerator.reduce(stats, reduction="sum")
-    loss_sum, stops = stats.tolist()
+    loss_sum, stops = accelerator.reduce(stats, reduction="sum").tolist()
     return loss_sum / accelerator.num_processes, stops > 0
 
 
@@ -111,6 +111,7 @@ class BatchLoop:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             self.progress.update(1)
         if self.global_step % self.config.logging_steps == 0:
-            self.accelerator.log(record, step=self.global_step)
+            if self.accelerator.trackers:
+                self.accelerator.log(record, step=self.global_step)
             if self.metrics is not None and self.accelerator.is_main_process:
                 self.metrics.append(self.global_step, record)

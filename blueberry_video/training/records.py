@@ -60,13 +60,23 @@ class MetricsLog:
 
     def __init__(self, output_dir):
         self.path = Path(output_dir) / "metrics.jsonl"
+        self._file = None
 
     def append(self, step: int, metrics: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        # Opened once, line-buffered: each line reaches the file as written (a killed run loses none), without
+        # an open and close per training step.
+        if self._file is None:
+            self._file = self.path.open("a", buffering=1)
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines a killed run logged after its last checkpoint."""
+        self.close()
         if self.path.exists():
             lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             self.path.write_text("".join(line + "\n" for line in lines))

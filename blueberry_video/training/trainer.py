@@ -160,6 +160,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
                                               disable=not accelerator.is_main_process))
         preemption = PreemptionWatch()
         cleanup.callback(preemption.close)
+        cleanup.callback(metrics.close)
         loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
                          metrics=metrics, progress=progress, preemption=preemption,
                          global_step=state["global_step"], bad_steps=state["bad_steps"])

@@ -76,16 +76,19 @@ def test_cache_holds_what_the_pipeline_computes(sample_cache, sample_dataset_dir
         torch.testing.assert_close(item["prompt_embeds"], prompt_embeds[0], rtol=0, atol=1e-5)
 
 
-def test_a_loader_batch_read_at_once_equals_the_items_read_one_by_one(sample_cache):
-    dataset = LatentCacheDataset(sample_cache.path, repeats=2)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=[6, 1, 4])  # 6 wraps to item 2
-    batch = next(iter(loader))
-    assert batch["sample_index"].tolist() == [6, 1, 4]
-    for row, index in enumerate([6, 1, 4]):
-        item = dataset[index]
-        for name in dataset.tensor_columns:
-            assert torch.equal(batch[name][row], item[name])
-    assert torch.equal(dataset[6]["latent_mean"], dataset[2]["latent_mean"])
+def test_a_small_cache_read_into_memory_gives_the_rows_a_read_from_disk_does(sample_cache):
+    in_memory = LatentCacheDataset(sample_cache.path, repeats=2)
+    from_disk = LatentCacheDataset(sample_cache.path, repeats=2, in_memory_limit=0)
+    assert in_memory.columns is not None and from_disk.columns is None
+    for dataset in (in_memory, from_disk):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=[6, 1, 4])  # 6 wraps to item 2
+        batch = next(iter(loader))
+        assert batch["sample_index"].tolist() == [6, 1, 4]
+        for row, index in enumerate([6, 1, 4]):
+            item = from_disk[index]
+            for name in dataset.tensor_columns:
+                assert torch.equal(batch[name][row], item[name])
+    assert torch.equal(from_disk[6]["latent_mean"], from_disk[2]["latent_mean"])
 
 
 def test_second_call_reuses_the_cache_without_decoding(sample_cache, family, sample_dataset_dir, monkeypatch):
