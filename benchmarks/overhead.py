@@ -87,8 +87,9 @@ def main(argv=None):
         bare_inputs, target = captured["kwargs"], torch.randn_like(captured["output"])
 
         progress = tqdm(disable=True)  # the bar's bookkeeping runs; nothing is drawn
+        metrics = MetricsLog(workdir / "run")
         loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
-                         metrics=MetricsLog(workdir / "run"), progress=progress)
+                         metrics=metrics, progress=progress)
         epochs = iter(range(10**9))
 
         def ours(n):
@@ -145,6 +146,7 @@ def main(argv=None):
         # S ms on a GPU carries (overhead_ms - loader_wait_ms) / S of it (loader waits vanish with workers).
         result["overhead_ms"] = (result["ours_step_s"] - result["bare_step_s"]) * 1e3
         result["loader_wait_ms"] = statistics.median(wait_times) * 1e3
+        metrics.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return print_result(result, args.json)

@@ -155,7 +155,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
 
     videos, last_validated, stop_early = [], None, False
-    with ExitStack() as cleanup:  # the bar and the SIGTERM handler are released even if training raises
+    with ExitStack() as cleanup:  # bar, SIGTERM handler and metrics file are released even if training raises
         progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=state["global_step"], desc="training",
                                               disable=not accelerator.is_main_process))
         preemption = PreemptionWatch()
