@@ -1,7 +1,7 @@
 """Training-step speed and memory of a transformer preset on synthetic latents, through the recipes' step code.
 
     python benchmarks/train_step.py --preset cogvideox-2b --mode lora --frames 49 --height 480 --width 720 \
-        --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--json]
+        --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--profile] [--json]
     python benchmarks/train_step.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # runs on CPU
 
 Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
@@ -52,8 +52,26 @@ def parse_args(argv=None):
     parser.add_argument("--layerwise-casting", action="store_true", help="LoRA: frozen weights stored in float8")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more step: which attention kernels ran (flash, cuDNN, efficient, math)")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
+
+
+def attention_kernels(step) -> list[str]:
+    """The scaled-dot-product-attention operators and kernels one call of `step()` ran, busiest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+    names = {}
+    for event in prof.key_averages():
+        # aten's SDPA dispatch ops name the backend (_scaled_dot_product_flash_attention, ..._cudnn_attention);
+        # the CUDA kernels themselves carry flash / fmha / cudnn in their names.
+        if any(key in event.key.lower() for key in ("scaled_dot_product", "flash", "fmha", "cudnn", "attention")):
+            names[event.key] = max(names.get(event.key, 0), event.self_device_time_total + event.self_cpu_time_total)
+    return sorted(names, key=names.get, reverse=True)
 
 
 def run(args) -> dict:
@@ -78,18 +96,23 @@ def run(args) -> dict:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         times = []
-        for step in range(args.warmup + args.steps):
+
+        def one_step(step: int = 0):
             generators = sample_generators(0, step, range(args.batch), device)
+            training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params, optimizer,
+                          lr_scheduler, 1.0)
+
+        for step in range(args.warmup + args.steps):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params, optimizer,
-                          lr_scheduler, 1.0)
+            one_step(step)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if step >= args.warmup:
                 times.append(time.perf_counter() - start)
 
+        kernels = attention_kernels(one_step) if args.profile else None
         model = accelerator.unwrap_model(transformer)
         cfg = model.config
         latent_shape = family.latent_shape(args.frames, args.height, args.width)
@@ -115,6 +138,8 @@ def run(args) -> dict:
             "mfu": (flops / step_time / 1e12 / peak) if peak else None,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         }
+        if kernels is not None:
+            result["attention_kernels"] = kernels
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

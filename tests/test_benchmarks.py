@@ -69,3 +69,10 @@ def test_loader_benchmark_reads_samples_of_the_cached_shapes(cache_dtype, tiny_c
     # mean and std latents and the prompt embedding, read back as float32 whatever the cache stores, + the index
     assert result["sample_mb"] * 2**20 == (2 * latent_values + text_values) * 4 + 8
     assert result["samples_per_s"] == pytest.approx(2 / result["batch_s"])
+
+
+def test_train_step_benchmark_names_the_attention_kernels_that_ran():
+    result = train_step.main(["--preset", "tiny-cogvideox", "--frames", "9", "--height", "96", "--width", "160",
+                              "--steps", "1", "--warmup", "1", "--profile", "--json"])
+    # on CPU, PyTorch's SDPA dispatches to its flash kernel for CPU; on Hopper the list shows flash or cuDNN
+    assert any("_scaled_dot_product_flash_attention" in name for name in result["attention_kernels"])
