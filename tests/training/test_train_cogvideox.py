@@ -56,6 +56,8 @@ def test_lora_run_writes_every_output(lora_run):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-30", "checkpoint-60"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 61))
+    # each step's wall time and the part of it spent waiting for the batch
+    assert all(0 <= m["data_wait"] < m["step_time"] for m in metrics[1:])
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["steps"] == 60 and final["final_loss"] == pytest.approx(lora_run.losses[-1])
     videos = sorted(p.name for p in (out / "validation").glob("*.mp4"))
