@@ -102,11 +102,15 @@ def fsdp_wrap_classes_in(model: torch.nn.Module, names: list[str] | None) -> lis
 REQUESTED_ENGINES = {"ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED, "ACCELERATE_USE_FSDP": DistributedType.FSDP}
 
 
+def _launch_asked_for(variable: str) -> bool:
+    return os.environ.get(variable, "false").lower() == "true"  # as accelerate's own state reads these
+
+
 def check_launch(accelerator: Accelerator) -> None:
     """Refuse the launches that would silently train otherwise than asked: N copies each training alone, or
     a DeepSpeed/FSDP config that accelerate quietly turned into plain DDP or a single process."""
     for variable, engine in REQUESTED_ENGINES.items():
-        if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != engine:
+        if _launch_asked_for(variable) and accelerator.distributed_type != engine:
             raise LaunchError(
                 f"the launch asked for {engine.value} ({variable}=true) but accelerate set up "
                 f"{accelerator.distributed_type.value} with {accelerator.num_processes} process(es): the run would not "
@@ -119,7 +123,7 @@ def check_launch(accelerator: Accelerator) -> None:
         hint = (
             "DeepSpeed without GPUs runs one process: launch with --num_processes 1, or use DDP "
             "(accelerate_configs/cpu_test.yaml)"
-            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            if _launch_asked_for("ACCELERATE_USE_DEEPSPEED")
             else f"on a machine without GPUs, launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
                  f"--num_processes {world_size} ...` (or `ACCELERATE_USE_CPU=1 torchrun ...`); `accelerate launch "
                  f"--cpu --num_processes N` starts one process"

@@ -12,8 +12,8 @@ def alphas_cumprod_at(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def ddpm_noisy_latents(latents, noise, alpha_bar) -> torch.Tensor:
-    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps: the schedulers' `add_noise`, with the coefficients computed once
-    per step for this and the loss (the scheduler's version recomputes them per call)."""
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps: the schedulers' `add_noise`, on an alpha_bar looked up once per
+    step for this and the loss (the scheduler moves and indexes its table in each call)."""
     return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
 
 

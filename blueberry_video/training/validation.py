@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 
 from blueberry_video.data.video_writer import write_mp4
+from blueberry_video.models.base import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,10 @@ def _pipeline_transformer(transformer):
     """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    module = transformer
-    while hasattr(module, "module") and not isinstance(module, FullyShardedDataParallel):
-        module = module.module  # DDP / DeepSpeed engine
-    if isinstance(module, FullyShardedDataParallel):
-        return module.module, FullyShardedDataParallel.summon_full_params(module, recurse=False, writeback=False)
-    return getattr(module, "_orig_mod", module), contextlib.nullcontext()
+    if isinstance(transformer, FullyShardedDataParallel):  # accelerate's FSDP1 model is the root unit itself
+        return transformer.module, FullyShardedDataParallel.summon_full_params(transformer, recurse=False,
+                                                                                writeback=False)
+    return unwrap_model(transformer), contextlib.nullcontext()
 
 
 def _to_device_except(pipe, module, device) -> None:
