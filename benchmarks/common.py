@@ -12,7 +12,7 @@ from blueberry_video.config import TrainConfig
 from blueberry_video.data.cache import write_latent_table
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.models import get_family_class
-from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, build_real_size_transformer
+from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, build_real_size_transformer, save_real_size_configs
 
 TINY_PRESETS = {"tiny-cogvideox": "cogvideox", "tiny-hunyuan-video": "hunyuan_video"}
 # Dense bf16 peak of the cards people train on (TFLOP/s, without sparsity).
@@ -35,29 +35,9 @@ def build_family_and_transformer(preset: str, dtype: torch.dtype, device: torch.
         family = cls(workdir / preset)
         return family, family.load_transformer(dtype=dtype).to(device)
     family_name, _ = REAL_SIZE_TRANSFORMERS[preset]
-    cls = get_family_class(family_name)
-    model_dir = workdir / preset
+    model_dir = save_real_size_configs(preset, workdir / preset)
     transformer = build_real_size_transformer(preset, dtype=dtype, device=device)
-    transformer.save_config(model_dir / "transformer")
-    _save_component_configs(cls, model_dir)
-    return cls(model_dir), transformer
-
-
-def _save_component_configs(cls, model_dir: Path) -> None:
-    """The VAE / scheduler configs a family reads, from the diffusers classes' defaults (the released ones)."""
-    import diffusers
-
-    vae_class = {"cogvideox": diffusers.AutoencoderKLCogVideoX, "hunyuan_video": diffusers.AutoencoderKLHunyuanVideo}[cls.name]
-    with torch.device("meta"):
-        vae_class().save_config(model_dir / "vae")
-    if cls.name == "cogvideox":
-        from blueberry_video.models.presets import COGVIDEOX_SCHEDULER
-
-        diffusers.CogVideoXDPMScheduler(**COGVIDEOX_SCHEDULER).save_config(model_dir / "scheduler")
-    else:
-        diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0).save_config(model_dir / "scheduler")
-    for sub in cls.required_subfolders:
-        (model_dir / sub).mkdir(parents=True, exist_ok=True)
+    return get_family_class(family_name)(model_dir), transformer
 
 
 def synthetic_batch(family, batch: int, frames: int, height: int, width: int, device) -> dict[str, torch.Tensor]:

@@ -13,14 +13,18 @@ benchmarks/common.py:training_flops and docs/performance.md), and peak GPU memor
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 from accelerate import Accelerator
 
 from benchmarks.common import (
+    TINY_PRESETS,
     benchmark_config,
     build_family_and_transformer,
     device_peak_tflops,
@@ -54,8 +58,25 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
                         help="profile one more step: which attention kernels ran (flash, cuDNN, efficient, math)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="also report `blueberry-video estimate-memory`'s peak for these settings, to check it")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
+
+
+def estimated_peak_gib(args, family, mixed_precision: str) -> float:
+    """The memory estimate for the same settings, in its own process (it builds its own Accelerator)."""
+    source = (["--preset", args.preset] if args.preset not in TINY_PRESETS else
+              ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
+    flags = ["--training_mode", args.mode, "--rank", str(args.rank), "--lora_alpha", str(args.rank),
+             "--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
+             "--train_batch_size", str(args.batch), "--mixed_precision", mixed_precision]
+    flags += [f"--{'' if on else 'no-'}{name}" for name, on in (("gradient_checkpointing", args.gradient_checkpointing),
+                                                                 ("use_8bit_adam", args.adam_8bit),
+                                                                 ("layerwise_casting", args.layerwise_casting))]
+    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
 
 def attention_kernels(step) -> list[str]:
@@ -140,6 +161,8 @@ def run(args) -> dict:
         }
         if kernels is not None:
             result["attention_kernels"] = kernels
+        if args.estimate:
+            result["estimated_peak_memory_gb"] = estimated_peak_gib(args, family, accelerator.mixed_precision)
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

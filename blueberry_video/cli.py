@@ -56,12 +56,15 @@ def _demo(args, extra):
 
 
 def _generate(args):
+    import torch
+
     from blueberry_video.generate import generate
 
     path = generate(args.family, args.model, args.prompt, args.out, lora=args.lora, transformer_dir=args.transformer,
                     num_frames=args.num_frames, height=args.height, width=args.width,
                     num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                    fps=args.fps, lora_scale=args.lora_scale)
+                    fps=args.fps, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
+                    dtype=getattr(torch, args.dtype) if args.dtype else None)
     print(f"video written to {path}")
 
 
@@ -71,6 +74,45 @@ def _train(args, extra):
 
     result = run_recipe(get_family_class(args.family), (["--config", args.config] if args.config else []) + extra)
     print(f"{result.global_step} steps; outputs in {result.output_dir}")
+
+
+def _estimate_memory(args, extra):
+    import json
+    import tempfile
+
+    from blueberry_video.config import parse_config
+    from blueberry_video.models import get_family_class
+    from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, save_real_size_configs
+    from blueberry_video.training.memory_estimate import GIB, estimate_training_memory, format_bytes, largest_frames_within
+
+    defaults = {"dummy_data": True}  # the estimate reads no data
+    family_name = args.family
+    if args.preset:
+        family_name = REAL_SIZE_TRANSFORMERS[args.preset][0]
+        defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, tempfile.mkdtemp() + "/model"))
+    config = parse_config(extra, defaults=defaults)
+    family = get_family_class(family_name).from_config(config)
+    budget = args.budget_gib * GIB if args.budget_gib else None
+    if args.max_frames:
+        if budget is None:
+            raise SystemExit("--max-frames needs --budget-gib (the memory to fit in)")
+        frames, estimate = largest_frames_within(family, config, budget, count_encoders=args.count_encoders)
+        if frames is None:
+            raise SystemExit(f"not even the fewest frames fit in {args.budget_gib} GiB at {config.height}x{config.width}")
+    else:
+        estimate = estimate_training_memory(family, config)
+    total = estimate.total_bytes(args.count_encoders)
+    if args.json:
+        print(json.dumps({**estimate.as_dict(), "count_encoders": args.count_encoders, "total_gib": total / GIB,
+                          "budget_gib": args.budget_gib, "fits": None if budget is None else total <= budget}))
+        return
+    print(estimate.summary())
+    if args.count_encoders:
+        print(f"  with the text encoders and VAE resident: {format_bytes(total)}")
+    if args.max_frames:
+        print(f"largest clip within {args.budget_gib} GiB: {estimate.num_frames} frames")
+    elif budget is not None:
+        print(f"{'fits' if total <= budget else 'does NOT fit'} in {args.budget_gib} GiB (estimated {format_bytes(total)})")
 
 
 def _new_experiment(args):
@@ -156,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)")
+    p.add_argument("--vae-tiling", action="store_true", help="decode tile by tile (less memory for large videos)")
     p.set_defaults(run=_generate)
 
     p = verbs.add_parser("train", allow_abbrev=False,
@@ -165,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=family_names(), default="cogvideox")
     p.add_argument("--config", help="YAML file of training settings")
     p.set_defaults(run=_train, takes_extra=True)
+
+    p = verbs.add_parser("estimate-memory", allow_abbrev=False,
+                         help="estimate a training run's peak GPU memory on any machine (no GPU, no weights read): "
+                              "takes the training config and flags, e.g. --config X.yaml --gradient_checkpointing")
+    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--preset", choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video"],
+                   help="a published model's size, without its files (sets the family and model directory)")
+    p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, e.g. 24 or 80: says whether it fits")
+    p.add_argument("--max-frames", action="store_true", help="search the most frames per clip that fit the budget")
+    p.add_argument("--count-encoders", action="store_true",
+                   help="count the text encoders and VAE as kept on the GPU (the diffusers example scripts' layout)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_estimate_memory, takes_extra=True)
 
     p = verbs.add_parser("new-experiment", help="copy experiments/exp_template to a new experiment folder")
     p.add_argument("name", help="folder name, e.g. lr-sweep")

@@ -46,7 +46,7 @@ class TrainConfig:
     dataset_repeats: int = _opt(1, "times each video is repeated per epoch")
     cache_dir: str | None = _opt(None, "latent cache folder (default: <instance_data_root>/.latent_cache)")
     cache_dtype: str = _opt("float32", "dtype latents and text embeddings are stored in", ["float32", "float16"])
-    vae_tiling: bool = _opt(False, "encode large videos tile by tile (less memory, a little slower)")
+    vae_tiling: bool = _opt(False, "VAE works tile by tile: the cache encode and the validation decode (less memory, a little slower)")
     strict_data: bool = _opt(False, "refuse to train if any video or caption is unusable (default: skip it)")
     dummy_data: bool = _opt(False, "train on random latents of the right shapes: no videos, no cache (hardware/loop check)")
     num_dummy_samples: int = _opt(8, "size of the dummy dataset")

@@ -29,6 +29,8 @@ def out_of_memory_message(config, detail: str) -> str:
         options.append("--use_8bit_adam (8-bit optimizer states, needs bitsandbytes)")
     if config.training_mode == "full":
         options.append("--training_mode lora (train an adapter instead of every weight)")
+    elif not config.layerwise_casting:
+        options.append("--layerwise_casting (frozen weights stored in float8: about half their memory)")
     options.append(f"fewer frames or pixels: --max_num_frames {config.max_num_frames} / "
                    f"--height {config.height} --width {config.width}")
     if config.train_batch_size > 1:
@@ -36,4 +38,6 @@ def out_of_memory_message(config, detail: str) -> str:
     options.append("shard or offload across GPUs: accelerate launch --config_file "
                    "accelerate_configs/deepspeed_zero2_offload.yaml (or a ZeRO-3 / FSDP config)")
     lines = "\n".join(f"  - {option}" for option in options)
-    return f"out of GPU memory ({detail}). Options for this run, most effective first:\n{lines}"
+    return (f"out of GPU memory ({detail}). Options for this run, most effective first:\n{lines}\n"
+            f"Try settings without a GPU first: blueberry-video estimate-memory --family <family> "
+            f"--config <your config> [flags] --budget-gib <GPU memory in GiB>")

@@ -26,17 +26,42 @@ def load_pipeline(family, lora: str | None = None, transformer_dir: str | None =
     return pipe
 
 
+def encode_prompts_then_free_encoders(pipe, family, prompts: dict, num_videos: int, guidance_scale: float,
+                                      device) -> dict:
+    """{key: the pipeline's keyword arguments for that prompt} for `prompts` = {key: text}, computed with the
+    text encoders on `device`. The encoders are then dropped from the pipeline, so the denoising loop and the
+    VAE decode run without them (CogVideoX's T5-XXL alone is 9 GB, HunyuanVideo's Llama 14 GB)."""
+    names = [name for name, part in pipe.components.items() if name.startswith("text_encoder") and part is not None]
+    for name in names:
+        getattr(pipe, name).to(device)
+    encoded = {key: family.encode_validation_prompt(pipe, prompt, num_videos, guidance_scale, device)
+               for key, prompt in prompts.items()}
+    for name in names:
+        setattr(pipe, name, None)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return encoded
+
+
+def default_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
 def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=None, transformer_dir=None,
              num_frames: int = 49, height: int = 480, width: int = 720, num_inference_steps: int = 50,
              guidance_scale: float = 6.0, seed: int = 0, fps: int = 8, lora_scale: float = 1.0,
-             device: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+             device: str | None = None, dtype: torch.dtype | None = None, vae_tiling: bool = False) -> Path:
     family = load_family(family_name, model_dir)
     family.check_video_shape(num_frames, height, width)
     family.check_generation_frames(num_frames)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype).to(device)
+    pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype or default_dtype())
+    conditioning = encode_prompts_then_free_encoders(pipe, family, {0: prompt}, 1, guidance_scale, device)[0]
+    pipe.to(device)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
     frames = pipe(
-        prompt=prompt, num_frames=num_frames, height=height, width=width,
+        **conditioning, num_frames=num_frames, height=height, width=width,
         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         generator=torch.Generator(device=device).manual_seed(seed), output_type="np",
         **family.generation_kwargs(num_frames, height, width),

@@ -48,3 +48,13 @@ def tiny_hunyuan_video_dir(tmp_path_factory) -> Path:
     from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
 
     return HunyuanVideoFamily.save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-hunyuan-video")
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """For tests whose code builds an Accelerator in this process: start from none, and leave none behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -76,3 +76,12 @@ def test_train_step_benchmark_names_the_attention_kernels_that_ran():
                               "--steps", "1", "--warmup", "1", "--profile", "--json"])
     # on CPU, PyTorch's SDPA dispatches to its flash kernel for CPU; on Hopper the list shows flash or cuDNN
     assert any("_scaled_dot_product_flash_attention" in name for name in result["attention_kernels"])
+
+
+def test_train_step_benchmark_reports_the_estimate_for_its_settings():
+    base = ["--preset", "tiny-cogvideox", "--frames", "9", "--height", "96", "--width", "160", "--steps", "1",
+            "--warmup", "1", "--estimate", "--json"]
+    one = train_step.main(base)
+    two = train_step.main([*base, "--batch", "2"])
+    # The estimate runs in its own process with the benchmark's settings: a bigger batch holds more.
+    assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]

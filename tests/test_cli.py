@@ -71,15 +71,6 @@ def test_create_sample_videos_writes_decodable_videos_and_captions(tmp_path, cap
     assert (clips[0][0] - clips[0][-1]).abs().max() > 0.1  # the shape moves
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """`precompute` builds an Accelerator in this process; leave no state behind for other tests."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_precompute_writes_a_cache_whose_report_matches(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,
                                                         capsys, fresh_accelerate_state):
     data = tmp_path / "data"

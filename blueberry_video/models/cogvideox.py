@@ -146,6 +146,17 @@ class CogVideoXFamily(ModelFamily):
     def build_pipeline(self, transformer, dtype: torch.dtype):
         return CogVideoXPipeline.from_pretrained(self.model_dir, transformer=transformer, dtype=dtype)
 
+    @torch.no_grad()
+    def encode_validation_prompt(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
+        prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=guidance_scale > 1,
+            num_videos_per_prompt=num_videos,
+            max_sequence_length=self.max_text_length,
+            device=device,
+        )
+        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
         return {"max_sequence_length": self.max_text_length}
 

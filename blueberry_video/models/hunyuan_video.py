@@ -198,6 +198,18 @@ class HunyuanVideoFamily(ModelFamily):
     def build_pipeline(self, transformer, dtype: torch.dtype):
         return HunyuanVideoPipeline.from_pretrained(self.model_dir, transformer=transformer, dtype=dtype)
 
+    @torch.no_grad()
+    def encode_validation_prompt(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
+        prompt_embeds, pooled_prompt_embeds, prompt_attention_mask = pipe.encode_prompt(
+            prompt,
+            prompt_template=self.prompt_template,
+            num_videos_per_prompt=num_videos,
+            max_sequence_length=self.max_sequence_length,
+            device=device,
+        )
+        return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds,
+                "prompt_attention_mask": prompt_attention_mask}
+
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
         # The same text conditioning the cache holds, so validation sees what training saw.
         return {"prompt_template": self.prompt_template, "max_sequence_length": self.max_sequence_length}

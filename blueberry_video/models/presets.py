@@ -6,6 +6,9 @@ their configs follow the published checkpoints' `transformer/config.json`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 # Published transformer configs (values that differ from the diffusers class defaults).
@@ -46,6 +49,60 @@ def build_real_size_transformer(preset: str, dtype: torch.dtype = torch.bfloat16
     cls = get_family_class(family_name).transformer_class
     with torch.device(device):
         return cls(**overrides).to(dtype)
+
+
+# Published text encoder configs (values that differ from the transformers class defaults), so that a
+# config-only preset directory says how much validation loads beside the transformer.
+REAL_SIZE_TEXT_ENCODERS = {
+    "cogvideox": {
+        "text_encoder": ("T5EncoderModel", "T5Config", dict(  # google/t5-v1_1-xxl
+            vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            feed_forward_proj="gated-gelu")),
+    },
+    "hunyuan_video": {
+        "text_encoder": ("LlamaModel", "LlamaConfig", dict(  # the LLaVA-Llama-3-8B text model
+            vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0)),
+        "text_encoder_2": ("CLIPTextModel", "CLIPTextConfig", dict(  # openai/clip-vit-large-patch14
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")),
+    },
+}
+
+
+def save_real_size_configs(preset: str, out_dir: str | Path) -> Path:
+    """A model directory in the diffusers layout holding a real-size preset's configs and no weights: enough
+    for the benchmarks and the memory estimate, which build the models themselves."""
+    import diffusers
+    import transformers
+
+    from blueberry_video.models import get_family_class
+
+    family_name, _ = REAL_SIZE_TRANSFORMERS[preset]
+    cls = get_family_class(family_name)
+    out_dir = Path(out_dir)
+    index = {"_class_name": cls.pipeline_class.__name__}
+    transformer = build_real_size_transformer(preset, device="meta")
+    transformer.save_config(out_dir / "transformer")
+    index["transformer"] = ["diffusers", type(transformer).__name__]
+    vae_class = {"cogvideox": diffusers.AutoencoderKLCogVideoX,
+                 "hunyuan_video": diffusers.AutoencoderKLHunyuanVideo}[family_name]
+    with torch.device("meta"):
+        vae_class().save_config(out_dir / "vae")  # the class defaults are the released VAEs
+    index["vae"] = ["diffusers", vae_class.__name__]
+    if family_name == "cogvideox":
+        scheduler = diffusers.CogVideoXDPMScheduler(**COGVIDEOX_SCHEDULER)
+    else:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0)
+    scheduler.save_config(out_dir / "scheduler")
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    for name, (model_class, config_class, values) in REAL_SIZE_TEXT_ENCODERS[family_name].items():
+        getattr(transformers, config_class)(**values).save_pretrained(out_dir / name)
+        index[name] = ["transformers", model_class]
+    for sub in cls.required_subfolders:
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out_dir
 
 
 def sharpen_posterior(vae, log_variance: float = -10.0) -> None:

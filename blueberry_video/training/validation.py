@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 
 from blueberry_video.data.video_writer import write_mp4
+from blueberry_video.generate import encode_prompts_then_free_encoders
 from blueberry_video.models.base import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,12 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
-def generate_videos(pipe, family, prompt: str, config, generator, num_videos: int = 1) -> np.ndarray:
-    """[num_videos, F, H, W, 3] floats in [0, 1]."""
+def generate_videos(pipe, family, prompt_kwargs: dict, config, generator) -> np.ndarray:
+    """[num_videos, F, H, W, 3] floats in [0, 1]; `prompt_kwargs` from `encode_prompts_then_free_encoders`,
+    which already holds the conditioning once per video."""
     return pipe(
-        prompt=prompt,
-        num_videos_per_prompt=num_videos,
+        **prompt_kwargs,
+        num_videos_per_prompt=1,
         height=config.height,
         width=config.width,
         num_frames=config.max_num_frames,
@@ -118,14 +120,18 @@ def run_validation(accelerator, family, transformer, config, step: int, dtype: t
     model.eval()
     with gathered:
         pipe = family.build_pipeline(model, dtype=dtype)
+        prompts = {0 if i is None else i: config.validation_prompt[0 if i is None else i] for i in mine}
+        encoded = encode_prompts_then_free_encoders(pipe, family, prompts, config.num_validation_videos,
+                                                    config.guidance_scale, accelerator.device)
         _to_device_except(pipe, model, accelerator.device)
+        if config.vae_tiling:
+            pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
         for i in mine:
             # The same seed at every validation and on every process: a prompt's videos differ only by training.
             generator = torch.Generator(device=accelerator.device).manual_seed(config.seed)
-            prompt = config.validation_prompt[0 if i is None else i]
             with torch.no_grad(), accelerator.autocast():
-                clips = generate_videos(pipe, family, prompt, config, generator, config.num_validation_videos)
+                clips = generate_videos(pipe, family, encoded[0 if i is None else i], config, generator)
             if i is None:
                 continue
             for j, clip in enumerate(clips):

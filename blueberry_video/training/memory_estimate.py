@@ -1,0 +1,297 @@
+"""Peak GPU memory of training, estimated on any machine (no GPU, no weights): the recipes' own training step
+run on fake tensors.
+
+torch's FakeTensorMode runs every operation for its shapes and dtypes only. Counting the bytes of every tensor
+storage from its creation until it is freed gives the peak the caching allocator reports as
+`torch.cuda.max_memory_allocated`. Not counted: the CUDA context and cuBLAS/cuDNN workspaces (about 0.5-1 GiB
+outside PyTorch's allocator), and fragmentation (`max_memory_reserved` runs some percent above the allocated
+peak). Autocast follows the CPU's rules for which operations run in bf16; attention is the fused
+(flash-style) kernel, as on a GPU.
+
+The model is built on the meta device from its transformer/config.json: no weights are read, so a laptop can
+answer "does this config fit a 24 GB card?" in seconds to minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.training.lora import make_trainable
+from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.sampling import sample_generators
+from blueberry_video.training.step import training_step
+
+GIB = 2**30
+# The caching allocator hands out blocks in multiples of 512 bytes.
+ALLOCATION_GRANULE = 512
+PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes held by tensor storages created under this mode (or handed to `track`), and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self._sizes = WeakIdKeyDictionary()
+        self.current = 0
+        self.peak = 0
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage in self._sizes:
+            return
+        size = -(-storage.nbytes() // ALLOCATION_GRANULE) * ALLOCATION_GRANULE
+        self._sizes[storage] = size
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._release, size)
+
+    def _release(self, size: int) -> None:
+        self.current -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            # Fake tensors hold no values. The step reads one number (the gradient norm, to skip non-finite
+            # updates): any finite value takes the path a healthy step takes.
+            return 1.0
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.track(value)
+        return out
+
+
+@dataclass
+class MemoryEstimate:
+    num_frames: int
+    height: int
+    width: int
+    batch_size: int
+    total_params: int
+    trainable_params: int
+    weights_bytes: int  # parameters and buffers, as training holds them
+    optimizer_bytes: int  # optimizer state after the first update
+    batch_bytes: int  # one micro-batch of cached latents and text embeddings
+    peak_bytes: int  # the most held at once over two optimizer steps
+    # What validation additionally loads beside the training transformer (text encoders, VAE), by sub-folder.
+    validation_weights_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def step_peak_extra_bytes(self) -> int:
+        """Gradients, activations and temporaries at the peak."""
+        return self.peak_bytes - self.weights_bytes - self.optimizer_bytes - self.batch_bytes
+
+    def total_bytes(self, count_encoders: bool = False) -> int:
+        """The training peak; with `count_encoders`, plus the text encoders and VAE kept on the GPU throughout
+        (as the diffusers example scripts keep them)."""
+        return self.peak_bytes + (sum(self.validation_weights_bytes.values()) if count_encoders else 0)
+
+    def as_dict(self) -> dict:
+        result = {key: value for key, value in self.__dict__.items() if not key.endswith("_bytes")}
+        for key in ("weights", "optimizer", "batch", "peak", "step_peak_extra"):
+            result[f"{key}_gib"] = getattr(self, f"{key}_bytes") / GIB
+        result["validation_weights_gib"] = {k: v / GIB for k, v in self.validation_weights_bytes.items()}
+        return result
+
+    def summary(self) -> str:
+        rows = [
+            ("weights (frozen + trained)", self.weights_bytes),
+            ("optimizer state", self.optimizer_bytes),
+            ("cached batch", self.batch_bytes),
+            ("gradients + activations at the peak", self.step_peak_extra_bytes),
+            ("estimated peak (max_memory_allocated)", self.peak_bytes),
+        ]
+        lines = [f"training step, {self.batch_size} x {self.num_frames}x{self.height}x{self.width}, "
+                 f"{self.trainable_params / 1e6:,.1f}M of {self.total_params / 1e6:,.1f}M parameters trained:"]
+        lines += [f"  {name:<40}{format_bytes(size):>11}" for name, size in rows]
+        if self.validation_weights_bytes:
+            parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in self.validation_weights_bytes.items())
+            lines.append(f"  validation adds to the weights above: {parts} (the text encoders only while they "
+                         f"encode the prompts), plus the denoising and the VAE decode (--vae_tiling bounds it)")
+        lines.append("  add about 0.5-1 GiB for the CUDA context and kernel workspaces, and some percent for "
+                     "fragmentation")
+        return "\n".join(lines)
+
+
+def format_bytes(size: int) -> str:
+    return f"{size / GIB:.2f} GiB" if abs(size) >= GIB else f"{size / 2**20:.1f} MiB"
+
+
+def meta_transformer(family, dtype: torch.dtype) -> torch.nn.Module:
+    """The family's transformer from its config.json, on the meta device (no weights read or allocated)."""
+    with torch.device("meta"):
+        model = family.transformer_class.from_config(family.transformer_config)
+    # As `from_pretrained(dtype=...)` leaves it: parameters and saved buffers in `dtype`; buffers computed at
+    # construction (CogVideoX's float64 positional table) as built.
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.is_floating_point():
+                module._parameters[name] = torch.nn.Parameter(param.to(dtype), requires_grad=param.requires_grad)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = buffer.to(dtype)
+    return model
+
+
+def estimate_training_memory(family, config, num_frames: int | None = None, height: int | None = None,
+                             width: int | None = None, batch_size: int | None = None) -> MemoryEstimate:
+    """Estimate one process's peak memory for training `config` (LoRA or full, gradient checkpointing, 8-bit
+    Adam, layerwise casting, gradient accumulation as set there) at the given clip size and micro-batch
+    (default: the config's). Single-GPU or DDP: sharded engines (FSDP, ZeRO) hold less per GPU.
+
+    Creates an Accelerator (CPU, the config's mixed precision): call it in a process that trains nothing else.
+    """
+    from accelerate import Accelerator
+
+    num_frames = num_frames or config.max_num_frames
+    height, width = height or config.height, width or config.width
+    batch_size = batch_size or config.train_batch_size
+    family.check_video_shape(num_frames, height, width)
+    # fp16 and bf16 take the same bytes; CPU autocast only knows bf16.
+    precision = "bf16" if config.mixed_precision == "fp16" else config.mixed_precision
+    dtype = PRECISION_DTYPES[precision]
+    transformer = meta_transformer(family, dtype if config.training_mode == "lora" else torch.float32)
+    params = make_trainable(transformer, config, family)
+    total_params = sum(p.numel() for p in transformer.parameters())
+
+    accelerator = Accelerator(mixed_precision=precision, cpu=True,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    live = LiveBytes()
+    # Real values, drawn outside fake mode: the item's text length is drawn from a generator.
+    item = DummyLatentDataset(family, 1, num_frames, height, width)[0]
+    with fake_mode:
+        _replace_with_fake_tensors(transformer)
+        batch = {name: torch.empty((batch_size, *value.shape), dtype=value.dtype) for name, value in item.items()}
+    for tensor in [*transformer.parameters(), *transformer.buffers()]:
+        live.track(tensor)
+    weights_bytes = live.current
+    for tensor in batch.values():
+        live.track(tensor)
+    batch_bytes = live.current - weights_bytes
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    # Built outside fake mode: optimizers and schedulers compute constants (bitsandbytes' quantisation map,
+    # sigma tables) from real values at construction.
+    optimizer = build_optimizer(params, config)
+    lr_scheduler = build_lr_scheduler(optimizer, config, 2)
+    noise_scheduler = family.load_training_scheduler()
+
+    optimizer_bytes = 0
+    with fake_mode, _module_conversion_allowed(), live:
+        for update in range(2):
+            for micro_step in range(config.gradient_accumulation_steps):
+                step = update * config.gradient_accumulation_steps + micro_step
+                generators = sample_generators(config.seed, step, range(batch_size), "cpu")
+                training_step(accelerator, family, transformer, noise_scheduler, batch, generators, params,
+                              optimizer, lr_scheduler, config.max_grad_norm)
+            if update == 0:
+                optimizer_bytes = live.current - weights_bytes - batch_bytes
+    return MemoryEstimate(
+        num_frames=num_frames, height=height, width=width, batch_size=batch_size,
+        total_params=total_params, trainable_params=sum(p.numel() for p in params),
+        weights_bytes=weights_bytes, optimizer_bytes=optimizer_bytes, batch_bytes=batch_bytes,
+        peak_bytes=live.peak, validation_weights_bytes=validation_weights(family, dtype),
+    )
+
+
+def largest_frames_within(family, config, budget_bytes: int, search_limit: int = 257, count_encoders: bool = False,
+                          **shape) -> tuple[int, MemoryEstimate] | tuple[None, None]:
+    """The most frames per clip whose estimated peak fits `budget_bytes` (bisection over the frame counts the
+    family accepts, up to `search_limit`), with that estimate; (None, None) when not even the fewest fit."""
+    from blueberry_video.errors import ConfigError
+
+    height, width = shape.get("height") or config.height, shape.get("width") or config.width
+    candidates = []
+    for frames in range(1, search_limit + 1):
+        try:
+            family.check_video_shape(frames, height, width)
+            candidates.append(frames)
+        except ConfigError:
+            continue
+    best = (None, None)
+    low, high = 0, len(candidates) - 1
+    while low <= high:  # the peak grows with the frame count
+        middle = (low + high) // 2
+        estimate = estimate_training_memory(family, config, candidates[middle], height, width,
+                                            shape.get("batch_size"))
+        if estimate.total_bytes(count_encoders) <= budget_bytes:
+            best, low = (candidates[middle], estimate), middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
+def _replace_with_fake_tensors(model: torch.nn.Module) -> None:
+    """Swap each meta parameter and buffer for a fake one of the same shape, dtype and requires_grad
+    (a parameter shared by several modules stays shared)."""
+    made: dict[int, torch.Tensor] = {}
+
+    def fake_like(tensor, as_parameter: bool):
+        if id(tensor) not in made:
+            empty = torch.empty(tensor.shape, dtype=tensor.dtype)
+            made[id(tensor)] = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad) if as_parameter else empty
+        return made[id(tensor)]
+
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                module._parameters[name] = fake_like(param, as_parameter=True)
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = fake_like(buffer, as_parameter=False)
+
+
+@contextlib.contextmanager
+def _module_conversion_allowed():
+    """Let `module.to(dtype)` run on fake parameters (diffusers' layerwise casting does it around every forward).
+
+    nn.Module converts a real parameter by replacing its data (`param.data = converted`), but swaps a fake
+    one in place, which torch refuses while autograd holds it for the backward pass. Fake ones are given the
+    real ones' path; the storage autograd holds stays alive, and counted, as it would on a GPU.
+    """
+    original = torch.utils.swap_tensors
+
+    def replace_data(t1, t2):
+        t1.data = t2.data
+
+    torch.utils.swap_tensors = replace_data
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = original
+
+
+def validation_weights(family, dtype: torch.dtype) -> dict[str, int]:
+    """Bytes of each non-transformer model a validation pipeline loads (text encoders, VAE) in `dtype`, from
+    their config.json and model_index.json; empty where the model directory does not say."""
+    index_file = family.model_dir / "model_index.json"
+    if not index_file.is_file():
+        return {}
+    index = json.loads(index_file.read_text())
+    sizes = {}
+    for name, entry in index.items():
+        if name == "transformer" or not isinstance(entry, list) or not (family.model_dir / name / "config.json").is_file():
+            continue
+        library, class_name = entry
+        if library not in ("diffusers", "transformers"):
+            continue
+        model_class = getattr(__import__(library), class_name, None)
+        if model_class is None:
+            continue
+        with torch.device("meta"):
+            if library == "transformers":
+                model = model_class(model_class.config_class.from_pretrained(family.model_dir / name))
+            else:
+                model = model_class.from_config(model_class.load_config(family.model_dir / name))
+        sizes[name] = sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+    return sizes
