@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import time
+from pathlib import Path
+
+# `python benchmarks/<name>.py` puts benchmarks/ on sys.path, not the repo root the imports below need.
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from accelerate import Accelerator

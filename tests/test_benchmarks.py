@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import loader_throughput, overhead, precompute_throughput, train_step
 from benchmarks.common import training_flops
+from tests.conftest import REPO_ROOT
 
 
 def test_flops_formula_counts_dense_and_attention_terms():
@@ -85,3 +88,12 @@ def test_train_step_benchmark_reports_the_estimate_for_its_settings():
     two = train_step.main([*base, "--batch", "2"])
     # The estimate runs in its own process with the benchmark's settings: a bigger batch holds more.
     assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "benchmarks").glob("[a-z]*_*.py")))
+def test_benchmark_scripts_run_by_path_from_anywhere(script, tmp_path):
+    # The commands in the issue and docs/performance.md are `python benchmarks/<name>.py ...`.
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
