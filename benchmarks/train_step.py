@@ -1,7 +1,8 @@
 """Training-step speed and memory of a transformer preset on synthetic latents, through the recipes' step code.
 
     python benchmarks/train_step.py --preset cogvideox-2b --mode lora --frames 49 --height 480 --width 720 \
-        --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--profile] [--json]
+        --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--profile] \
+        [--resident-encoders] [--estimate] [--json]
     python benchmarks/train_step.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # runs on CPU
 
 Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
@@ -40,6 +41,7 @@ from benchmarks.common import (
     training_flops,
 )
 from blueberry_video.training.lora import make_trainable
+from blueberry_video.training.memory_estimate import models_from_configs
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import compile_blocks, training_step
@@ -63,6 +65,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
                         help="profile one more step: which attention kernels ran (flash, cuDNN, efficient, math)")
+    parser.add_argument("--resident-encoders", action="store_true",
+                        help="also hold the text encoders and VAE on the device, as the diffusers example scripts do "
+                             "(random weights; their per-step prompt encoding is not run)")
     parser.add_argument("--estimate", action="store_true",
                         help="also report `blueberry-video estimate-memory`'s peak for these settings, to check it")
     parser.add_argument("--json", action="store_true")
@@ -79,9 +84,11 @@ def estimated_peak_gib(args, family, mixed_precision: str) -> float:
     flags += [f"--{'' if on else 'no-'}{name}" for name, on in (("gradient_checkpointing", args.gradient_checkpointing),
                                                                  ("use_8bit_adam", args.adam_8bit),
                                                                  ("layerwise_casting", args.layerwise_casting))]
+    if args.resident_encoders:
+        flags.append("--count-encoders")
     out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
                          check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_gib"]
+    return json.loads(out.strip().splitlines()[-1])["total_gib"]
 
 
 def attention_kernels(step) -> list[str]:
@@ -109,6 +116,7 @@ def run(args) -> dict:
         family, transformer = build_family_and_transformer(
             args.preset, weight_dtype if args.mode == "lora" else torch.float32, device, workdir)
         family.check_video_shape(args.frames, args.height, args.width)
+        resident = models_from_configs(family.model_dir, device, weight_dtype) if args.resident_encoders else {}
         config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit,
                                   args.layerwise_casting)
         params = make_trainable(transformer, config, family)
@@ -155,6 +163,7 @@ def run(args) -> dict:
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
             "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
+            "resident_encoders": sorted(resident),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,
             "layers": num_layers, "hidden": hidden,

@@ -77,20 +77,26 @@ def _train(args, extra):
 
 
 def _estimate_memory(args, extra):
-    import json
     import tempfile
 
     from blueberry_video.config import parse_config
-    from blueberry_video.models import get_family_class
     from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, save_real_size_configs
-    from blueberry_video.training.memory_estimate import GIB, estimate_training_memory, format_bytes, largest_frames_within
 
     defaults = {"dummy_data": True}  # the estimate reads no data
     family_name = args.family
-    if args.preset:
-        family_name = REAL_SIZE_TRANSFORMERS[args.preset][0]
-        defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, tempfile.mkdtemp() + "/model"))
-    config = parse_config(extra, defaults=defaults)
+    with tempfile.TemporaryDirectory(prefix="blueberry-preset-") as preset_dir:
+        if args.preset:
+            family_name = REAL_SIZE_TRANSFORMERS[args.preset][0]
+            defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, preset_dir))
+        _print_memory_estimate(args, parse_config(extra, defaults=defaults), family_name)
+
+
+def _print_memory_estimate(args, config, family_name):
+    import json
+
+    from blueberry_video.models import get_family_class
+    from blueberry_video.training.memory_estimate import GIB, estimate_training_memory, format_bytes, largest_frames_within
+
     family = get_family_class(family_name).from_config(config)
     budget = args.budget_gib * GIB if args.budget_gib else None
     if args.max_frames:
@@ -218,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video"],
                    help="a published model's size, without its files (sets the family and model directory)")
     p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, e.g. 24 or 80: says whether it fits")
-    p.add_argument("--max-frames", action="store_true", help="search the most frames per clip that fit the budget")
+    p.add_argument("--max-frames", action="store_true", help="search the most frames per clip (up to 257) that fit the budget")
     p.add_argument("--count-encoders", action="store_true",
                    help="count the text encoders and VAE as kept on the GPU (the diffusers example scripts' layout)")
     p.add_argument("--json", action="store_true")

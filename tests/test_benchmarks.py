@@ -88,6 +88,10 @@ def test_train_step_benchmark_reports_the_estimate_for_its_settings():
     two = train_step.main([*base, "--batch", "2"])
     # The estimate runs in its own process with the benchmark's settings: a bigger batch holds more.
     assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]
+    # The diffusers examples' layout: text encoder and VAE held on the device, and counted by the estimate.
+    resident = train_step.main([*base, "--resident-encoders"])
+    assert resident["resident_encoders"] == ["text_encoder", "vae"]
+    assert resident["estimated_peak_memory_gb"] > one["estimated_peak_memory_gb"]
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "benchmarks").glob("[a-z]*_*.py")))

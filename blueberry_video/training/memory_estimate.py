@@ -147,10 +147,36 @@ def estimate_training_memory(family, config, num_frames: int | None = None, heig
                              width: int | None = None, batch_size: int | None = None) -> MemoryEstimate:
     """Estimate one process's peak memory for training `config` (LoRA or full, gradient checkpointing, 8-bit
     Adam, layerwise casting, gradient accumulation as set there) at the given clip size and micro-batch
-    (default: the config's). Single-GPU or DDP: sharded engines (FSDP, ZeRO) hold less per GPU.
+    (default: the config's). One GPU; DDP adds one more copy of the trained weights' gradients per GPU (its
+    communication buckets), and sharded engines (FSDP, ZeRO) hold less.
 
-    Creates an Accelerator (CPU, the config's mixed precision): call it in a process that trains nothing else.
+    Runs under an Accelerator of its own (CPU, the config's precision); a caller's accelerate state is set
+    aside meanwhile and restored after.
     """
+    with _own_accelerate_state():
+        return _estimate(family, config, num_frames, height, width, batch_size)
+
+
+@contextlib.contextmanager
+def _own_accelerate_state():
+    """accelerate keeps one state per process and refuses a second Accelerator with other settings; the estimate
+    needs its own (CPU, the config's precision), whatever the caller (a notebook, a test, a training run) set up.
+    The shared state dicts are put aside, emptied, and refilled in place on the way out."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    shared = [cls._shared_state for cls in (PartialState, AcceleratorState, GradientState)]
+    saved = [dict(state) for state in shared]
+    for state in shared:
+        state.clear()
+    try:
+        yield
+    finally:
+        for state, contents in zip(shared, saved):
+            state.clear()
+            state.update(contents)
+
+
+def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEstimate:
     from accelerate import Accelerator
 
     num_frames = num_frames or config.max_num_frames
@@ -161,7 +187,7 @@ def estimate_training_memory(family, config, num_frames: int | None = None, heig
     precision = "bf16" if config.mixed_precision == "fp16" else config.mixed_precision
     dtype = PRECISION_DTYPES[precision]
     transformer = meta_transformer(family, dtype if config.training_mode == "lora" else torch.float32)
-    params = make_trainable(transformer, config, family)
+    make_trainable(transformer, config, family)
     total_params = sum(p.numel() for p in transformer.parameters())
 
     accelerator = Accelerator(mixed_precision=precision, cpu=True,
@@ -179,7 +205,7 @@ def estimate_training_memory(family, config, num_frames: int | None = None, heig
     for tensor in batch.values():
         live.track(tensor)
     batch_bytes = live.current - weights_bytes
-    params = [p for p in transformer.parameters() if p.requires_grad]
+    params = [p for p in transformer.parameters() if p.requires_grad]  # the fake ones now
     # Built outside fake mode: optimizers and schedulers compute constants (bitsandbytes' quantisation map,
     # sigma tables) from real values at construction.
     optimizer = build_optimizer(params, config)
@@ -205,12 +231,13 @@ def estimate_training_memory(family, config, num_frames: int | None = None, heig
 
 
 def largest_frames_within(family, config, budget_bytes: int, search_limit: int = 257, count_encoders: bool = False,
-                          **shape) -> tuple[int, MemoryEstimate] | tuple[None, None]:
+                          height: int | None = None, width: int | None = None,
+                          batch_size: int | None = None) -> tuple[int, MemoryEstimate] | tuple[None, None]:
     """The most frames per clip whose estimated peak fits `budget_bytes` (bisection over the frame counts the
     family accepts, up to `search_limit`), with that estimate; (None, None) when not even the fewest fit."""
     from blueberry_video.errors import ConfigError
 
-    height, width = shape.get("height") or config.height, shape.get("width") or config.width
+    height, width = height or config.height, width or config.width
     candidates = []
     for frames in range(1, search_limit + 1):
         try:
@@ -222,8 +249,7 @@ def largest_frames_within(family, config, budget_bytes: int, search_limit: int =
     low, high = 0, len(candidates) - 1
     while low <= high:  # the peak grows with the frame count
         middle = (low + high) // 2
-        estimate = estimate_training_memory(family, config, candidates[middle], height, width,
-                                            shape.get("batch_size"))
+        estimate = estimate_training_memory(family, config, candidates[middle], height, width, batch_size)
         if estimate.total_bytes(count_encoders) <= budget_bytes:
             best, low = (candidates[middle], estimate), middle + 1
         else:
@@ -274,24 +300,32 @@ def _module_conversion_allowed():
 def validation_weights(family, dtype: torch.dtype) -> dict[str, int]:
     """Bytes of each non-transformer model a validation pipeline loads (text encoders, VAE) in `dtype`, from
     their config.json and model_index.json; empty where the model directory does not say."""
-    index_file = family.model_dir / "model_index.json"
+    return {name: sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+            for name, model in models_from_configs(family.model_dir, "meta").items()}
+
+
+def models_from_configs(model_dir, device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
+    """The pipeline's models other than the transformer (text encoders, VAE), built from their config.json with
+    random weights on `device` (the meta device: no memory), by the classes model_index.json names."""
+    import diffusers
+    import transformers
+
+    index_file = model_dir / "model_index.json"
     if not index_file.is_file():
         return {}
-    index = json.loads(index_file.read_text())
-    sizes = {}
-    for name, entry in index.items():
-        if name == "transformer" or not isinstance(entry, list) or not (family.model_dir / name / "config.json").is_file():
+    models = {}
+    for name, entry in json.loads(index_file.read_text()).items():
+        if name == "transformer" or not isinstance(entry, list) or not (model_dir / name / "config.json").is_file():
             continue
-        library, class_name = entry
-        if library not in ("diffusers", "transformers"):
-            continue
-        model_class = getattr(__import__(library), class_name, None)
+        library = {"diffusers": diffusers, "transformers": transformers}.get(entry[0])
+        model_class = getattr(library, entry[1], None) if library else None
         if model_class is None:
             continue
-        with torch.device("meta"):
-            if library == "transformers":
-                model = model_class(model_class.config_class.from_pretrained(family.model_dir / name))
+        with torch.device(device):
+            if library is transformers:
+                models[name] = model_class(model_class.config_class.from_pretrained(model_dir / name))
             else:
-                model = model_class.from_config(model_class.load_config(family.model_dir / name))
-        sizes[name] = sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
-    return sizes
+                models[name] = model_class.from_config(model_class.load_config(model_dir / name))
+        if dtype is not None:
+            models[name].to(dtype)
+    return models

@@ -148,3 +148,11 @@ def test_real_size_preset_needs_no_weights(capsys):
     assert 1.68e9 < result["total_params"] - result["trainable_params"] < 1.70e9
     assert 8.8 < result["validation_weights_gib"]["text_encoder"] < 8.95
     assert result["weights_gib"] > 3.1 and result["fits"] is True
+
+
+def test_the_callers_accelerate_state_survives_an_estimate(tiny_cogvideox_dir):
+    accelerator = Accelerator(mixed_precision="no", cpu=True)  # e.g. a notebook that trained first
+    family = get_family_class("cogvideox")(tiny_cogvideox_dir)
+    assert estimate_training_memory(family, tiny_config(tiny_cogvideox_dir, mixed_precision="bf16")).peak_bytes > 0
+    assert accelerator.state.mixed_precision == "no"
+    assert Accelerator(mixed_precision="no", cpu=True).mixed_precision == "no"  # accelerate would refuse a change
