@@ -101,3 +101,11 @@ def test_benchmark_scripts_run_by_path_from_anywhere(script, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_training_benchmarks_and_the_estimate_need_no_ffmpeg():
+    # The lent GPU machines lack imageio-ffmpeg, and its 68 MB wheel is over what can be carried there.
+    code = ("import sys; sys.modules['imageio_ffmpeg'] = None; import benchmarks.train_step, benchmarks.overhead, "
+            "benchmarks.loader_throughput, blueberry_video.training.memory_estimate")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -17,11 +17,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 
 from blueberry_video.errors import BlueberryError
+
+
+def _imageio_ffmpeg():
+    # Imported on first use: training from a latent cache, the benchmarks and the memory estimate decode no
+    # video, and run where imageio-ffmpeg (a 68 MB wheel with its ffmpeg binary) is not installed.
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg
+
 
 CROP_MODES = ("center", "random")
 SHORT_VIDEO_POLICIES = ("skip", "loop", "pad")
@@ -100,7 +108,7 @@ def probe_video(path) -> VideoInfo:
     _check_is_file(path)
     try:
         result = subprocess.run(
-            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())],
+            [_imageio_ffmpeg().get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())],
             capture_output=True,
             timeout=PROBE_TIMEOUT_S,
         )
@@ -290,7 +298,7 @@ def _stream_frames(
     ]  # fmt: skip
     frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
     received = 0
-    reader = imageio_ffmpeg.read_frames(str(path.absolute()), output_params=output_params)
+    reader = _imageio_ffmpeg().read_frames(str(path.absolute()), output_params=output_params)
     try:
         meta = next(reader)
         if tuple(meta["size"]) != (width, height):
@@ -311,7 +319,7 @@ def _stream_frames(
 
 def _count_frames(path: Path) -> int:
     try:
-        count, _ = imageio_ffmpeg.count_frames_and_secs(str(path.absolute()))
+        count, _ = _imageio_ffmpeg().count_frames_and_secs(str(path.absolute()))
     except Exception as error:  # a RuntimeError carrying ffmpeg's log
         raise VideoDecodeError(path, f"cannot count frames ({_ffmpeg_complaint(str(error))})") from error
     return int(count or 0)
