@@ -34,7 +34,7 @@ def encode_prompts_then_free_encoders(pipe, family, prompts: dict, num_videos: i
     names = [name for name, part in pipe.components.items() if name.startswith("text_encoder") and part is not None]
     for name in names:
         getattr(pipe, name).to(device)
-    encoded = {key: family.encode_validation_prompt(pipe, prompt, num_videos, guidance_scale, device)
+    encoded = {key: family.encode_prompt_for_pipeline(pipe, prompt, num_videos, guidance_scale, device)
                for key, prompt in prompts.items()}
     for name in names:
         setattr(pipe, name, None)

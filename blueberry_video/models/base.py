@@ -186,9 +186,9 @@ class ModelFamily(ABC):
         """The diffusers pipeline around `transformer`, other parts loaded from the model directory."""
 
     @abstractmethod
-    def encode_validation_prompt(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
+    def encode_prompt_for_pipeline(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
         """`prompt` encoded by the pipeline's text encoder(s) on `device`, as keyword arguments for its __call__
-        (for `num_videos` videos), so that validation can free the text encoders before denoising."""
+        (for `num_videos` videos), so that validation and `generate` can free the text encoders before denoising."""
 
     @abstractmethod
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:

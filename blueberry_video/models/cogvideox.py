@@ -147,7 +147,7 @@ class CogVideoXFamily(ModelFamily):
         return CogVideoXPipeline.from_pretrained(self.model_dir, transformer=transformer, dtype=dtype)
 
     @torch.no_grad()
-    def encode_validation_prompt(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
+    def encode_prompt_for_pipeline(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
         prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
             prompt,
             do_classifier_free_guidance=guidance_scale > 1,

@@ -199,7 +199,7 @@ class HunyuanVideoFamily(ModelFamily):
         return HunyuanVideoPipeline.from_pretrained(self.model_dir, transformer=transformer, dtype=dtype)
 
     @torch.no_grad()
-    def encode_validation_prompt(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
+    def encode_prompt_for_pipeline(self, pipe, prompt: str, num_videos: int, guidance_scale: float, device) -> dict:
         prompt_embeds, pooled_prompt_embeds, prompt_attention_mask = pipe.encode_prompt(
             prompt,
             prompt_template=self.prompt_template,
