@@ -190,6 +190,12 @@ class ModelFamily(ABC):
         """`prompt` encoded by the pipeline's text encoder(s) on `device`, as keyword arguments for its __call__
         (for `num_videos` videos), so that validation and `generate` can free the text encoders before denoising."""
 
+    def pipeline_conditioning(self, conditioning: dict, guidance_scale: float) -> dict:
+        """The pipeline's keyword arguments for text conditioning of the cache's shapes (batched): how the
+        memory estimate renders a validation video without text encoders. Families that encode a negative
+        prompt for guidance add its stand-in."""
+        return dict(conditioning)
+
     @abstractmethod
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
         """Extra keyword arguments the pipeline's __call__ needs for this model (e.g. max_sequence_length)."""

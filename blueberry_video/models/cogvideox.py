@@ -157,6 +157,10 @@ class CogVideoXFamily(ModelFamily):
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
 
+    def pipeline_conditioning(self, conditioning: dict, guidance_scale: float) -> dict:
+        embeds = conditioning["prompt_embeds"]
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": torch.empty_like(embeds) if guidance_scale > 1 else None}
+
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict:
         return {"max_sequence_length": self.max_text_length}
 

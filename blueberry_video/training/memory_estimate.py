@@ -86,6 +86,9 @@ class MemoryEstimate:
     peak_bytes: int  # the most held at once over two optimizer steps
     # What validation additionally loads beside the training transformer (text encoders, VAE), by sub-folder.
     validation_weights_bytes: dict[str, int] = field(default_factory=dict)
+    # The most held while validation renders (training state + VAE + denoising + decode), where the config
+    # validates; the text encoders' turn (training state + their weights) is counted too.
+    validation_peak_bytes: int | None = None
 
     @property
     def step_peak_extra_bytes(self) -> int:
@@ -93,14 +96,16 @@ class MemoryEstimate:
         return self.peak_bytes - self.weights_bytes - self.optimizer_bytes - self.batch_bytes
 
     def total_bytes(self, count_encoders: bool = False) -> int:
-        """The training peak; with `count_encoders`, plus the text encoders and VAE kept on the GPU throughout
-        (as the diffusers example scripts keep them)."""
-        return self.peak_bytes + (sum(self.validation_weights_bytes.values()) if count_encoders else 0)
+        """The run's peak: training, or validation where that is higher; with `count_encoders`, the text
+        encoders and VAE are counted as kept on the GPU throughout (as the diffusers example scripts keep them)."""
+        training = self.peak_bytes + (sum(self.validation_weights_bytes.values()) if count_encoders else 0)
+        return max(training, self.validation_peak_bytes or 0)
 
     def as_dict(self) -> dict:
         result = {key: value for key, value in self.__dict__.items() if not key.endswith("_bytes")}
-        for key in ("weights", "optimizer", "batch", "peak", "step_peak_extra"):
-            result[f"{key}_gib"] = getattr(self, f"{key}_bytes") / GIB
+        for key in ("weights", "optimizer", "batch", "peak", "step_peak_extra", "validation_peak"):
+            value = getattr(self, f"{key}_bytes")
+            result[f"{key}_gib"] = None if value is None else value / GIB
         result["validation_weights_gib"] = {k: v / GIB for k, v in self.validation_weights_bytes.items()}
         return result
 
@@ -115,10 +120,12 @@ class MemoryEstimate:
         lines = [f"training step, {self.batch_size} x {self.num_frames}x{self.height}x{self.width}, "
                  f"{self.trainable_params / 1e6:,.1f}M of {self.total_params / 1e6:,.1f}M parameters trained:"]
         lines += [f"  {name:<40}{format_bytes(size):>11}" for name, size in rows]
+        if self.validation_peak_bytes is not None:
+            lines.append(f"  {'validation peak (+ VAE, render, decode)':<40}{format_bytes(self.validation_peak_bytes):>11}")
         if self.validation_weights_bytes:
             parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in self.validation_weights_bytes.items())
-            lines.append(f"  validation adds to the weights above: {parts} (the text encoders only while they "
-                         f"encode the prompts), plus the denoising and the VAE decode (--vae_tiling bounds it)")
+            lines.append(f"  validation loads {parts} (the text encoders only while they encode the prompts); "
+                         f"--vae_tiling bounds the decode")
         lines.append("  add about 0.5-1 GiB for the CUDA context and kernel workspaces, and some percent for "
                      "fragmentation")
         return "\n".join(lines)
@@ -223,12 +230,57 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
                               optimizer, lr_scheduler, config.max_grad_norm)
             if update == 0:
                 optimizer_bytes = live.current - weights_bytes - batch_bytes
+    training_peak = live.peak
+    encoder_bytes = validation_weights(family, dtype)
+    validation_peak = None
+    if config.validation_prompt:
+        text_encoders = sum(size for name, size in encoder_bytes.items() if name.startswith("text_encoder"))
+        render = _validation_render_peak(family, config, transformer, item, dtype, num_frames, height, width,
+                                         fake_mode, live)
+        validation_peak = max(render, live.current + text_encoders)
     return MemoryEstimate(
         num_frames=num_frames, height=height, width=width, batch_size=batch_size,
         total_params=total_params, trainable_params=sum(p.numel() for p in params),
         weights_bytes=weights_bytes, optimizer_bytes=optimizer_bytes, batch_bytes=batch_bytes,
-        peak_bytes=live.peak, validation_weights_bytes=validation_weights(family, dtype),
+        peak_bytes=training_peak, validation_weights_bytes=encoder_bytes, validation_peak_bytes=validation_peak,
     )
+
+
+def _validation_render_peak(family, config, transformer, item, dtype, num_frames, height, width, fake_mode,
+                            live: LiveBytes) -> int:
+    """The peak while the family's pipeline renders one validation prompt's videos around the training
+    transformer (training state still held), from cached-shape conditioning: the text encoders are gone by
+    then. Two denoising steps hold what fifty do."""
+    import inspect
+
+    vae = models_from_configs(family.model_dir, "meta", dtype).get("vae")
+    if vae is None:
+        return 0
+    with fake_mode:
+        _replace_with_fake_tensors(vae)
+    for tensor in [*vae.parameters(), *vae.buffers()]:
+        live.track(tensor)
+    if config.vae_tiling:
+        vae.enable_tiling()
+    components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
+    scheduler = type(family.load_training_scheduler()).from_pretrained(family.model_dir, subfolder="scheduler")
+    pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    live.peak = live.current
+    was_training = transformer.training
+    transformer.eval()
+    text = {name: value for name, value in item.items() if name not in ("latent_mean", "latent_std", "sample_index")}
+    with fake_mode, _module_conversion_allowed(), live, torch.no_grad(), torch.autocast("cpu", dtype=dtype,
+                                                                                      enabled=dtype != torch.float32):
+        batched = {name: torch.empty((config.num_validation_videos, *value.shape),
+                                     dtype=dtype if value.is_floating_point() else value.dtype)
+                   for name, value in text.items()}
+        pipe(**family.pipeline_conditioning(batched, config.guidance_scale), num_videos_per_prompt=1,
+             num_frames=num_frames, height=height, width=width, num_inference_steps=2,
+             guidance_scale=config.guidance_scale, output_type="pt",
+             **family.generation_kwargs(num_frames, height, width))
+    transformer.train(was_training)
+    return live.peak
 
 
 def largest_frames_within(family, config, budget_bytes: int, search_limit: int = 257, count_encoders: bool = False,

@@ -156,3 +156,23 @@ def test_the_callers_accelerate_state_survives_an_estimate(tiny_cogvideox_dir):
     assert estimate_training_memory(family, tiny_config(tiny_cogvideox_dir, mixed_precision="bf16")).peak_bytes > 0
     assert accelerator.state.mixed_precision == "no"
     assert Accelerator(mixed_precision="no", cpu=True).mixed_precision == "no"  # accelerate would refuse a change
+
+
+@pytest.mark.parametrize("family_name", ["cogvideox", "hunyuan_video"])
+def test_validation_is_estimated_where_the_config_validates(family_name, request):
+    family = get_family_class(family_name)(model_dir_of(family_name, request))
+    silent = estimate_training_memory(family, tiny_config(family.model_dir))
+    assert silent.validation_peak_bytes is None and silent.total_bytes() == silent.peak_bytes
+
+    one = estimate_training_memory(family, tiny_config(family.model_dir, validation_prompt=["a cat"],
+                                                       num_inference_steps=2))
+    two = estimate_training_memory(family, tiny_config(family.model_dir, validation_prompt=["a cat"],
+                                                       num_inference_steps=2, num_validation_videos=2))
+    vae = one.validation_weights_bytes["vae"]
+    text_encoders = sum(v for k, v in one.validation_weights_bytes.items() if k.startswith("text_encoder"))
+    resident = one.weights_bytes + one.optimizer_bytes + one.batch_bytes
+    # The encoders' turn beside the training state, then the render: the VAE, the denoising, the decode.
+    assert one.validation_peak_bytes >= resident + text_encoders
+    assert one.validation_peak_bytes > resident + vae
+    assert two.validation_peak_bytes > one.validation_peak_bytes  # two videos render as one batch
+    assert one.total_bytes() == max(one.peak_bytes, one.validation_peak_bytes)
