@@ -10,7 +10,8 @@ percent above the allocated peak). Autocast follows the CPU's rules for which op
 (flash-style) kernel, as on a GPU.
 
 The model is built on the meta device from its transformer/config.json: no weights are read, so a laptop can
-answer "does this config fit a 24 GB card?" in seconds to minutes.
+answer "does this config fit a 24 GB card?" in seconds to minutes. Where the config validates, a validation
+render (the family's pipeline with the VAE decode) is estimated the same way.
 """
 
 from __future__ import annotations
