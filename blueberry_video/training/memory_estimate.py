@@ -232,13 +232,17 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
             if update == 0:
                 optimizer_bytes = live.current - weights_bytes - batch_bytes
     training_peak = live.peak
-    encoder_bytes = validation_weights(family, dtype)
+    pipeline_models = models_from_configs(family.model_dir, "meta", dtype)
+    encoder_bytes = {name: _bytes_of(model) for name, model in pipeline_models.items()}
     validation_peak = None
-    if config.validation_prompt:
+    if config.validation_prompt and "vae" in pipeline_models:
+        # The text encoders' turn comes first, before the VAE is moved to the GPU.
         text_encoders = sum(size for name, size in encoder_bytes.items() if name.startswith("text_encoder"))
-        render = _validation_render_peak(family, config, transformer, item, dtype, num_frames, height, width,
-                                         fake_mode, live)
-        validation_peak = max(render, live.current + text_encoders)
+        encoders_turn = live.current + text_encoders
+        scheduler = type(noise_scheduler).from_config(noise_scheduler.config)  # the pipeline sets its timesteps
+        render = _validation_render_peak(family, config, transformer, pipeline_models["vae"], scheduler, item,
+                                         dtype, num_frames, height, width, fake_mode, live)
+        validation_peak = max(render, encoders_turn)
     return MemoryEstimate(
         num_frames=num_frames, height=height, width=width, batch_size=batch_size,
         total_params=total_params, trainable_params=sum(p.numel() for p in params),
@@ -247,16 +251,13 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     )
 
 
-def _validation_render_peak(family, config, transformer, item, dtype, num_frames, height, width, fake_mode,
-                            live: LiveBytes) -> int:
+def _validation_render_peak(family, config, transformer, vae, scheduler, item, dtype, num_frames, height, width,
+                            fake_mode, live: LiveBytes) -> int:
     """The peak while the family's pipeline renders one validation prompt's videos around the training
     transformer (training state still held), from cached-shape conditioning: the text encoders are gone by
     then. Two denoising steps hold what fifty do."""
     import inspect
 
-    vae = models_from_configs(family.model_dir, "meta", dtype).get("vae")
-    if vae is None:
-        return 0
     with fake_mode:
         _replace_with_fake_tensors(vae)
     for tensor in [*vae.parameters(), *vae.buffers()]:
@@ -264,7 +265,6 @@ def _validation_render_peak(family, config, transformer, item, dtype, num_frames
     if config.vae_tiling:
         vae.enable_tiling()
     components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
-    scheduler = type(family.load_training_scheduler()).from_pretrained(family.model_dir, subfolder="scheduler")
     pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     live.peak = live.current
@@ -351,11 +351,8 @@ def _module_conversion_allowed():
         torch.utils.swap_tensors = original
 
 
-def validation_weights(family, dtype: torch.dtype) -> dict[str, int]:
-    """Bytes of each non-transformer model a validation pipeline loads (text encoders, VAE) in `dtype`, from
-    their config.json and model_index.json; empty where the model directory does not say."""
-    return {name: sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
-            for name, model in models_from_configs(family.model_dir, "meta").items()}
+def _bytes_of(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def models_from_configs(model_dir, device, dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
