@@ -11,7 +11,8 @@ percent above the allocated peak). Autocast follows the CPU's rules for which op
 
 The model is built on the meta device from its transformer/config.json: no weights are read, so a laptop can
 answer "does this config fit a 24 GB card?" in seconds to minutes. Where the config validates, a validation
-render (the family's pipeline with the VAE decode) is estimated the same way.
+render (the family's pipeline with the VAE decode) is estimated the same way; its convolutions' internal
+workspaces are not counted, so that figure is a lower bound.
 """
 
 from __future__ import annotations
