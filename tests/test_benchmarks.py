@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import loader_throughput, overhead, precompute_throughput, train_step
+from benchmarks import loader_throughput, overhead, precompute_throughput, train_step, validation_render
 from benchmarks.common import training_flops
 from tests.conftest import REPO_ROOT
 
@@ -109,3 +109,11 @@ def test_training_benchmarks_and_the_estimate_need_no_ffmpeg():
             "benchmarks.loader_throughput, blueberry_video.training.memory_estimate")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("preset", ["tiny-cogvideox", "tiny-hunyuan-video"])
+def test_validation_render_benchmark_renders_the_videos_it_estimates(preset):
+    one = validation_render.main(["--preset", preset, "--estimate", "--json"])
+    two = validation_render.main(["--preset", preset, "--videos", "2", "--estimate", "--json"])
+    assert one["video_shape"] == [1, 9, 3, 96, 160] and two["video_shape"][0] == 2
+    assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]

@@ -88,9 +88,16 @@ class MemoryEstimate:
     peak_bytes: int  # the most held at once over two optimizer steps
     # What validation additionally loads beside the training transformer (text encoders, VAE), by sub-folder.
     validation_weights_bytes: dict[str, int] = field(default_factory=dict)
-    # The most held while validation renders (training state + VAE + denoising + decode), where the config
-    # validates; the text encoders' turn (training state + their weights) is counted too.
-    validation_peak_bytes: int | None = None
+    # Where the config validates: the most held while the text encoders encode the prompts (beside the training
+    # state), and while the pipeline renders (training state + VAE + denoising + decode).
+    validation_encoders_bytes: int | None = None
+    validation_render_bytes: int | None = None
+
+    @property
+    def validation_peak_bytes(self) -> int | None:
+        if self.validation_render_bytes is None:
+            return None
+        return max(self.validation_encoders_bytes, self.validation_render_bytes)
 
     @property
     def step_peak_extra_bytes(self) -> int:
@@ -105,7 +112,8 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         result = {key: value for key, value in self.__dict__.items() if not key.endswith("_bytes")}
-        for key in ("weights", "optimizer", "batch", "peak", "step_peak_extra", "validation_peak"):
+        for key in ("weights", "optimizer", "batch", "peak", "step_peak_extra", "validation_peak",
+                    "validation_encoders", "validation_render"):
             value = getattr(self, f"{key}_bytes")
             result[f"{key}_gib"] = None if value is None else value / GIB
         result["validation_weights_gib"] = {k: v / GIB for k, v in self.validation_weights_bytes.items()}
@@ -235,7 +243,7 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     training_peak = live.peak
     pipeline_models = models_from_configs(family.model_dir, "meta", dtype)
     encoder_bytes = {name: _bytes_of(model) for name, model in pipeline_models.items()}
-    validation_peak = None
+    encoders_turn = render = None
     if config.validation_prompt and "vae" in pipeline_models:
         # The text encoders' turn comes first, before the VAE is moved to the GPU.
         text_encoders = sum(size for name, size in encoder_bytes.items() if name.startswith("text_encoder"))
@@ -243,12 +251,12 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
         scheduler = type(noise_scheduler).from_config(noise_scheduler.config)  # the pipeline sets its timesteps
         render = _validation_render_peak(family, config, transformer, pipeline_models["vae"], scheduler, item,
                                          dtype, num_frames, height, width, fake_mode, live)
-        validation_peak = max(render, encoders_turn)
     return MemoryEstimate(
         num_frames=num_frames, height=height, width=width, batch_size=batch_size,
         total_params=total_params, trainable_params=sum(p.numel() for p in params),
         weights_bytes=weights_bytes, optimizer_bytes=optimizer_bytes, batch_bytes=batch_bytes,
-        peak_bytes=training_peak, validation_weights_bytes=encoder_bytes, validation_peak_bytes=validation_peak,
+        peak_bytes=training_peak, validation_weights_bytes=encoder_bytes,
+        validation_encoders_bytes=encoders_turn, validation_render_bytes=render,
     )
 
 
@@ -257,32 +265,44 @@ def _validation_render_peak(family, config, transformer, vae, scheduler, item, d
     """The peak while the family's pipeline renders one validation prompt's videos around the training
     transformer (training state still held), from cached-shape conditioning: the text encoders are gone by
     then. Two denoising steps hold what fifty do."""
-    import inspect
-
     with fake_mode:
         _replace_with_fake_tensors(vae)
     for tensor in [*vae.parameters(), *vae.buffers()]:
         live.track(tensor)
     if config.vae_tiling:
         vae.enable_tiling()
-    components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
-    pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
-    pipe.set_progress_bar_config(disable=True)
     live.peak = live.current
     was_training = transformer.training
     transformer.eval()
-    text = {name: value for name, value in item.items() if name not in ("latent_mean", "latent_std", "sample_index")}
-    with fake_mode, _module_conversion_allowed(), live, torch.no_grad(), torch.autocast("cpu", dtype=dtype,
-                                                                                      enabled=dtype != torch.float32):
-        batched = {name: torch.empty((config.num_validation_videos, *value.shape),
-                                     dtype=dtype if value.is_floating_point() else value.dtype)
-                   for name, value in text.items()}
-        pipe(**family.pipeline_conditioning(batched, config.guidance_scale), num_videos_per_prompt=1,
-             num_frames=num_frames, height=height, width=width, num_inference_steps=2,
-             guidance_scale=config.guidance_scale, output_type="pt",
-             **family.generation_kwargs(num_frames, height, width))
+    with fake_mode, _module_conversion_allowed(), live, torch.autocast("cpu", dtype=dtype,
+                                                                       enabled=dtype != torch.float32):
+        render_without_text_encoders(family, transformer, vae, scheduler, item, config.num_validation_videos,
+                                     config.guidance_scale, num_frames, height, width, num_inference_steps=2)
     transformer.train(was_training)
     return live.peak
+
+
+@torch.no_grad()
+def render_without_text_encoders(family, transformer, vae, scheduler, item: dict, num_videos: int,
+                                 guidance_scale: float, num_frames: int, height: int, width: int,
+                                 num_inference_steps: int) -> torch.Tensor:
+    """What validation holds once the prompts are encoded: the family's pipeline around `transformer` and `vae`,
+    with no text encoders, rendering `num_videos` videos (decoded, as a tensor) from text conditioning of the
+    shapes in `item` (a cache row's; the values do not matter)."""
+    import inspect
+
+    components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
+    pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    device, dtype = vae.device, vae.dtype
+    text = {name: value for name, value in item.items() if name not in ("latent_mean", "latent_std", "sample_index")}
+    batched = {name: (torch.zeros((num_videos, *value.shape), dtype=dtype, device=device) if value.is_floating_point()
+                      else torch.ones((num_videos, *value.shape), dtype=value.dtype, device=device))
+               for name, value in text.items()}
+    return pipe(**family.pipeline_conditioning(batched, guidance_scale), num_videos_per_prompt=1,
+                num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, output_type="pt",
+                **family.generation_kwargs(num_frames, height, width)).frames
 
 
 def largest_frames_within(family, config, budget_bytes: int, search_limit: int = 257, count_encoders: bool = False,

@@ -1,0 +1,107 @@
+"""Peak memory and time of one validation render at a preset's size: the family's pipeline around the
+transformer (random weights), without text encoders (validation frees them before denoising), the VAE decode
+tiled or not.
+
+    python benchmarks/validation_render.py --preset cogvideox-5b --frames 49 --height 480 --width 720 \
+        [--vae-tiling] [--videos 1] [--steps 2] [--estimate] [--json]
+    python benchmarks/validation_render.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # CPU
+
+Prints the render's time and, on a GPU, `max_memory_allocated` during it with the transformer and VAE weights
+held (a training run also holds its optimizer state beside them). `--estimate` adds the memory estimate's
+figure for the same render, to check it: its training state is subtracted, so the two compare directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# `python benchmarks/<name>.py` puts benchmarks/ on sys.path, not the repo root the imports below need.
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.common import TINY_PRESETS, build_family_and_transformer, print_result, temporary_workdir
+from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.training.memory_estimate import GIB, models_from_configs, render_without_text_encoders
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-cogvideox",
+                        choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video", *TINY_PRESETS])
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--videos", type=int, default=1, help="videos per prompt (num_validation_videos)")
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps (memory does not grow with them)")
+    parser.add_argument("--guidance-scale", type=float, default=6.0)
+    parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument("--estimate", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    return parser.parse_args(argv)
+
+
+def estimated_render_gib(args, family) -> float:
+    """The estimate's render peak less what training adds beside the weights this benchmark holds too
+    (a full fine-tune's estimate, whose weights are the transformer's alone: less its optimizer and batch)."""
+    source = (["--preset", args.preset] if args.preset not in TINY_PRESETS else
+              ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
+    flags = ["--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
+             "--validation_prompt", "a prompt", "--num_validation_videos", str(args.videos),
+             "--guidance_scale", str(args.guidance_scale), "--mixed_precision", "bf16" if torch.cuda.is_available() else "no",
+             "--training_mode", "full", "--vae_tiling" if args.vae_tiling else "--no-vae_tiling"]
+    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
+                         check=True, capture_output=True, text=True).stdout
+    estimate = json.loads(out.strip().splitlines()[-1])
+    return estimate["validation_render_gib"] - estimate["optimizer_gib"] - estimate["batch_gib"]
+
+
+def run(args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    workdir = temporary_workdir()
+    try:
+        family, transformer = build_family_and_transformer(args.preset, dtype, device, workdir)
+        family.check_video_shape(args.frames, args.height, args.width)
+        vae = models_from_configs(family.model_dir, device, dtype)["vae"]
+        if args.vae_tiling:
+            vae.enable_tiling()
+        scheduler = family.load_training_scheduler()
+        item = DummyLatentDataset(family, 1, args.frames, args.height, args.width)[0]
+        transformer.eval()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        videos = render_without_text_encoders(family, transformer, vae, scheduler, item, args.videos,
+                                              args.guidance_scale, args.frames, args.height, args.width, args.steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result = {
+            "preset": args.preset, "frames": args.frames, "height": args.height, "width": args.width,
+            "videos": args.videos, "steps": args.steps, "vae_tiling": args.vae_tiling,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "video_shape": list(videos.shape), "render_s": time.perf_counter() - start,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,
+        }
+        if args.estimate:
+            result["estimated_peak_memory_gb"] = estimated_render_gib(args, family)
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return print_result(run(args), args.json)
+
+
+if __name__ == "__main__":
+    main()
