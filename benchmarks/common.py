@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -86,6 +88,16 @@ def training_flops(frozen_params: int, trainable_params: int, tokens: int, num_l
     """
     dense = (4 * frozen_params + 6 * trainable_params) * tokens
     return dense + 12 * num_layers * tokens * tokens * hidden
+
+
+def memory_estimate(preset: str, family, flags: list[str]) -> dict:
+    """`blueberry-video estimate-memory --json` for a preset (a tiny one by its model directory) with training
+    `flags`, in a process of its own, away from the benchmark's CUDA state."""
+    source = (["--preset", preset] if preset not in TINY_PRESETS else
+              ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
+    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def temporary_workdir() -> Path:

@@ -14,10 +14,8 @@ benchmarks/common.py:training_flops and docs/performance.md), and peak GPU memor
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,10 +28,10 @@ import torch
 from accelerate import Accelerator
 
 from benchmarks.common import (
-    TINY_PRESETS,
     benchmark_config,
     build_family_and_transformer,
     device_peak_tflops,
+    memory_estimate,
     print_result,
     sequence_tokens,
     synthetic_batch,
@@ -75,9 +73,7 @@ def parse_args(argv=None):
 
 
 def estimated_peak_gib(args, family, mixed_precision: str) -> float:
-    """The memory estimate for the same settings, in its own process (it builds its own Accelerator)."""
-    source = (["--preset", args.preset] if args.preset not in TINY_PRESETS else
-              ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
+    """The memory estimate for the same settings."""
     flags = ["--training_mode", args.mode, "--rank", str(args.rank), "--lora_alpha", str(args.rank),
              "--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
              "--train_batch_size", str(args.batch), "--mixed_precision", mixed_precision]
@@ -86,9 +82,7 @@ def estimated_peak_gib(args, family, mixed_precision: str) -> float:
                                                                  ("layerwise_casting", args.layerwise_casting))]
     if args.resident_encoders:
         flags.append("--count-encoders")
-    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["total_gib"]
+    return memory_estimate(args.preset, family, flags)["total_gib"]
 
 
 def attention_kernels(step) -> list[str]:

@@ -14,9 +14,7 @@ figure for the same render, to check it: its training state is subtracted, so th
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import TINY_PRESETS, build_family_and_transformer, print_result, temporary_workdir
+from benchmarks.common import TINY_PRESETS, build_family_and_transformer, memory_estimate, print_result, temporary_workdir
 from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.training.memory_estimate import GIB, models_from_configs, render_without_text_encoders
 
@@ -51,15 +49,11 @@ def parse_args(argv=None):
 def estimated_render_gib(args, family) -> float:
     """The estimate's render peak less what training adds beside the weights this benchmark holds too
     (a full fine-tune's estimate, whose weights are the transformer's alone: less its optimizer and batch)."""
-    source = (["--preset", args.preset] if args.preset not in TINY_PRESETS else
-              ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
     flags = ["--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
              "--validation_prompt", "a prompt", "--num_validation_videos", str(args.videos),
              "--guidance_scale", str(args.guidance_scale), "--mixed_precision", "bf16" if torch.cuda.is_available() else "no",
              "--training_mode", "full", "--vae_tiling" if args.vae_tiling else "--no-vae_tiling"]
-    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
-                         check=True, capture_output=True, text=True).stdout
-    estimate = json.loads(out.strip().splitlines()[-1])
+    estimate = memory_estimate(args.preset, family, flags)
     return estimate["validation_render_gib"] - estimate["optimizer_gib"] - estimate["batch_gib"]
 
 
