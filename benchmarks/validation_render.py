@@ -26,7 +26,6 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.common import TINY_PRESETS, build_family_and_transformer, memory_estimate, print_result, temporary_workdir
-from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.training.memory_estimate import GIB, models_from_configs, render_without_text_encoders
 
 
@@ -68,13 +67,13 @@ def run(args) -> dict:
         if args.vae_tiling:
             vae.enable_tiling()
         scheduler = family.load_training_scheduler()
-        item = DummyLatentDataset(family, 1, args.frames, args.height, args.width)[0]
+        text = family.dummy_text_conditioning(torch.Generator().manual_seed(0))
         transformer.eval()
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        videos = render_without_text_encoders(family, transformer, vae, scheduler, item, args.videos,
+        videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.videos,
                                               args.guidance_scale, args.frames, args.height, args.width, args.steps)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -249,7 +249,8 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
         text_encoders = sum(size for name, size in encoder_bytes.items() if name.startswith("text_encoder"))
         encoders_turn = live.current + text_encoders
         scheduler = type(noise_scheduler).from_config(noise_scheduler.config)  # the pipeline sets its timesteps
-        render = _validation_render_peak(family, config, transformer, pipeline_models["vae"], scheduler, item,
+        text = family.dummy_text_conditioning(torch.Generator().manual_seed(config.seed))
+        render = _validation_render_peak(family, config, transformer, pipeline_models["vae"], scheduler, text,
                                          dtype, num_frames, height, width, fake_mode, live)
     return MemoryEstimate(
         num_frames=num_frames, height=height, width=width, batch_size=batch_size,
@@ -260,7 +261,7 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     )
 
 
-def _validation_render_peak(family, config, transformer, vae, scheduler, item, dtype, num_frames, height, width,
+def _validation_render_peak(family, config, transformer, vae, scheduler, text, dtype, num_frames, height, width,
                             fake_mode, live: LiveBytes) -> int:
     """The peak while the family's pipeline renders one validation prompt's videos around the training
     transformer (training state still held), from cached-shape conditioning: the text encoders are gone by
@@ -276,29 +277,28 @@ def _validation_render_peak(family, config, transformer, vae, scheduler, item, d
     transformer.eval()
     with fake_mode, _module_conversion_allowed(), live, torch.autocast("cpu", dtype=dtype,
                                                                        enabled=dtype != torch.float32):
-        render_without_text_encoders(family, transformer, vae, scheduler, item, config.num_validation_videos,
+        render_without_text_encoders(family, transformer, vae, scheduler, text, config.num_validation_videos,
                                      config.guidance_scale, num_frames, height, width, num_inference_steps=2)
     transformer.train(was_training)
     return live.peak
 
 
 @torch.no_grad()
-def render_without_text_encoders(family, transformer, vae, scheduler, item: dict, num_videos: int,
+def render_without_text_encoders(family, transformer, vae, scheduler, text_conditioning: dict, num_videos: int,
                                  guidance_scale: float, num_frames: int, height: int, width: int,
                                  num_inference_steps: int) -> torch.Tensor:
     """What validation holds once the prompts are encoded: the family's pipeline around `transformer` and `vae`,
     with no text encoders, rendering `num_videos` videos (decoded, as a tensor) from text conditioning of the
-    shapes in `item` (a cache row's; the values do not matter)."""
+    shapes in `text_conditioning` (`family.dummy_text_conditioning`'s; the values do not matter)."""
     import inspect
 
     components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
     pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     device, dtype = vae.device, vae.dtype
-    text = {name: value for name, value in item.items() if name not in ("latent_mean", "latent_std", "sample_index")}
     batched = {name: (torch.zeros((num_videos, *value.shape), dtype=dtype, device=device) if value.is_floating_point()
                       else torch.ones((num_videos, *value.shape), dtype=value.dtype, device=device))
-               for name, value in text.items()}
+               for name, value in text_conditioning.items()}
     return pipe(**family.pipeline_conditioning(batched, guidance_scale), num_videos_per_prompt=1,
                 num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, output_type="pt",
