@@ -8,7 +8,13 @@ from diffusers.optimization import get_scheduler
 from blueberry_video.errors import ConfigError
 
 
-def build_optimizer(params, config, num_processes: int = 1):
+# Where torch has fused AdamW kernels (since torch 2.4): its fastest path, one kernel for all tensors.
+FUSED_ADAM_DEVICE_TYPES = ("cuda", "cpu", "xpu")
+
+
+def build_optimizer(params, config, num_processes: int = 1, device: torch.device | str | None = None):
+    """`device`: where the run trains. The trainer builds the optimizer before accelerate moves the model
+    there, so the parameters' own device says nothing about which kernels the steps will run."""
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.train_batch_size * config.gradient_accumulation_steps * num_processes
@@ -21,8 +27,8 @@ def build_optimizer(params, config, num_processes: int = 1):
         cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
         return cls(params, weight_decay=config.adam_weight_decay, **kwargs)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    # The fused kernels are the fastest on CUDA; elsewhere torch picks its default.
-    fused = {"fused": True} if all(p.is_cuda for p in params) and params else {}
+    device_type = torch.device(device).type if device is not None else (params[0].device.type if params else "cpu")
+    fused = {"fused": True} if device_type in FUSED_ADAM_DEVICE_TYPES else {}
     return cls(params, weight_decay=config.adam_weight_decay, **kwargs, **fused)
 
 

@@ -126,6 +126,12 @@ def test_resume_matches_an_uninterrupted_run(mode, tiny_cogvideox_dir, sample_da
     assert whole.losses[3:] == pytest.approx(second.losses, rel=1e-5)
 
 
+def test_the_run_steps_with_torchs_fused_adamw(lora_run):
+    # The weights are still on the CPU when the optimizer is made; the kernels follow the run's device.
+    state = torch.load(lora_run.output_dir / "checkpoint-60" / "optimizer.bin", weights_only=True)
+    assert state["param_groups"] and all(group["fused"] for group in state["param_groups"])
+
+
 def test_memory_options_train_lora_with_8bit_adam_checkpointing_and_float8_storage(
         tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
     result = train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "memory",
