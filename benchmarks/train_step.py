@@ -38,6 +38,7 @@ from benchmarks.common import (
     temporary_workdir,
     training_flops,
 )
+from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import models_from_configs
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument("--8bit-adam", dest="adam_8bit", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--layerwise-casting", action="store_true", help="LoRA: frozen weights stored in float8")
+    parser.add_argument("--attention-backend", default="native",
+                        help="diffusers attention backend, as the recipes' attention_backend (HunyuanVideo): native, "
+                             "_native_cudnn, _native_efficient, flash_varlen, ...")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
@@ -114,6 +118,8 @@ def run(args) -> dict:
         config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit,
                                   args.layerwise_casting)
         params = make_trainable(transformer, config, family)
+        check_attention_backend(family, args.attention_backend, device, weight_dtype)
+        apply_attention_backend(transformer, args.attention_backend)
         if args.compile:
             compile_blocks(transformer, family.block_class_names)
         optimizer = build_optimizer(params, config)
@@ -157,6 +163,7 @@ def run(args) -> dict:
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
             "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
+            "attention_backend": args.attention_backend,
             "resident_encoders": sorted(resident),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,

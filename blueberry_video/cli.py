@@ -64,7 +64,7 @@ def _generate(args):
                     num_frames=args.num_frames, height=args.height, width=args.width,
                     num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
                     fps=args.fps, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
-                    dtype=getattr(torch, args.dtype) if args.dtype else None)
+                    dtype=getattr(torch, args.dtype) if args.dtype else None, attention_backend=args.attention_backend)
     print(f"video written to {path}")
 
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)")
     p.add_argument("--vae-tiling", action="store_true", help="decode tile by tile (less memory for large videos)")
+    p.add_argument("--attention-backend", default="native",
+                   help="diffusers attention backend for the transformer (HunyuanVideo), as in training")
     p.set_defaults(run=_generate)
 
     p = verbs.add_parser("train", allow_abbrev=False,

@@ -63,6 +63,8 @@ class TrainConfig:
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
     layerwise_casting: bool = _opt(False, "LoRA only: store frozen transformer weights in float8, upcast layer by layer to compute (about half their memory)")
     compile: bool = _opt(False, "torch.compile each transformer block (slow first steps, faster after)")
+    attention_backend: str = _opt("native", "diffusers attention backend (HunyuanVideo): native lets torch SDPA pick; "
+                                  "_native_cudnn, _native_efficient, flash_varlen (flash-attn), xformers, ...")
     # optimisation
     optimizer: str = _opt("adamw", "optimizer", ["adamw", "adam"])
     use_8bit_adam: bool = _opt(False, "8-bit AdamW from bitsandbytes")
@@ -225,6 +227,14 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if choices and value not in choices:
             raise ConfigError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    from diffusers.models.attention_dispatch import AttentionBackendName  # here: diffusers is slow to import
+
+    backends = [backend.value for backend in AttentionBackendName]
+    if config.attention_backend not in backends:
+        close = difflib.get_close_matches(config.attention_backend, backends, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"attention_backend={config.attention_backend!r} is not a diffusers attention backend{hint}; "
+                          f"choose one of {', '.join(backends)}")
     positive = ["height", "width", "max_num_frames", "train_batch_size", "gradient_accumulation_steps", "rank",
                 "num_train_epochs", "dataset_repeats", "num_validation_videos", "num_inference_steps",
                 "num_dummy_samples", "logging_steps", "max_consecutive_bad_steps"]

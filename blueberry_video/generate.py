@@ -9,6 +9,7 @@ import torch
 
 from blueberry_video.data.video_writer import write_mp4
 from blueberry_video.models import load_family
+from blueberry_video.training.attention import NATIVE, apply_attention_backend, check_attention_backend
 
 
 def load_pipeline(family, lora: str | None = None, transformer_dir: str | None = None,
@@ -50,12 +51,16 @@ def default_dtype() -> torch.dtype:
 def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=None, transformer_dir=None,
              num_frames: int = 49, height: int = 480, width: int = 720, num_inference_steps: int = 50,
              guidance_scale: float = 6.0, seed: int = 0, fps: int = 8, lora_scale: float = 1.0,
-             device: str | None = None, dtype: torch.dtype | None = None, vae_tiling: bool = False) -> Path:
+             device: str | None = None, dtype: torch.dtype | None = None, vae_tiling: bool = False,
+             attention_backend: str = NATIVE) -> Path:
     family = load_family(family_name, model_dir)
     family.check_video_shape(num_frames, height, width)
     family.check_generation_frames(num_frames)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype or default_dtype())
+    dtype = dtype or default_dtype()
+    check_attention_backend(family, attention_backend, device, dtype, backward=False)
+    pipe = load_pipeline(family, lora, transformer_dir, lora_scale, dtype)
+    apply_attention_backend(pipe.transformer, attention_backend)
     conditioning = encode_prompts_then_free_encoders(pipe, family, {0: prompt}, 1, guidance_scale, device)[0]
     pipe.to(device)
     if vae_tiling:

@@ -37,6 +37,10 @@ class ModelFamily(ABC):
     default_lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     # Block class names, for FSDP auto-wrap and for `torch.compile` of blocks.
     block_class_names: ClassVar[tuple[str, ...]] = ()
+    # Whether the transformer's attention goes through diffusers' attention dispatcher (so that
+    # `attention_backend` reaches it), and whether it passes a mask there (not every backend takes one).
+    uses_attention_dispatch: ClassVar[bool] = False
+    attention_takes_mask: ClassVar[bool] = False
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)

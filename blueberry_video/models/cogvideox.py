@@ -28,6 +28,8 @@ class CogVideoXFamily(ModelFamily):
     required_subfolders = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     default_lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
     block_class_names = ("CogVideoXBlock",)
+    # diffusers' CogVideoX attention processor calls torch's SDPA itself, without a mask.
+    uses_attention_dispatch = False
 
     # --- geometry ---------------------------------------------------------------------------------
 

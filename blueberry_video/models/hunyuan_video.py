@@ -34,6 +34,8 @@ class HunyuanVideoFamily(ModelFamily):
     )
     default_lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
     block_class_names = ("HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock")
+    uses_attention_dispatch = True
+    attention_takes_mask = True  # the padding of the text tokens, masked as keys
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from blueberry_video.training.accelerator import (
     fit_fsdp_wrap_classes,
     weight_dtype,
 )
+from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
 from blueberry_video.training.checkpoints import (
     load_checkpoint,
     register_lora_checkpoint_hooks,
@@ -115,6 +116,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         except ConfigError as error:
             logger.warning(f"validation videos: {error}", main_process_only=True)
     dtype = weight_dtype(accelerator)
+    check_attention_backend(family, config.attention_backend, accelerator.device, dtype)
 
     dataset, num_videos = build_dataset(config, family, accelerator, dtype)
     global_batch = config.train_batch_size * accelerator.num_processes
@@ -124,6 +126,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
     transformer = family.load_transformer(dtype=dtype if config.training_mode == "lora" else torch.float32)
     params = make_trainable(transformer, config, family)
+    apply_attention_backend(transformer, config.attention_backend)
     if config.compile:
         compile_blocks(transformer, family.block_class_names)
     optimizer = build_optimizer(params, config, accelerator.num_processes, accelerator.device)
