@@ -78,7 +78,13 @@ class BatchLoop:
         step_loss, self.stop_requested = reduce_step_stats(
             accelerator, self._loss_sum / self._micro_batches,
             self.preemption is not None and self.preemption.requested)
-        self._check_finite(outcome.applied and math.isfinite(step_loss))
+        finite = outcome.applied and math.isfinite(step_loss)
+        if not finite and self._loss_scale_search(step_loss):
+            self.bad_steps += 1
+            logger.warning(f"step {self.global_step}: fp16 gradient overflow, update skipped; loss scale lowered to "
+                           f"{self.accelerator.scaler.get_scale():g}", main_process_only=True)
+        else:
+            self._check_finite(finite)
         now = time.perf_counter()
         record = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0], "step_time": now - self._step_start,
                   "data_wait": self._data_wait, "epoch": epoch}
@@ -90,6 +96,13 @@ class BatchLoop:
         self.losses.append(step_loss)
         self._log(record)
         return record
+
+    def _loss_scale_search(self, step_loss: float) -> bool:
+        """Whether a skipped fp16 update is the GradScaler's own search for a loss scale whose gradients fit
+        fp16 (it halves the scale on each overflow): expected, not a diverging run, so long as the loss is finite
+        and the scale has not collapsed below 1."""
+        scaler = self.accelerator.scaler
+        return scaler is not None and math.isfinite(step_loss) and scaler.get_scale() >= 1.0
 
     def _check_finite(self, finite: bool) -> None:
         self.bad_in_a_row = 0 if finite else self.bad_in_a_row + 1

@@ -33,8 +33,13 @@ def training_step(accelerator, family, transformer, noise_scheduler, batch, gene
             # A tensor, or under DeepSpeed (which clips inside `backward`) a float or None.
             grad_norm = None if norm is None else float(norm)
             applied = grad_norm is None or math.isfinite(grad_norm)
-        if applied:
+        # fp16 on GPUs: accelerate's GradScaler skips a non-finite update itself, and only its step lowers the
+        # loss scale and readies it for the next unscale (without it the next step fails: "unscale_() has already
+        # been called"). The schedule advances on applied updates only: accelerate's own skip check misses the
+        # skips of fused optimizers, which the scaler always calls (huggingface/accelerate#4242).
+        if applied or accelerator.scaler is not None:
             optimizer.step()
+        if applied:
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return StepOutcome(loss.detach(), grad_norm, applied)
