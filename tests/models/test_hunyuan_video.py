@@ -232,3 +232,4 @@ def test_real_size_preset_builds_on_the_meta_device():
     assert transformer.config.guidance_embeds and transformer.config.text_embed_dim == 4096
     assert all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in transformer.parameters())
     assert 12.5e9 < sum(p.numel() for p in transformer.parameters()) < 13.2e9
+    assert torch.get_default_dtype() == torch.float32  # it is made in bf16, and the default is put back
