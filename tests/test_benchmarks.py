@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -117,3 +118,28 @@ def test_validation_render_benchmark_renders_the_videos_it_estimates(preset):
     two = validation_render.main(["--preset", preset, "--videos", "2", "--estimate", "--json"])
     assert one["video_shape"] == [1, 9, 3, 96, 160] and two["video_shape"][0] == 2
     assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]
+
+
+def test_gpu_suite_keeps_each_entrys_result_and_error_and_tabulates_them(tmp_path):
+    from benchmarks import gpu_suite
+
+    records = gpu_suite.main(["--tiny", "--out", str(tmp_path), "--only", "2b-lora", "hunyuan-33f-cudnn"])
+    assert [r["status"] for r in records] == ["ok", "failed (exit 1)"]
+    assert json.loads((tmp_path / "2b-lora.json").read_text())["attention_kernels"]  # --profile came through
+    assert "attention_backend=_native_cudnn" in records[1]["error"]  # this CPU has no cuDNN kernel
+    assert json.loads((tmp_path / "summary.json").read_text()) == records
+    table = gpu_suite.markdown_table(records)
+    assert "| `2b-lora` | cpu |" in table and "--preset tiny-cogvideox" in table
+
+    # Out of time: what is left is reported as not started, not cut off half way.
+    late = gpu_suite.main(["--tiny", "--out", str(tmp_path / "late"), "--deadline-s", "0", "--only", "2b-full-mfu"])
+    assert late[0]["status"] == "not started (time)"
+
+
+def test_gpu_suite_entries_run_real_presets_at_the_target_shapes():
+    from benchmarks import gpu_suite
+
+    commands = {entry.name: " ".join(entry.command()) for entry in gpu_suite.SUITE}
+    assert "--preset cogvideox-2b --frames 49 --height 480 --width 720" in commands["2b-full-mfu"]
+    assert "--preset hunyuan-video --frames 33 --height 544 --width 960" in commands["hunyuan-33f"]
+    assert all("tiny" not in command for command in commands.values())

@@ -249,6 +249,8 @@ def precompute_latent_cache(
                 _write_chunk(chunk_dirs[i], rows, skipped, root, rank)
                 progress.update(len(chunks[i]))
         del encoders
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the encoders' blocks (HunyuanVideo's Llama: 15 GB) back, before the transformer
     if accelerator:
         accelerator.wait_for_everyone()
     if is_main:

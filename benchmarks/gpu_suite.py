@@ -1,0 +1,194 @@
+"""Every GPU measurement docs/performance.md asks for, in priority order, within one time limit.
+
+    python benchmarks/gpu_suite.py --out DIR [--deadline-s 540] [--only NAME ...] [--list] [--tiny]
+    python benchmarks/gpu_suite.py --table DIR      # the results as a markdown table, for docs/performance.md
+
+A lent GPU comes with a few minutes of device time, so the first call should measure what matters most and
+stop cleanly: each benchmark runs in its own process, with what is left of the deadline as its time limit, and
+its JSON line, log tail and status land in DIR at once (DIR/summary.json lists them), so whatever finished comes
+back even when the time runs out. A later call with `--only` takes the rest. `--tiny` swaps in the tiny presets
+at 9x96x160: a CPU check that every entry still runs (those that need a GPU report their error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COGVIDEOX_SHAPE = ("--frames", "49", "--height", "480", "--width", "720")
+HUNYUAN_SHAPE = ("--frames", "33", "--height", "544", "--width", "960")
+TINY_PRESETS = {"cogvideox-2b": "tiny-cogvideox", "cogvideox-5b": "tiny-cogvideox", "hunyuan-video": "tiny-hunyuan-video"}
+TINY_SHAPE = {"--frames": "9", "--height": "96", "--width": "160"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # which figure of docs/performance.md it gives
+    module: str  # benchmarks.<module>
+    args: tuple[str, ...]
+
+    def command(self, tiny: bool = False) -> list[str]:
+        args = list(self.args)
+        if tiny:
+            for i in range(1, len(args)):
+                flag = args[i - 1]
+                args[i] = TINY_SHAPE[flag] if flag in TINY_SHAPE else TINY_PRESETS.get(args[i], args[i])
+        return [sys.executable, "-m", f"benchmarks.{self.module}", *args, "--json"]
+
+
+def _train(preset, *flags, steps=10, warmup=3):
+    shape = HUNYUAN_SHAPE if preset == "hunyuan-video" else COGVIDEOX_SHAPE
+    return ("--preset", preset, *shape, "--batch", "1", *flags, "--steps", str(steps), "--warmup", str(warmup))
+
+
+SUITE = (
+    Entry("2b-lora", "CogVideoX-2b LoRA r128 fits; peak vs estimate; attention kernel", "train_step",
+          _train("cogvideox-2b", "--mode", "lora", "--rank", "128", "--gradient-checkpointing", "--profile",
+                 "--estimate")),
+    Entry("2b-full-mfu", "CogVideoX-2b full fine-tune MFU >= 45 % (no recomputation)", "train_step",
+          _train("cogvideox-2b", "--mode", "full", "--estimate")),
+    Entry("hunyuan-33f", "HunyuanVideo LoRA at 33x544x960 fits; MFU; attention kernel", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--estimate", steps=4, warmup=2)),
+    Entry("5b-lora-24gb", "CogVideoX-5b LoRA within 24 GB with the memory options", "train_step",
+          _train("cogvideox-5b", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--8bit-adam",
+                 "--layerwise-casting", "--estimate", steps=5, warmup=2)),
+    Entry("2b-lora-diffusers-layout", "the diffusers example's layout at batch 1, measured the same way",
+          "train_step", _train("cogvideox-2b", "--mode", "lora", "--rank", "128", "--resident-encoders",
+                               "--estimate", steps=5, warmup=2)),
+    Entry("hunyuan-33f-cudnn", "HunyuanVideo with the cuDNN SDPA kernel (its attention is masked)", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--attention-backend", "_native_cudnn", steps=4, warmup=2)),
+    Entry("hunyuan-33f-efficient", "HunyuanVideo with the memory-efficient SDPA kernel", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--attention-backend", "_native_efficient", steps=4, warmup=2)),
+    Entry("2b-full-gc-8bit", "CogVideoX-2b full fine-tune with checkpointing and 8-bit AdamW", "train_step",
+          _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam")),
+    Entry("2b-full-gc-8bit-compile", "the same with --compile: the compile gain", "train_step",
+          _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam", "--compile",
+                 warmup=5)),
+    Entry("hunyuan-177f", "HunyuanVideo: the estimated largest frame count fits (memory only)", "train_step",
+          ("--preset", "hunyuan-video", "--frames", "177", "--height", "544", "--width", "960", "--batch", "1",
+           "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--estimate", "--steps", "1", "--warmup",
+           "1")),
+    Entry("5b-validation-tiled", "the 5b config's validation render (tiled decode) vs its estimate",
+          "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--vae-tiling", "--estimate")),
+    Entry("5b-validation-untiled", "the same render decoded whole: what a 24 GB card would run out on",
+          "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--estimate")),
+    Entry("hunyuan-validation-tiled", "HunyuanVideo's validation render (tiled decode) vs its estimate",
+          "validation_render", ("--preset", "hunyuan-video", *HUNYUAN_SHAPE, "--vae-tiling", "--estimate")),
+    Entry("2b-overhead", "our loop's overhead over a bare loop on the GPU (< 5 %)", "overhead",
+          ("--preset", "cogvideox-2b", *COGVIDEOX_SHAPE, "--batch", "1", "--rounds", "3", "--steps", "5")),
+    Entry("2b-loader", "loading a real-size cached sample from disk with 2 workers", "loader_throughput",
+          ("--preset", "cogvideox-2b", *COGVIDEOX_SHAPE, "--from-disk", "--num-workers", "2")),
+)
+ENTRIES = {entry.name: entry for entry in SUITE}
+MIN_SECONDS_TO_START = 45  # below this an entry is left for the next call rather than cut off
+
+
+def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
+    command = entry.command(tiny)
+    record = {"name": entry.name, "target": entry.target,
+              "command": " ".join(["python", "-m", *command[2:]]), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    start = time.monotonic()
+    try:
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit)
+    except subprocess.TimeoutExpired as expired:
+        record.update(status="timeout", seconds=round(time.monotonic() - start, 1))
+        log = (expired.stderr or b"")
+        (out / f"{entry.name}.log").write_text(log.decode(errors="replace") if isinstance(log, bytes) else log)
+        return record
+    record["seconds"] = round(time.monotonic() - start, 1)
+    (out / f"{entry.name}.log").write_text(done.stderr[-20000:])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 0 and lines:
+        record.update(status="ok", result=json.loads(lines[-1]))
+        (out / f"{entry.name}.json").write_text(lines[-1] + "\n")
+    else:
+        record.update(status=f"failed (exit {done.returncode})", error=(done.stderr.strip().splitlines() or [""])[-1])
+    return record
+
+
+def run_suite(names: list[str], out: Path, deadline_s: float, tiny: bool) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    end = time.monotonic() + deadline_s
+    records = []
+    for name in names:
+        left = end - time.monotonic()
+        if left < MIN_SECONDS_TO_START:
+            records.append({"name": name, "target": ENTRIES[name].target, "status": "not started (time)"})
+        else:
+            records.append(run_entry(ENTRIES[name], out, left, tiny))
+        # Written after every entry: a call cut off at its limit still returns what finished.
+        (out / "summary.json").write_text(json.dumps(records, indent=1))
+        print(f"{name}: {records[-1]['status']}", flush=True)
+    return records
+
+
+def _gib(value) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else ""
+
+
+def _other_figures(record: dict) -> str:
+    """What a row's kind reports beside time and memory, or why it has no figures."""
+    result = record.get("result")
+    if result is None:
+        return record.get("error", "")[:120]
+    if "overhead_ratio" in result:
+        return f"overhead ratio {result['overhead_ratio']:.3f}, loader wait {result['loader_wait_fraction']:.1%}"
+    if "samples_per_s" in result and "mb_per_s" in result:
+        return f"{result['samples_per_s']:.1f} samples/s, {result['mb_per_s']:.0f} MB/s"
+    if "achieved_tflops" in result:
+        return f"{result['achieved_tflops']:.1f} TFLOP/s"
+    return ""
+
+
+def markdown_table(records: list[dict]) -> str:
+    """One row per entry: the figures docs/performance.md records, then the command that gave each."""
+    rows = ["| entry | device | seconds per step/render/batch | MFU | peak GiB | estimate GiB | attention kernel "
+            "| other | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        result = record.get("result", {})
+        mfu = result.get("mfu")
+        kernels = result.get("attention_kernels") or []
+        step = next((result[key] for key in ("step_time_s", "ours_step_s", "render_s", "batch_s") if result.get(key)),
+                    None)
+        rows.append("| " + " | ".join([
+            f"`{record['name']}`", result.get("device", ""), f"{step:.3f}" if step else "",
+            f"{mfu:.1%}" if mfu else "", _gib(result.get("peak_memory_gb")),
+            _gib(result.get("estimated_peak_memory_gb")), kernels[0] if kernels else "",
+            _other_figures(record).replace("|", "/"), record["status"]]) + " |")
+    commands = [f"- `{r['name']}` ({r.get('started', '')}): `{r['command']}`" for r in records if "command" in r]
+    return "\n".join(rows + ["", *commands])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="folder for the results (on a lent GPU: $OUT)")
+    parser.add_argument("--deadline-s", type=float, default=540, help="stop starting entries after this many seconds")
+    parser.add_argument("--only", nargs="+", choices=list(ENTRIES), help="these entries, in this order")
+    parser.add_argument("--tiny", action="store_true", help="tiny presets at 9x96x160 (a CPU check)")
+    parser.add_argument("--list", action="store_true", help="print the entries and their commands")
+    parser.add_argument("--table", metavar="DIR", help="print DIR/summary.json as a markdown table")
+    args = parser.parse_args(argv)
+    if args.list:
+        for entry in SUITE:
+            print(f"{entry.name}: {entry.target}\n    python -m {' '.join(entry.command(args.tiny)[2:])}")
+        return None
+    if args.table:
+        print(markdown_table(json.loads((Path(args.table) / "summary.json").read_text())))
+        return None
+    if not args.out:
+        parser.error("--out is required to run the suite")
+    return run_suite(args.only or list(ENTRIES), Path(args.out), args.deadline_s, args.tiny)
+
+
+if __name__ == "__main__":
+    main()
