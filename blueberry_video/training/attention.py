@@ -45,13 +45,12 @@ def check_attention_backend(family, name: str, device: torch.device | str, dtype
         if backward:
             out.float().sum().backward()
     except (RuntimeError, ValueError, NotImplementedError, ImportError) as error:
+        trial = f"{'forward and backward' if backward else 'forward'}, {str(dtype).removeprefix('torch.')} " \
+                f"on {torch.device(device).type}"
         needs_mask = (f" The {family.name} transformer masks the padding of its text tokens; backends that take a "
                       f"mask: {MASKED_BACKENDS}." if mask is not None and "mask" in str(error).lower() else "")
-        raise ConfigError(
-            f"attention_backend={name} failed a trial attention call ({'forward and backward' if backward else 'forward'}, "
-            f"{str(dtype).removeprefix('torch.')} on {torch.device(device).type}): {str(error).splitlines()[0]}."
-            f"{needs_mask} Or leave it at native."
-        ) from error
+        raise ConfigError(f"attention_backend={name} failed a trial attention call ({trial}): "
+                          f"{str(error).splitlines()[0]}.{needs_mask} Or leave it at native.") from error
 
 
 def apply_attention_backend(transformer: torch.nn.Module, name: str) -> None:
