@@ -71,7 +71,7 @@ def main(argv=None):
         config.output_dir = str(workdir / "run")
         (workdir / "run").mkdir()
         params = make_trainable(transformer, config, family)
-        optimizer = build_optimizer(params, config)
+        optimizer = build_optimizer(params, config, device=device)
         lr_scheduler = build_lr_scheduler(optimizer, config, 10**6)
         dataset = stand_in_cache(family, 16 * args.batch, args.frames, args.height, args.width, workdir)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,

@@ -122,7 +122,7 @@ def run(args) -> dict:
         apply_attention_backend(transformer, args.attention_backend)
         if args.compile:
             compile_blocks(transformer, family.block_class_names)
-        optimizer = build_optimizer(params, config)
+        optimizer = build_optimizer(params, config, device=device)
         lr_scheduler = build_lr_scheduler(optimizer, config, args.steps + args.warmup)
         transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
         noise_scheduler = family.load_training_scheduler()

@@ -226,7 +226,7 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     params = [p for p in transformer.parameters() if p.requires_grad]  # the fake ones now
     # Built outside fake mode: optimizers and schedulers compute constants (bitsandbytes' quantisation map,
     # sigma tables) from real values at construction.
-    optimizer = build_optimizer(params, config)
+    optimizer = build_optimizer(params, config, device="cuda")  # the GPU run's optimizer (fused AdamW)
     lr_scheduler = build_lr_scheduler(optimizer, config, 2)
     noise_scheduler = family.load_training_scheduler()
 

@@ -12,7 +12,7 @@ from blueberry_video.errors import ConfigError
 FUSED_ADAM_DEVICE_TYPES = ("cuda", "cpu", "xpu")
 
 
-def build_optimizer(params, config, num_processes: int = 1, device: torch.device | str | None = None):
+def build_optimizer(params, config, num_processes: int = 1, *, device: torch.device | str):
     """`device`: where the run trains. The trainer builds the optimizer before accelerate moves the model
     there, so the parameters' own device says nothing about which kernels the steps will run."""
     lr = config.learning_rate
@@ -27,8 +27,7 @@ def build_optimizer(params, config, num_processes: int = 1, device: torch.device
         cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
         return cls(params, weight_decay=config.adam_weight_decay, **kwargs)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    device_type = torch.device(device).type if device is not None else (params[0].device.type if params else "cpu")
-    fused = {"fused": True} if device_type in FUSED_ADAM_DEVICE_TYPES else {}
+    fused = {"fused": True} if torch.device(device).type in FUSED_ADAM_DEVICE_TYPES else {}
     return cls(params, weight_decay=config.adam_weight_decay, **kwargs, **fused)
 
 

@@ -129,7 +129,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     apply_attention_backend(transformer, config.attention_backend)
     if config.compile:
         compile_blocks(transformer, family.block_class_names)
-    optimizer = build_optimizer(params, config, accelerator.num_processes, accelerator.device)
+    optimizer = build_optimizer(params, config, accelerator.num_processes, device=accelerator.device)
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
         num_workers=config.dataloader_num_workers, pin_memory=torch.cuda.is_available(),

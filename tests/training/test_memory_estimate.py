@@ -40,7 +40,7 @@ def measured_step_peak(family, config) -> int:
     accelerator = Accelerator(mixed_precision="bf16", cpu=True)
     transformer = family.load_transformer(dtype=torch.bfloat16 if config.training_mode == "lora" else torch.float32)
     params = make_trainable(transformer, config, family)
-    optimizer = build_optimizer(params, config)
+    optimizer = build_optimizer(params, config, device="cpu")
     lr_scheduler = build_lr_scheduler(optimizer, config, 2)
     noise_scheduler = family.load_training_scheduler()
     item = DummyLatentDataset(family, 1, config.max_num_frames, config.height, config.width)[0]
