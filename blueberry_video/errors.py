@@ -30,7 +30,8 @@ def out_of_memory_message(config, detail: str) -> str:
     if config.training_mode == "full":
         options.append("--training_mode lora (train an adapter instead of every weight)")
     elif not config.layerwise_casting:
-        options.append("--layerwise_casting (frozen weights stored in float8: about half their memory)")
+        options.append("--layerwise_casting (frozen weights stored in float8: about half their memory; not with FSDP "
+                       "or ZeRO-3)")
     options.append(f"fewer frames or pixels: --max_num_frames {config.max_num_frames} / "
                    f"--height {config.height} --width {config.width}")
     if config.train_batch_size > 1:

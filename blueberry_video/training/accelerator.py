@@ -30,12 +30,29 @@ def build_accelerator(config) -> Accelerator:
                                                   non_blocking=torch.cuda.is_available()),
     )
     check_launch(accelerator)
+    check_layerwise_casting(accelerator, config)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator, config)
     set_seed(config.seed)
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     return accelerator
+
+
+def check_layerwise_casting(accelerator: Accelerator, config) -> None:
+    """float8 storage of frozen weights is for one GPU's memory; the engines that shard the weights gather them
+    in one dtype and fail on float8 (on CPU processes FSDP1 refuses mixed dtypes when it wraps the model, FSDP2
+    and ZeRO-3 fail gathering float8 weights), and they already split the weights over the GPUs."""
+    if not config.layerwise_casting:
+        return
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP or (kind == DistributedType.DEEPSPEED
+                                        and accelerator.state.deepspeed_plugin.zero_stage == 3):
+        raise ConfigError(
+            f"layerwise_casting (float8 storage of the frozen weights) does not run under {engine_name(accelerator)}, "
+            f"which shards the weights already. Drop --layerwise_casting, or keep it with DDP or DeepSpeed ZeRO-2 "
+            f"(accelerate_configs/multi_gpu_ddp.yaml, deepspeed_zero2.yaml)."
+        )
 
 
 def configure_deepspeed(accelerator: Accelerator, config) -> None:
@@ -147,8 +164,19 @@ def autocast(accelerator: Accelerator):
 
 
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
-    """The dtype frozen weights are stored in: the autocast precision."""
+    """The autocast precision: what the encoders run in, and frozen weights are stored in where they can be."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def transformer_load_dtype(accelerator: Accelerator, training_mode: str) -> torch.dtype:
+    """The dtype the transformer is loaded in. A full fine-tune trains float32 master weights; LoRA keeps the
+    frozen weights in the autocast precision (half their memory) beside its float32 adapter, except under
+    FSDP1: it flattens each block's weights, frozen and trained, into one tensor of a single dtype ("Must
+    flatten tensors with uniform dtype"), so there they stay float32, sharded, and FSDP's mixed precision
+    casts them for compute."""
+    fsdp1 = (accelerator.distributed_type == DistributedType.FSDP
+             and accelerator.state.fsdp_plugin.fsdp_version == 1)
+    return weight_dtype(accelerator) if training_mode == "lora" and not fsdp1 else torch.float32
 
 
 def check_output_dir(config, resuming: bool) -> None:

@@ -26,6 +26,7 @@ from blueberry_video.training.accelerator import (
     check_output_dir,
     engine_name,
     fit_fsdp_wrap_classes,
+    transformer_load_dtype,
     weight_dtype,
 )
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
@@ -124,7 +125,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         raise ConfigError(f"the dataset has {len(dataset)} item(s), fewer than train_batch_size x processes = "
                           f"{global_batch}; lower train_batch_size or raise dataset_repeats")
 
-    transformer = family.load_transformer(dtype=dtype if config.training_mode == "lora" else torch.float32)
+    transformer = family.load_transformer(dtype=transformer_load_dtype(accelerator, config.training_mode))
     params = make_trainable(transformer, config, family)
     apply_attention_backend(transformer, config.attention_backend)
     if config.compile:

@@ -10,6 +10,7 @@ Each run trains 4 steps with checkpoints, resumes to step 6, and must end where 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -130,3 +131,33 @@ def test_engine_trains_checkpoints_resumes_and_exports_what_ddp_does(engine, mod
     if validate:  # every process renders in lockstep: no process waits forever for the others
         assert sorted(p.name for p in (out / "validation").glob("*.mp4")) == [
             f"step-00000{step}-prompt{i}-0.mp4" for step in (2, 4) for i in range(3)]
+
+
+@pytest.mark.parametrize("engine", ["fsdp1", "fsdp2"])
+def test_lora_trains_under_fsdp_in_bf16(engine, tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    # The runs above are float32. In bf16 the frozen weights are stored in bf16 beside the float32 LoRA
+    # weights, which FSDP1 cannot flatten into one tensor ("Must flatten tensors with uniform dtype").
+    out = tmp_path / engine
+    launch_engine(engine, training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache",
+                                        "--mixed_precision", "bf16", *COMMON), tmp_path)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    assert lora and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in lora.values())
+    assert any(t.abs().sum() > 0 for name, t in lora.items() if "lora_B" in name)  # it trained
+
+
+@pytest.mark.parametrize("engine", ["fsdp1", "fsdp2", "zero3"])
+def test_float8_frozen_weights_are_refused_where_the_engine_shards_them(engine, tiny_cogvideox_dir,
+                                                                        sample_dataset_dir, tmp_path):
+    _, wrapper, name = ENGINES[engine]
+    args = training_args(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "run", tmp_path / "cache",
+                         "--layerwise_casting")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(SCRIPTS / wrapper), RECIPE, *args]
+    run = subprocess.run(command, env=engine_environment(engine, tmp_path), capture_output=True, text=True,
+                         timeout=600, cwd=REPO_ROOT)
+    assert run.returncode != 0
+    assert f"layerwise_casting (float8 storage of the frozen weights) does not run under {name}" in run.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any video was encoded
