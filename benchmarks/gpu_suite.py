@@ -43,8 +43,10 @@ class Entry:
         return [sys.executable, "-m", f"benchmarks.{self.module}", *args, "--json"]
 
 
-def _train(preset, *flags, steps=10, warmup=3):
+def _train(preset, *flags, steps=10, warmup=3, frames=None):
     shape = HUNYUAN_SHAPE if preset == "hunyuan-video" else COGVIDEOX_SHAPE
+    if frames is not None:
+        shape = ("--frames", str(frames), *shape[2:])
     return ("--preset", preset, *shape, "--batch", "1", *flags, "--steps", str(steps), "--warmup", str(warmup))
 
 
@@ -75,9 +77,8 @@ SUITE = (
           _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam", "--compile",
                  warmup=5)),
     Entry("hunyuan-177f", "HunyuanVideo: the estimated largest frame count fits (memory only)", "train_step",
-          ("--preset", "hunyuan-video", "--frames", "177", "--height", "544", "--width", "960", "--batch", "1",
-           "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--estimate", "--steps", "1", "--warmup",
-           "1")),
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--estimate",
+                 steps=1, warmup=1, frames=177)),
     Entry("5b-validation-tiled", "the 5b config's validation render (tiled decode) vs its estimate",
           "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--vae-tiling", "--estimate")),
     Entry("5b-validation-untiled", "the same render decoded whole: what a 24 GB card would run out on",
