@@ -5,14 +5,17 @@
 
 A lent GPU comes with a few minutes of device time, so the first call should measure what matters most and
 stop cleanly: each benchmark runs in its own process, with what is left of the deadline as its time limit, and
-its JSON line, log tail and status land in DIR at once (DIR/summary.json lists them), so whatever finished comes
-back even when the time runs out. A later call with `--only` takes the rest. `--tiny` swaps in the tiny presets
-at 9x96x160: a CPU check that every entry still runs (those that need a GPU report their error).
+its status, JSON result and log tail land in DIR/summary.json at once (its whole log in DIR/suite.log), so
+whatever finished comes back even when the time runs out. DIR holds three files whatever the entry count
+(summary.json, suite.log, environment.json with the package versions and GPU), because a lent machine returns
+only a few. A later call with `--only` takes the rest. `--tiny` swaps in the tiny presets at 9x96x160: a CPU
+check that every entry still runs (those that need a GPU report their error).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -21,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# `python benchmarks/gpu_suite.py` puts benchmarks/ on sys.path, not the repo root its import check needs.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 COGVIDEOX_SHAPE = ("--frames", "49", "--height", "480", "--width", "720")
 HUNYUAN_SHAPE = ("--frames", "33", "--height", "544", "--width", "960")
 TINY_PRESETS = {"cogvideox-2b": "tiny-cogvideox", "cogvideox-5b": "tiny-cogvideox", "hunyuan-video": "tiny-hunyuan-video"}
@@ -53,45 +59,46 @@ def _train(preset, *flags, steps=10, warmup=3, frames=None):
 SUITE = (
     Entry("2b-lora", "CogVideoX-2b LoRA r128 fits; peak vs estimate; attention kernel", "train_step",
           _train("cogvideox-2b", "--mode", "lora", "--rank", "128", "--gradient-checkpointing", "--profile",
-                 "--estimate")),
-    Entry("2b-full-mfu", "CogVideoX-2b full fine-tune MFU >= 45 % (no recomputation)", "train_step",
-          _train("cogvideox-2b", "--mode", "full", "--estimate")),
-    Entry("hunyuan-33f", "HunyuanVideo LoRA at 33x544x960 fits; MFU; attention kernel", "train_step",
-          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
-                 "--estimate", steps=4, warmup=2)),
-    Entry("5b-lora-24gb", "CogVideoX-5b LoRA within 24 GB with the memory options", "train_step",
-          _train("cogvideox-5b", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--8bit-adam",
-                 "--layerwise-casting", "--estimate", steps=5, warmup=2)),
+                 "--estimate", steps=5, warmup=2)),
     Entry("2b-lora-diffusers-layout", "the diffusers example's layout at batch 1, measured the same way",
           "train_step", _train("cogvideox-2b", "--mode", "lora", "--rank", "128", "--resident-encoders",
-                               "--estimate", steps=5, warmup=2)),
-    Entry("hunyuan-33f-cudnn", "HunyuanVideo with the cuDNN SDPA kernel (its attention is masked)", "train_step",
+                               "--estimate", steps=3, warmup=2)),
+    Entry("2b-full-mfu", "CogVideoX-2b full fine-tune MFU >= 45 % (no recomputation)", "train_step",
+          _train("cogvideox-2b", "--mode", "full", "--estimate", steps=5, warmup=3)),
+    Entry("hunyuan-33f", "HunyuanVideo LoRA at 33x544x960 fits; MFU; attention kernel", "train_step",
           _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
-                 "--attention-backend", "_native_cudnn", steps=4, warmup=2)),
-    Entry("hunyuan-33f-efficient", "HunyuanVideo with the memory-efficient SDPA kernel", "train_step",
-          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
-                 "--attention-backend", "_native_efficient", steps=4, warmup=2)),
+                 "--estimate", steps=3, warmup=2)),
+    Entry("5b-lora-24gb", "CogVideoX-5b LoRA within 24 GB with the memory options", "train_step",
+          _train("cogvideox-5b", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--8bit-adam",
+                 "--layerwise-casting", "--estimate", steps=3, warmup=2)),
     Entry("2b-full-gc-8bit", "CogVideoX-2b full fine-tune with checkpointing and 8-bit AdamW", "train_step",
-          _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam")),
+          _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam", steps=5, warmup=3)),
     Entry("2b-full-gc-8bit-compile", "the same with --compile: the compile gain", "train_step",
           _train("cogvideox-2b", "--mode", "full", "--gradient-checkpointing", "--8bit-adam", "--compile",
-                 warmup=5)),
+                 steps=5, warmup=4)),
     Entry("hunyuan-177f", "HunyuanVideo: the estimated largest frame count fits (memory only)", "train_step",
           _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--estimate",
-                 steps=1, warmup=1, frames=177)),
+                 steps=1, warmup=0, frames=177)),
+    Entry("2b-overhead", "our loop's overhead over a bare loop on the GPU (< 5 %)", "overhead",
+          ("--preset", "cogvideox-2b", *COGVIDEOX_SHAPE, "--batch", "1", "--rounds", "2", "--steps", "4")),
+    Entry("hunyuan-33f-cudnn", "HunyuanVideo with the cuDNN SDPA kernel (its attention is masked)", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--attention-backend", "_native_cudnn", steps=3, warmup=2)),
     Entry("5b-validation-tiled", "the 5b config's validation render (tiled decode) vs its estimate",
           "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--vae-tiling", "--estimate")),
-    Entry("5b-validation-untiled", "the same render decoded whole: what a 24 GB card would run out on",
-          "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--estimate")),
     Entry("hunyuan-validation-tiled", "HunyuanVideo's validation render (tiled decode) vs its estimate",
           "validation_render", ("--preset", "hunyuan-video", *HUNYUAN_SHAPE, "--vae-tiling", "--estimate")),
-    Entry("2b-overhead", "our loop's overhead over a bare loop on the GPU (< 5 %)", "overhead",
-          ("--preset", "cogvideox-2b", *COGVIDEOX_SHAPE, "--batch", "1", "--rounds", "3", "--steps", "5")),
+    Entry("hunyuan-33f-efficient", "HunyuanVideo with the memory-efficient SDPA kernel", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--attention-backend", "_native_efficient", steps=3, warmup=2)),
+    Entry("5b-validation-untiled", "the same render decoded whole: what a 24 GB card would run out on",
+          "validation_render", ("--preset", "cogvideox-5b", *COGVIDEOX_SHAPE, "--estimate")),
     Entry("2b-loader", "loading a real-size cached sample from disk with 2 workers", "loader_throughput",
           ("--preset", "cogvideox-2b", *COGVIDEOX_SHAPE, "--from-disk", "--num-workers", "2")),
 )
 ENTRIES = {entry.name: entry for entry in SUITE}
 MIN_SECONDS_TO_START = 45  # below this an entry is left for the next call rather than cut off
+LOG_TAIL_CHARS = 3000
 
 
 def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
@@ -101,25 +108,70 @@ def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
     start = time.monotonic()
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit)
+        stdout, log = done.stdout, done.stderr
     except subprocess.TimeoutExpired as expired:
-        record.update(status="timeout", seconds=round(time.monotonic() - start, 1))
-        log = (expired.stderr or b"")
-        (out / f"{entry.name}.log").write_text(log.decode(errors="replace") if isinstance(log, bytes) else log)
-        return record
+        stdout, log, done = "", _text(expired.stderr), None
     record["seconds"] = round(time.monotonic() - start, 1)
-    (out / f"{entry.name}.log").write_text(done.stderr[-20000:])
-    lines = done.stdout.strip().splitlines()
-    if done.returncode == 0 and lines:
+    with open(out / "suite.log", "a") as suite_log:
+        suite_log.write(f"\n===== {entry.name} ({record['started']}): {record['command']}\n{log}")
+    record["log_tail"] = log[-LOG_TAIL_CHARS:]
+    lines = stdout.strip().splitlines()
+    if done is None:
+        record["status"] = "timeout"
+    elif done.returncode == 0 and lines:
         record.update(status="ok", result=json.loads(lines[-1]))
-        (out / f"{entry.name}.json").write_text(lines[-1] + "\n")
     else:
-        record.update(status=f"failed (exit {done.returncode})", error=(done.stderr.strip().splitlines() or [""])[-1])
+        record.update(status=f"failed (exit {done.returncode})", error=(log.strip().splitlines() or [""])[-1])
     return record
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def environment() -> dict:
+    """What the figures were measured with: package versions and the device."""
+    versions = {}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "peft", "bitsandbytes", "datasets"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    import torch
+
+    # Fails here, in seconds, when a carried package is missing or clashes with the machine's, rather than in
+    # every entry in turn.
+    for module in {entry.module for entry in SUITE}:
+        importlib.import_module(f"benchmarks.{module}")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "matmul_bf16_tflops": matmul_tflops() if torch.cuda.is_available() else None, **versions}
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
+    """This card's achieved bf16 matrix-product rate: the ceiling the MFU figures (taken against the datasheet
+    peak) can be read against."""
+    import torch
+
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
 
 
 def run_suite(names: list[str], out: Path, deadline_s: float, tiny: bool) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     end = time.monotonic() + deadline_s
+    env = environment()
+    (out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(json.dumps(env), flush=True)
     records = []
     for name in names:
         left = end - time.monotonic()

@@ -173,6 +173,8 @@ def run(args) -> dict:
             "achieved_tflops": flops / step_time / 1e12,
             "mfu": (flops / step_time / 1e12 / peak) if peak else None,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            # What the caching allocator held: the figure to set against a card's size.
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None,
         }
         if kernels is not None:
             result["attention_kernels"] = kernels

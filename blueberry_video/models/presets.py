@@ -50,12 +50,12 @@ def build_real_size_transformer(preset: str, dtype: torch.dtype = torch.bfloat16
     cls = get_family_class(family_name).transformer_class
     # Made in `dtype` from the start: made in float32 and cast, HunyuanVideo would pass through 52 GB on the
     # GPU and leave that much freed-but-cached memory to fragment the measured run.
-    with torch.device(device), _default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         return cls(**overrides).to(dtype)
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
+def default_dtype(dtype: torch.dtype):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.models.presets import default_dtype
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
@@ -393,7 +394,9 @@ def models_from_configs(model_dir, device, dtype: torch.dtype | None = None) -> 
         model_class = getattr(library, entry[1], None) if library else None
         if model_class is None:
             continue
-        with torch.device(device):
+        # Made in `dtype` from the start, as the presets' transformers are: no float32 copy passes through the
+        # device to leave freed-but-cached memory behind.
+        with torch.device(device), default_dtype(dtype or torch.get_default_dtype()):
             if library is transformers:
                 models[name] = model_class(model_class.config_class.from_pretrained(model_dir / name))
             else:
