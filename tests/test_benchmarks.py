@@ -147,3 +147,31 @@ def test_gpu_suite_entries_run_real_presets_at_the_target_shapes():
     assert "--preset cogvideox-2b --frames 49 --height 480 --width 720" in commands["2b-full-mfu"]
     assert "--preset hunyuan-video --frames 33 --height 544 --width 960" in commands["hunyuan-33f"]
     assert all("tiny" not in command for command in commands.values())
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_cogvideox_dir", "tiny_hunyuan_video_dir"])
+def test_pipeline_models_are_made_in_their_dtype_with_no_float32_copy_on_the_way(model_dir, request):
+    # A float32 T5-XXL made and then cast passes 19 GB through the GPU and leaves it cached, which inflated
+    # the measured peak of the benchmarks that hold the encoders.
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from blueberry_video.training.memory_estimate import models_from_configs
+
+    class Float32Made(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            made = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dtype == torch.float32]
+            self.elements += sum(t.numel() for t in made)
+            return out
+
+    model_dir = request.getfixturevalue(model_dir)
+    with Float32Made() as float32_made:
+        models = models_from_configs(model_dir, "cpu", torch.bfloat16)
+    params = [p for model in models.values() for p in model.parameters()]
+    assert {"vae", "text_encoder"} <= set(models) and {p.dtype for p in params} == {torch.bfloat16}
+    assert float32_made.elements < 0.01 * sum(p.numel() for p in params)
+    assert torch.get_default_dtype() == torch.float32
