@@ -7,7 +7,8 @@ tiled or not.
     python benchmarks/validation_render.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # CPU
 
 Prints the render's time and, on a GPU, `max_memory_allocated` during it with the transformer and VAE weights
-held (a training run also holds its optimizer state beside them). `--estimate` adds the memory estimate's
+held (a training run also holds its optimizer state beside them), rendered under autocast as the trainer's
+validation is. `--estimate` adds the memory estimate's
 figure for the same render, to check it: its training state is subtracted, so the two compare directly.
 """
 
@@ -77,8 +78,12 @@ def run(args) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.videos,
-                                              args.guidance_scale, args.frames, args.height, args.width, args.steps)
+        # Under autocast, as the trainer's validation renders: on a GPU its norms (the VAE's group norms too)
+        # then run in float32, which holds more than a render without it.
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.videos,
+                                                  args.guidance_scale, args.frames, args.height, args.width,
+                                                  args.steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
         result = {

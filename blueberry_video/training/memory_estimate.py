@@ -4,28 +4,33 @@ run on fake tensors.
 torch's FakeTensorMode runs every operation for its shapes and dtypes only. Counting the bytes of every tensor
 storage from its creation until it is freed gives the peak the caching allocator reports as
 `torch.cuda.max_memory_allocated`. Not counted: scratch buffers kernels allocate inside themselves (a profiled
-real step of the tiny models on CPU peaked 4-39 % above the estimate), the CUDA context and cuBLAS/cuDNN
-workspaces (about 0.5-1 GiB outside PyTorch's allocator), and fragmentation (`max_memory_reserved` runs some
-percent above the allocated peak). Autocast follows the CPU's rules for which operations run in bf16; attention is the fused
-(flash-style) kernel, as on a GPU.
+real step of the tiny models on CPU peaked 1-25 % above the estimate), the CUDA context and cuBLAS/cuDNN
+workspaces (about 0.5-1 GiB outside PyTorch's allocator), and fragmentation (`max_memory_reserved` runs 1-3 GiB
+above the allocated peak on an H200). Autocast is CPU autocast, except that what CUDA's autocast runs in float32
+(layer and group norm, softmax, sums, powers: their outputs are among what a step without gradient checkpointing
+saves for backward) runs in float32 here too; attention is the fused (flash-style) kernel, as on a GPU. Against
+real-size runs on an H200 the estimate came within 1.1 % of `max_memory_allocated` (docs/performance.md).
 
 The model is built on the meta device from its transformer/config.json: no weights are read, so a laptop can
 answer "does this config fit a 24 GB card?" in seconds to minutes. Where the config validates, a validation
 render (the family's pipeline with the VAE decode) is estimated the same way; its convolutions' internal
-workspaces are not counted, so that figure is a lower bound.
+workspaces are not counted (on an H200 the tiled 5b render measured 0.3 % above its estimate).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import weakref
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from blueberry_video.data.latent_dataset import DummyLatentDataset
@@ -42,7 +47,8 @@ PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.f
 
 
 class LiveBytes(TorchDispatchMode):
-    """Bytes held by tensor storages created under this mode (or handed to `track`), and their peak."""
+    """Bytes held by CPU tensor storages created under this mode (or handed to `track`), and their peak. The
+    estimate's tensors are CPU tensors; CUDA ones are `GpuFloat32Ops`' probes, which a GPU would not hold."""
 
     def __init__(self):
         super().__init__()
@@ -51,6 +57,8 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
 
     def track(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type != "cpu":
+            return
         storage = tensor.untyped_storage()
         if storage in self._sizes:
             return
@@ -73,6 +81,81 @@ class LiveBytes(TorchDispatchMode):
             if isinstance(value, torch.Tensor):
                 self.track(value)
         return out
+
+
+class GpuFloat32Ops(TorchFunctionMode):
+    """Under CPU autocast, runs in float32 each call that CUDA's autocast runs in float32 (layer and group norm,
+    softmax, sums), as a GPU trains; CPU autocast keeps their outputs in bf16, and where those are saved for backward
+    (no gradient checkpointing) the estimate fell 15-20 % short. torch's own CUDA rules decide: the call is made
+    once more on fake CUDA copies of its arguments under CUDA autocast (forward only; a backward through fake CUDA
+    tensors needs a GPU), and its result's dtype read. Fake CUDA tensors work in any torch build."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_autocast_enabled("cpu") and _has_cuda_autocast_rule(getattr(func, "__name__", "")):
+            dtype = torch.get_autocast_dtype("cpu")
+            if _cuda_autocast_result_dtype(func, args, kwargs, dtype) == torch.float32:
+                with torch.autocast("cpu", enabled=False):
+                    return func(*tree_map(_float32, args), **tree_map(_float32, kwargs))
+        return func(*args, **kwargs)
+
+
+def checkpoint_with_gpu_float32_ops(module, *args):
+    """diffusers' gradient checkpointing, with `GpuFloat32Ops` active where the blocks are recomputed: that is
+    inside backward, where the step's torch function modes are not."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False,
+                                             context_fn=lambda: (contextlib.nullcontext(), GpuFloat32Ops()))
+
+
+@functools.cache
+def _has_cuda_autocast_rule(name: str) -> bool:
+    packet = getattr(torch.ops.aten, name, None) if name else None
+    if not isinstance(packet, torch._ops.OpOverloadPacket):
+        return False
+    return any(_has_autocast_cuda_kernel(getattr(packet, overload).name()) for overload in packet.overloads())
+
+
+def _has_autocast_cuda_kernel(name: str) -> bool:
+    operator, _, overload = name.partition(".")
+    try:
+        torch._C._dispatch_find_schema_or_throw(operator, overload)
+    except RuntimeError:  # TorchScript's own overloads (aten::__getitem__.t) are unknown to the dispatcher
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutocastCUDA")
+
+
+def _cuda_autocast_result_dtype(func, args, kwargs, dtype: torch.dtype) -> torch.dtype | None:
+    def on_cuda(value):
+        if isinstance(value, torch.Tensor):
+            return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cuda")
+        return value
+
+    with FakeTensorMode():  # of its own: the probe also runs beside real CPU tensors (tests compare with a real step)
+        return _result_dtype_under_cuda_autocast(func, tree_map(on_cuda, args), tree_map(on_cuda, kwargs), dtype)
+
+
+def _result_dtype_under_cuda_autocast(func, args, kwargs, dtype: torch.dtype) -> torch.dtype | None:
+    # The switches below torch.autocast("cuda"), which turns itself off where CUDA is not available.
+    enabled, previous_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", dtype)
+    torch.autocast_increment_nesting()
+    try:
+        with torch.no_grad():
+            result = func(*args, **kwargs)
+    finally:
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        torch.set_autocast_enabled("cuda", enabled)
+        torch.set_autocast_dtype("cuda", previous_dtype)
+    first = next((value for value in tree_flatten(result)[0] if isinstance(value, torch.Tensor)), None)
+    return None if first is None else first.dtype
+
+
+def _float32(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    return value
 
 
 @dataclass
@@ -207,6 +290,8 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     dtype = PRECISION_DTYPES[precision]
     transformer = meta_transformer(family, dtype if config.training_mode == "lora" else torch.float32)
     make_trainable(transformer, config, family)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing(checkpoint_with_gpu_float32_ops)
     total_params = sum(p.numel() for p in transformer.parameters())
 
     accelerator = Accelerator(mixed_precision=precision, cpu=True,
@@ -232,7 +317,7 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     noise_scheduler = family.load_training_scheduler()
 
     optimizer_bytes = 0
-    with fake_mode, _module_conversion_allowed(), live:
+    with fake_mode, _module_conversion_allowed(), GpuFloat32Ops(), live:
         for update in range(2):
             for micro_step in range(config.gradient_accumulation_steps):
                 step = update * config.gradient_accumulation_steps + micro_step
@@ -276,8 +361,8 @@ def _validation_render_peak(family, config, transformer, vae, scheduler, text, d
     live.peak = live.current
     was_training = transformer.training
     transformer.eval()
-    with fake_mode, _module_conversion_allowed(), live, torch.autocast("cpu", dtype=dtype,
-                                                                       enabled=dtype != torch.float32):
+    with fake_mode, _module_conversion_allowed(), GpuFloat32Ops(), live, torch.autocast(
+            "cpu", dtype=dtype, enabled=dtype != torch.float32):
         render_without_text_encoders(family, transformer, vae, scheduler, text, config.num_validation_videos,
                                      config.guidance_scale, num_frames, height, width, num_inference_steps=2)
     transformer.train(was_training)

@@ -16,7 +16,8 @@ from blueberry_video.config import TrainConfig
 from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.models import get_family_class
 from blueberry_video.training.lora import make_trainable
-from blueberry_video.training.memory_estimate import ALLOCATION_GRANULE, GIB, estimate_training_memory
+from blueberry_video.training.memory_estimate import (ALLOCATION_GRANULE, GIB, GpuFloat32Ops,
+                                                       checkpoint_with_gpu_float32_ops, estimate_training_memory)
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import training_step
@@ -36,10 +37,13 @@ def model_dir_of(family_name, request):
 
 def measured_step_peak(family, config) -> int:
     """Peak bytes of a real second training step on CPU, from the profiler's memory timeline (tensors alive
-    before it, such as weights and optimizer state, included)."""
+    before it, such as weights and optimizer state, included). As in the estimate, what CUDA's autocast runs in
+    float32 runs in float32 (CPU autocast keeps it in bf16), so that both count the same step."""
     accelerator = Accelerator(mixed_precision="bf16", cpu=True)
     transformer = family.load_transformer(dtype=torch.bfloat16 if config.training_mode == "lora" else torch.float32)
     params = make_trainable(transformer, config, family)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing(checkpoint_with_gpu_float32_ops)
     optimizer = build_optimizer(params, config, device="cpu")
     lr_scheduler = build_lr_scheduler(optimizer, config, 2)
     noise_scheduler = family.load_training_scheduler()
@@ -47,14 +51,18 @@ def measured_step_peak(family, config) -> int:
     batch = {name: value[None] for name, value in item.items()}
 
     def step(index):
-        training_step(accelerator, family, transformer, noise_scheduler, batch, sample_generators(0, index, [0], "cpu"),
-                      params, optimizer, lr_scheduler, 1.0)
+        with GpuFloat32Ops():
+            training_step(accelerator, family, transformer, noise_scheduler, batch,
+                          sample_generators(0, index, [0], "cpu"), params, optimizer, lr_scheduler, 1.0)
 
     step(0)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step(1)
     live, current, peak = {}, 0, 0
     for _, action, (key, _), size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        # Rounded up to the CUDA caching allocator's blocks, as the estimate counts: the CPU allocator's exact
+        # sizes would put these tiny steps, with hundreds of small tensors, a few percent lower.
+        size = -(-size // ALLOCATION_GRANULE) * ALLOCATION_GRANULE
         if action in (Action.PREEXISTING, Action.CREATE):
             live[key] = size
             current += size
@@ -176,3 +184,17 @@ def test_validation_is_estimated_where_the_config_validates(family_name, request
     assert one.validation_peak_bytes > resident + vae
     assert two.validation_peak_bytes > one.validation_peak_bytes  # two videos render as one batch
     assert one.total_bytes() == max(one.peak_bytes, one.validation_peak_bytes)
+
+
+def test_what_cuda_autocast_runs_in_float32_runs_in_float32_under_cpu_autocast():
+    # CPU autocast keeps norms and softmax in bf16; on a GPU they run (and are saved for backward) in float32,
+    # which an estimate without gradient checkpointing must count. torch's CUDA rules decide, not a list of ours.
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), GpuFloat32Ops():
+        assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.float32
+        assert torch.nn.functional.group_norm(x[None], 2).dtype == torch.float32
+        assert x.softmax(-1).dtype == torch.float32 and x.float().pow(2).to(torch.bfloat16).pow(2).dtype == torch.float32
+        assert (x @ x.T).dtype == torch.bfloat16  # matrix products stay in bf16, as on a GPU
+        assert torch.nn.functional.gelu(x).dtype == torch.bfloat16  # no CUDA rule: the input's dtype
+    with GpuFloat32Ops():  # without autocast nothing changes
+        assert torch.nn.functional.layer_norm(x, (8,)).dtype == torch.bfloat16
