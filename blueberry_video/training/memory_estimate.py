@@ -39,6 +39,7 @@ from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import training_step
+from blueberry_video.training.decode import decode_without_autocast
 
 GIB = 2**30
 # The caching allocator hands out blocks in multiples of 512 bytes.
@@ -381,6 +382,7 @@ def render_without_text_encoders(family, transformer, vae, scheduler, text_condi
     components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
     pipe = family.pipeline_class(**{**components, "transformer": transformer, "vae": vae, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
+    decode_without_autocast(vae)  # as the trainer's validation decodes
     device, dtype = vae.device, vae.dtype
     batched = {name: (torch.zeros((num_videos, *value.shape), dtype=dtype, device=device) if value.is_floating_point()
                       else torch.ones((num_videos, *value.shape), dtype=value.dtype, device=device))

@@ -21,6 +21,7 @@ from accelerate.utils import gather_object
 from blueberry_video.data.video_writer import write_mp4
 from blueberry_video.generate import encode_prompts_then_free_encoders
 from blueberry_video.models.base import unwrap_model
+from blueberry_video.training.decode import decode_without_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def run_validation(accelerator, family, transformer, config, step: int, dtype: t
         _to_device_except(pipe, model, accelerator.device)
         if config.vae_tiling:
             pipe.vae.enable_tiling()
+        decode_without_autocast(pipe.vae)
         pipe.set_progress_bar_config(disable=True)
         for i in mine:
             # The same seed at every validation and on every process: a prompt's videos differ only by training.

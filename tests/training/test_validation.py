@@ -38,3 +38,33 @@ def test_prompts_encoded_up_front_render_what_the_pipeline_renders_from_text(fam
     assert videos.shape == reference.shape and videos.shape[0] == 2
     np.testing.assert_allclose(videos, reference, atol=1e-5)
     assert not np.allclose(videos[0], videos[1])  # two draws, not one video twice
+
+
+@pytest.mark.parametrize("family_name", ["cogvideox", "hunyuan_video"])
+def test_validation_denoises_under_autocast_and_decodes_outside_it(family_name, request, tmp_path,
+                                                                   fresh_accelerate_state):
+    # Under CUDA's autocast the VAE's group norms run in float32: an untiled decode would hold a third more.
+    from accelerate import Accelerator
+
+    from blueberry_video.training.validation import run_validation
+
+    model_dir = request.getfixturevalue(f"tiny_{family_name}_dir")
+    family = get_family_class(family_name)(model_dir)
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), dummy_data=True, max_num_frames=9, height=96,
+                         width=160, num_inference_steps=1, validation_prompt=["a red ball"], output_dir=str(tmp_path))
+    transformer = family.load_transformer(dtype=torch.bfloat16)
+    autocast_during = {}
+
+    def record(module, args):
+        autocast_during[type(module).__name__] = torch.is_autocast_enabled("cpu")
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        videos = run_validation(Accelerator(mixed_precision="bf16", cpu=True), family, transformer, config, step=1,
+                                dtype=torch.bfloat16)
+    finally:
+        hook.remove()
+    assert len(videos) == 1 and videos[0].is_file()
+    assert autocast_during[type(transformer).__name__]
+    decoders = {name: on for name, on in autocast_during.items() if name.endswith("Decoder3D")}
+    assert decoders and not any(decoders.values()), autocast_during
