@@ -125,7 +125,20 @@ def _has_autocast_cuda_kernel(name: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutocastCUDA")
 
 
+_CUDA_AUTOCAST_RESULT_DTYPES: dict = {}
+
+
 def _cuda_autocast_result_dtype(func, args, kwargs, dtype: torch.dtype) -> torch.dtype | None:
+    # Autocast decides by the operation and its arguments' dtypes alone, not their shapes: one probe per kind of
+    # call serves the thousands of calls in a step.
+    key = (func, dtype, *(leaf.dtype if isinstance(leaf, torch.Tensor) else leaf if isinstance(leaf, torch.dtype)
+                          else None for leaf in tree_flatten((args, kwargs))[0]))
+    if key not in _CUDA_AUTOCAST_RESULT_DTYPES:
+        _CUDA_AUTOCAST_RESULT_DTYPES[key] = _probe_cuda_autocast_result_dtype(func, args, kwargs, dtype)
+    return _CUDA_AUTOCAST_RESULT_DTYPES[key]
+
+
+def _probe_cuda_autocast_result_dtype(func, args, kwargs, dtype: torch.dtype) -> torch.dtype | None:
     def on_cuda(value):
         if isinstance(value, torch.Tensor):
             return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cuda")
