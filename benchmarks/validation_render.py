@@ -7,8 +7,8 @@ tiled or not.
     python benchmarks/validation_render.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # CPU
 
 Prints the render's time and, on a GPU, `max_memory_allocated` during it with the transformer and VAE weights
-held (a training run also holds its optimizer state beside them), rendered under autocast as the trainer's
-validation is. `--estimate` adds the memory estimate's
+held (a training run also holds its optimizer state beside them), rendered as the trainer's validation renders:
+denoised under autocast, decoded outside it. `--estimate` adds the memory estimate's
 figure for the same render, to check it: its training state is subtracted, so the two compare directly.
 """
 
@@ -78,8 +78,8 @@ def run(args) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        # Under autocast, as the trainer's validation renders: on a GPU its norms (the VAE's group norms too)
-        # then run in float32, which holds more than a render without it.
+        # Under autocast, as the trainer's validation denoises (on a GPU the transformer's norms then run in
+        # float32); render_without_text_encoders decodes outside it, as the trainer does.
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.videos,
                                                   args.guidance_scale, args.frames, args.height, args.width,

@@ -87,7 +87,7 @@ class LiveBytes(TorchDispatchMode):
 class GpuFloat32Ops(TorchFunctionMode):
     """Under CPU autocast, runs in float32 each call that CUDA's autocast runs in float32 (layer and group norm,
     softmax, sums), as a GPU trains; CPU autocast keeps their outputs in bf16, and where those are saved for backward
-    (no gradient checkpointing) the estimate fell 15-20 % short. torch's own CUDA rules decide: the call is made
+    (no gradient checkpointing) the estimate fell 15-19 % short. torch's own CUDA rules decide: the call is made
     once more on fake CUDA copies of its arguments under CUDA autocast (forward only; a backward through fake CUDA
     tensors needs a GPU), and its result's dtype read. Fake CUDA tensors work in any torch build."""
 
