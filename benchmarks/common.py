@@ -1,4 +1,4 @@
-"""Shared pieces of the training benchmarks: a model directory for a preset, synthetic batches, FLOPs."""
+"""Shared pieces of the training benchmarks: a model directory for a preset, synthetic batches, the memory estimate."""
 
 from __future__ import annotations
 
@@ -69,25 +69,6 @@ def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool,
     return TrainConfig(pretrained_model_name_or_path=str(family.model_dir), training_mode=mode, rank=rank,
                        lora_alpha=rank, gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
                        layerwise_casting=layerwise_casting, dummy_data=True)
-
-
-def sequence_tokens(transformer_config, latent_shape, text_tokens: int) -> tuple[int, int]:
-    """(video tokens, text tokens) the transformer attends over for one sample."""
-    _, frames, height, width = latent_shape
-    p = transformer_config.get("patch_size", 2)
-    p_t = transformer_config.get("patch_size_t") or 1
-    return (-(-frames // p_t)) * (height // p) * (width // p), text_tokens
-
-
-def training_flops(frozen_params: int, trainable_params: int, tokens: int, num_layers: int, hidden: int) -> float:
-    """Model FLOPs of one training sample (no recomputation counted), the usual convention:
-
-    dense:     a trained weight costs 2·T forward and 4·T backward (activation and weight gradients): 6·T each;
-               a frozen one needs no weight gradient: 4·T. Full fine-tune: 6·N·T; LoRA: 4·N·T + 6·N_lora·T.
-    attention: forward 4·T²·d per layer (QKᵀ and AV), backward twice that: 12·L·T²·d.
-    """
-    dense = (4 * frozen_params + 6 * trainable_params) * tokens
-    return dense + 12 * num_layers * tokens * tokens * hidden
 
 
 def memory_estimate(preset: str, family, flags: list[str]) -> dict:

@@ -7,8 +7,8 @@
 
 Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
 the published config; tiny presets build the test models. Prints median step time, samples/s, latent
-tokens/s, achieved TFLOP/s and MFU against the GPU's dense bf16 peak (FLOPs formula in
-benchmarks/common.py:training_flops and docs/performance.md), and peak GPU memory.
+tokens/s, achieved TFLOP/s and MFU against the GPU's dense bf16 peak (model FLOPs counted as
+benchmarks/model_flops.py says, and docs/performance.md), and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from benchmarks.common import (
     device_peak_tflops,
     memory_estimate,
     print_result,
-    sequence_tokens,
     synthetic_batch,
     temporary_workdir,
-    training_flops,
 )
+from benchmarks.model_flops import step_flops
+from benchmarks.profiling import eager_if_compiled, profile_step
+from blueberry_video.training.accelerator import autocast
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import models_from_configs
@@ -66,7 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
-                        help="profile one more step: which attention kernels ran (flash, cuDNN, efficient, math)")
+                        help="profile two more steps: which attention kernels ran (flash, cuDNN, efficient, math), "
+                             "and the step's time and TFLOP/s by kind (attention, matrix products, optimizer, rest)")
     parser.add_argument("--resident-encoders", action="store_true",
                         help="also hold the text encoders and VAE on the device, as the diffusers example scripts do "
                              "(random weights; their per-step prompt encoding is not run)")
@@ -87,22 +89,6 @@ def estimated_peak_gib(args, family, mixed_precision: str) -> float:
     if args.resident_encoders:
         flags.append("--count-encoders")
     return memory_estimate(args.preset, family, flags)["total_gib"]
-
-
-def attention_kernels(step) -> list[str]:
-    """The scaled-dot-product-attention operators and kernels one call of `step()` ran, busiest first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
-        step()
-    names = {}
-    for event in prof.key_averages():
-        # aten's SDPA dispatch ops name the backend (_scaled_dot_product_flash_attention, ..._cudnn_attention);
-        # the CUDA kernels themselves carry flash / fmha / cudnn in their names.
-        if any(key in event.key.lower() for key in ("scaled_dot_product", "flash", "fmha", "cudnn", "attention")):
-            names[event.key] = max(names.get(event.key, 0), event.self_device_time_total + event.self_cpu_time_total)
-    return sorted(names, key=names.get, reverse=True)
 
 
 def run(args) -> dict:
@@ -146,18 +132,18 @@ def run(args) -> dict:
             if step >= args.warmup:
                 times.append(time.perf_counter() - start)
 
-        kernels = attention_kernels(one_step) if args.profile else None
-        model = accelerator.unwrap_model(transformer)
-        cfg = model.config
-        latent_shape = family.latent_shape(args.frames, args.height, args.width)
-        video_tokens, text_tokens = sequence_tokens(dict(cfg), latent_shape, batch["prompt_embeds"].shape[1])
-        tokens = video_tokens + text_tokens
-        num_params = sum(p.numel() for p in model.parameters())
-        num_trainable = sum(p.numel() for p in params)
-        hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-        num_layers = cfg.get("num_layers", 0) + cfg.get("num_single_layers", 0)
-        flops = args.batch * training_flops(num_params - num_trainable, num_trainable, tokens, num_layers, hidden)
         step_time = statistics.median(times)
+        peak_allocated = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        peak_reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+        def loss_forward():
+            with eager_if_compiled(args.compile), autocast(accelerator):
+                family.training_loss(transformer, noise_scheduler, batch, sample_generators(0, 0, range(args.batch),
+                                                                                            device))
+
+        flops = step_flops(family, accelerator.unwrap_model(transformer), loss_forward, batch, args.frames,
+                           args.height, args.width)
+        breakdown = profile_step(one_step, device, step_time, compiled=args.compile) if args.profile else None
         peak = device_peak_tflops(device)
         result = {
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
@@ -166,18 +152,17 @@ def run(args) -> dict:
             "attention_backend": args.attention_backend,
             "resident_encoders": sorted(resident),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "params": num_params, "trainable_params": num_trainable, "tokens_per_sample": tokens,
-            "layers": num_layers, "hidden": hidden,
+            **flops,
             "step_time_s": step_time, "samples_per_s": args.batch / step_time,
-            "latent_tokens_per_s": args.batch * video_tokens / step_time,
-            "achieved_tflops": flops / step_time / 1e12,
-            "mfu": (flops / step_time / 1e12 / peak) if peak else None,
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "latent_tokens_per_s": args.batch * flops["video_tokens"] / step_time,
+            "achieved_tflops": flops["model_flops"] / step_time / 1e12,
+            "mfu": (flops["model_flops"] / step_time / 1e12 / peak) if peak else None,
+            "peak_memory_gb": peak_allocated,
             # What the caching allocator held: the figure to set against a card's size.
-            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None,
+            "peak_reserved_gb": peak_reserved,
         }
-        if kernels is not None:
-            result["attention_kernels"] = kernels
+        if breakdown is not None:
+            result.update(breakdown)
         if args.estimate:
             result["estimated_peak_memory_gb"] = estimated_peak_gib(args, family, accelerator.mixed_precision)
         return result

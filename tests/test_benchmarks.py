@@ -8,17 +8,64 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from benchmarks import loader_throughput, overhead, precompute_throughput, train_step, validation_render
-from benchmarks.common import training_flops
+from benchmarks import loader_throughput, model_flops, overhead, precompute_throughput, train_step, validation_render
+from benchmarks.common import benchmark_config, synthetic_batch
 from tests.conftest import REPO_ROOT
 
 
-def test_flops_formula_counts_dense_and_attention_terms():
-    n, n_lora, tokens, layers, hidden = 1000, 10, 50, 2, 8
-    attention = 12 * layers * tokens**2 * hidden
-    assert training_flops(0, n, tokens, layers, hidden) == 6 * n * tokens + attention  # full fine-tune
-    assert training_flops(n, n_lora, tokens, layers, hidden) == 4 * n * tokens + 6 * n_lora * tokens + attention
+def test_training_flops_follow_the_backward_rule():
+    # trained weights: forward + activation and weight gradients (3x); frozen: forward + activation gradient (2x)
+    assert model_flops.training_flops(trained_dense=10, frozen_dense=100, attention_forward=1000) == 30 + 200 + 3000
+    assert model_flops.attention_forward_flops(batch=2, tokens=5, num_layers=3, hidden=8) == 4 * 2 * 3 * 25 * 8
+
+
+def layer_by_layer_flops(model, forward) -> tuple[int, int]:
+    """(trained, frozen) FLOPs of every Linear and convolution call in one forward, from forward hooks."""
+    counts = {True: 0, False: 0}
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            flops = 2 * inputs[0].numel() * module.out_features
+        else:
+            flops = 2 * output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        counts[module.weight.requires_grad] += flops
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))]
+    handles = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts[True], counts[False]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("family_name", ["cogvideox", "hunyuan_video"])
+def test_dense_flops_are_counted_per_layer_not_assumed_per_parameter(family_name, mode, request, tmp_path):
+    from blueberry_video.models import get_family_class
+    from blueberry_video.training.lora import make_trainable
+    from blueberry_video.training.sampling import sample_generators
+
+    family = get_family_class(family_name)(request.getfixturevalue(f"tiny_{family_name}_dir"))
+    transformer = family.load_transformer(dtype=torch.float32)
+    make_trainable(transformer, benchmark_config(family, mode, 4, False, False), family)
+    batch = synthetic_batch(family, 2, 9, 96, 160, "cpu")
+    scheduler = family.load_training_scheduler()
+
+    def forward():
+        family.training_loss(transformer, scheduler, batch, sample_generators(0, 0, range(2), "cpu"))
+
+    trained, frozen = model_flops.dense_forward_flops(transformer, forward)
+    assert (trained, frozen) == layer_by_layer_flops(transformer, forward)
+    assert (frozen == 0) == (mode == "full") and trained > 0
+    # The shorthand 2*N*T per forward counts the per-sample modulation layers (and HunyuanVideo's text-stream
+    # weights) once per token: more than the layers run.
+    tokens = model_flops.attention_shape(family, transformer, batch, 9, 96, 160)["tokens_per_sample"]
+    assert trained + frozen < 2 * 2 * tokens * sum(p.numel() for p in transformer.parameters())
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
@@ -26,12 +73,22 @@ def test_train_step_benchmark_counts_the_flops_of_its_mode(mode):
     result = train_step.main(["--preset", "tiny-cogvideox", "--mode", mode, "--frames", "9", "--height", "96",
                               "--width", "160", "--batch", "2", "--rank", "4", "--steps", "1", "--warmup", "1",
                               "--json"])
-    n, trainable, tokens = result["params"], result["trainable_params"], result["tokens_per_sample"]
-    dense = 6 * n * tokens if mode == "full" else 4 * (n - trainable) * tokens + 6 * trainable * tokens
-    attention = 12 * result["layers"] * tokens**2 * result["hidden"]
-    assert (trainable == n) == (mode == "full")
+    assert (result["trainable_params"] == result["params"]) == (mode == "full")
+    assert (result["dense_forward_flops_frozen"] == 0) == (mode == "full")
+    tokens = result["tokens_per_sample"]
+    assert result["attention_forward_flops"] == 4 * 2 * result["layers"] * tokens**2 * result["hidden"]
     flops = result["achieved_tflops"] * 1e12 * result["step_time_s"]
-    assert flops == pytest.approx(2 * (dense + attention), rel=1e-9)
+    assert flops == pytest.approx(3 * result["dense_forward_flops_trained"] + 2 * result["dense_forward_flops_frozen"]
+                                  + 3 * result["attention_forward_flops"], rel=1e-9)
+    assert flops < result["model_flops_6nt"]
+
+
+def test_model_flops_counts_a_real_size_model_without_running_it():
+    result = model_flops.main(["--preset", "cogvideox-2b", "--mode", "full", "--json"])
+    assert result["params"] > 1.6e9 and result["tokens_per_sample"] == 13 * 30 * 45 + 226
+    # Built on the meta device: counted from shapes in seconds, no 7 GB of weights.
+    assert result["model_flops"] == 3 * (result["dense_forward_flops_trained"] + result["attention_forward_flops"])
+    assert result["overstated_by_6nt"] > 0
 
 
 @pytest.mark.parametrize("preset", ["tiny-cogvideox", "tiny-hunyuan-video"])
@@ -75,11 +132,51 @@ def test_loader_benchmark_reads_samples_of_the_cached_shapes(cache_dtype, tiny_c
     assert result["samples_per_s"] == pytest.approx(2 / result["batch_s"])
 
 
-def test_train_step_benchmark_names_the_attention_kernels_that_ran():
+def test_train_step_benchmark_names_the_attention_kernels_and_splits_the_step_by_kind():
     result = train_step.main(["--preset", "tiny-cogvideox", "--frames", "9", "--height", "96", "--width", "160",
                               "--steps", "1", "--warmup", "1", "--profile", "--json"])
     # on CPU, PyTorch's SDPA dispatches to its flash kernel for CPU; on Hopper the list shows flash or cuDNN
     assert any("_scaled_dot_product_flash_attention" in name for name in result["attention_kernels"])
+    kinds = result["time_by_kind"]
+    assert list(kinds) == ["attention", "matmul", "optimizer", "other"]
+    assert all(kinds[kind]["seconds"] > 0 for kind in kinds)
+    assert sum(k["seconds"] for k in kinds.values()) == pytest.approx(result["busy_s"])
+    # FLOPs the kernels executed, counted for the CPU's attention kernel as for CUDA's
+    assert kinds["attention"]["tflop"] > 0 and kinds["matmul"]["tflop"] > 0
+    assert kinds["attention"]["tflops"] == pytest.approx(kinds["attention"]["tflop"] / kinds["attention"]["seconds"])
+    assert result["time_summary"].startswith("attention ")
+
+
+def test_profile_charges_each_kernel_to_the_outermost_kind_that_encloses_it():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from benchmarks.profiling import time_by_kind
+
+    def op(name, parent=None, device_us=0.0, cpu_us=0.0):
+        return SimpleNamespace(name=name, cpu_parent=parent, device_type=DeviceType.CPU,
+                               self_device_time_total=device_us, self_cpu_time_total=cpu_us)
+
+    step = op("Optimizer.step#AdamW.step")
+    math_attention = op("aten::_scaled_dot_product_attention_math")
+    linear = op("aten::linear")
+    events = [
+        step, op("aten::_fused_adamw_", step, device_us=5), op("aten::mm", step, device_us=1),  # optimizer's
+        math_attention, op("aten::bmm", math_attention, device_us=7), op("aten::_softmax", math_attention, device_us=3),
+        op("aten::_scaled_dot_product_cudnn_attention_backward", device_us=20),
+        linear, op("aten::addmm", linear, device_us=40), op("aten::mm", device_us=10),
+        op("aten::layer_norm", device_us=4), op("aten::gelu", device_us=2, cpu_us=99),
+        # kernels on the device, one of which (8 us) no operator claimed
+        *[SimpleNamespace(name="kernel", device_type=DeviceType.CUDA, self_device_time_total=us)
+          for us in (6, 10, 20, 50, 6, 8)],
+    ]
+    seconds, total = time_by_kind(events, on_device=True)
+    assert {k: round(v * 1e6) for k, v in seconds.items()} == {"attention": 30, "matmul": 50, "optimizer": 6,
+                                                               "other": 6 + 8}
+    assert round(total * 1e6) == 100
+    seconds, total = time_by_kind(events, on_device=False)  # a CPU run: operators' own CPU time
+    assert seconds["other"] == total == pytest.approx(99e-6)
 
 
 def test_train_step_benchmark_reports_the_estimate_for_its_settings():
@@ -147,6 +244,7 @@ def test_gpu_suite_entries_run_real_presets_at_the_target_shapes():
     assert "--preset cogvideox-2b --frames 49 --height 480 --width 720" in commands["2b-full-mfu"]
     assert "--preset hunyuan-video --frames 33 --height 544 --width 960" in commands["hunyuan-33f"]
     assert all("tiny" not in command for command in commands.values())
+    assert set(gpu_suite.TARGETS) <= set(commands)  # --targets names real entries
 
 
 @pytest.mark.parametrize("model_dir", ["tiny_cogvideox_dir", "tiny_hunyuan_video_dir"])

@@ -1,0 +1,148 @@
+"""Where one training step's time goes: attention, matrix products, the optimizer and the rest, and the rate the
+attention and matrix kernels reached. The answer to "why is MFU what it is" (`train_step.py --profile`).
+
+Time comes from torch's profiler: every kernel is charged to the operator that launched it (its self device
+time; on CPU, the operator's own CPU time), and an operator belongs to the first kind it or an enclosing
+operator names: inside `Optimizer.step` it is the optimizer, inside a scaled-dot-product call attention, inside
+a matrix product or convolution a matrix product. FLOPs come from torch's FlopCounterMode over another step,
+so they are the FLOPs the kernels executed, recomputation under gradient checkpointing included (which MFU,
+counted from the model, leaves out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils import flop_counter
+
+KINDS = ("attention", "matmul", "optimizer", "other")
+# SDPA's aten operators name their backend (..._flash_attention, ..._cudnn_attention, ..._efficient_attention);
+# flash-attn and xformers kernels behind diffusers' other backends carry these words too.
+ATTENTION_WORDS = ("scaled_dot_product", "flash_attention", "flash_attn", "efficient_attention", "cudnn_attention",
+                   "fmha", "flash_fwd", "flash_bwd")
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+              "aten::_scaled_mm", "aten::addmv", "aten::mv"}
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows CUDA's SDPA kernels but not the CPU's: counted the same way.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
+}
+
+
+def op_kind(name: str) -> str | None:
+    """The kind an operator's name says it is, or None when it says nothing."""
+    lowered = name.lower()
+    if lowered.startswith("optimizer.step"):
+        return "optimizer"
+    if any(word in lowered for word in ATTENTION_WORDS):
+        return "attention"
+    if name in MATMUL_OPS or "convolution" in lowered or lowered.startswith("aten::conv"):
+        return "matmul"
+    return None
+
+
+def _kind_of_event(event, cache: dict) -> str:
+    """The first kind named by the event or an enclosing one; the outermost enclosing kind wins, so the matrix
+    products inside an optimizer step or a math attention count as the optimizer and attention."""
+    chain = []
+    node = event
+    while node is not None and id(node) not in cache:
+        chain.append(node)
+        node = node.cpu_parent
+    kind = cache.get(id(node)) if node is not None else None
+    for link in reversed(chain):
+        kind = kind or op_kind(link.name)
+        cache[id(link)] = kind
+    return kind or "other"
+
+
+def time_by_kind(events, on_device: bool) -> tuple[dict[str, float], float]:
+    """Seconds each kind ran and their total, from a profile's events. On a GPU: kernel time charged to the
+    launching operator, and kernels no operator claimed count as "other". On CPU: operators' own CPU time."""
+    seconds = defaultdict(float)
+    cache: dict = {}
+    device_total = 0.0
+    for event in events:
+        if event.device_type != DeviceType.CPU:  # a kernel, memcpy or memset on the device
+            device_total += event.self_device_time_total / 1e6
+            continue
+        own = (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6
+        if own > 0:
+            seconds[_kind_of_event(event, cache)] += own
+    claimed = sum(seconds.values())
+    total = max(device_total, claimed) if on_device else claimed
+    seconds["other"] += total - claimed
+    return {kind: seconds[kind] for kind in KINDS}, total
+
+
+def attention_kernels(events) -> list[str]:
+    """The attention operators and kernels that ran, busiest first."""
+    busy = defaultdict(float)
+    for event in events:
+        if op_kind(event.name) == "attention":
+            busy[event.name] += event.self_device_time_total + event.self_cpu_time_total
+    return sorted(busy, key=busy.get, reverse=True)
+
+
+def flops_by_kind(step, compiled: bool) -> dict[str, float]:
+    """FLOPs the attention and matrix-product kernels of one call of `step()` execute. A compiled model runs
+    eagerly for the count (the same products; FlopCounterMode does not see into compiled graphs)."""
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    with eager_if_compiled(compiled), counter:
+        step()
+    flops = defaultdict(float)
+    for op, count in counter.get_flop_counts()["Global"].items():
+        flops[op_kind(str(op).replace(".", "::", 1)) or "matmul"] += count
+    return dict(flops)
+
+
+def eager_if_compiled(compiled: bool):
+    """Compiled blocks run eagerly inside: FlopCounterMode and module hooks see no further than a compiled graph."""
+    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+
+
+def profile_step(step, device: torch.device, step_time_s: float, compiled: bool = False) -> dict:
+    """Profile one call of `step()` and count its FLOPs in another: per kind, seconds, share of `step_time_s`
+    (the benchmark's median step) and TFLOP/s; the attention kernels that ran; and how much of the step the
+    device sat idle (launch gaps, host work, synchronisation)."""
+    on_device = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        if on_device:
+            torch.cuda.synchronize(device)
+        profiled_wall = time.perf_counter() - start
+    events = prof.events()
+    seconds, busy = time_by_kind(events, on_device)
+    flops = flops_by_kind(step, compiled)
+    kinds = {}
+    for kind in KINDS:
+        rate = flops.get(kind, 0.0) / seconds[kind] / 1e12 if seconds[kind] > 0 and flops.get(kind) else None
+        kinds[kind] = {"seconds": seconds[kind], "share": seconds[kind] / step_time_s,
+                       "tflop": flops.get(kind, 0.0) / 1e12, "tflops": rate}
+    breakdown = {"time_by_kind": kinds, "busy_s": busy, "idle_share": max(0.0, 1 - busy / step_time_s),
+                 "profiled_step_s": profiled_wall, "attention_kernels": attention_kernels(events)}
+    return {"time_summary": summary_line(breakdown), **breakdown}
+
+
+def summary_line(breakdown: dict) -> str:
+    """`attention 52% (410 TFLOP/s), matmul 31% (640), optimizer 3%, other 9%, idle 5%` for tables and logs."""
+    parts = []
+    for kind, figures in breakdown["time_by_kind"].items():
+        rate = f" ({figures['tflops']:.0f} TFLOP/s)" if figures["tflops"] else ""
+        parts.append(f"{kind} {figures['share']:.0%}{rate}")
+    return ", ".join(parts + [f"idle {breakdown['idle_share']:.0%}"])
