@@ -18,6 +18,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 # `python benchmarks/<name>.py` puts benchmarks/ on sys.path, not the repo root the imports below need.
@@ -91,6 +92,16 @@ def estimated_peak_gib(args, family, mixed_precision: str) -> float:
     return memory_estimate(args.preset, family, flags)["total_gib"]
 
 
+def secondary(what: str, measure) -> dict:
+    """A figure measured after the timed steps, or why it is missing: on a lent GPU its failure must not lose the
+    step time and memory already measured."""
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 -- reported in the result and the log, not raised
+        traceback.print_exc()
+        return {f"{what}_error": f"{type(error).__name__}: {error}"}
+
+
 def run(args) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     device = accelerator.device
@@ -141,10 +152,12 @@ def run(args) -> dict:
                 family.training_loss(transformer, noise_scheduler, batch, sample_generators(0, 0, range(args.batch),
                                                                                             device))
 
-        flops = step_flops(family, accelerator.unwrap_model(transformer), loss_forward, batch, args.frames,
-                           args.height, args.width)
-        breakdown = profile_step(one_step, device, step_time, compiled=args.compile) if args.profile else None
+        flops = secondary("flops", lambda: step_flops(family, accelerator.unwrap_model(transformer), loss_forward,
+                                                      batch, args.frames, args.height, args.width))
+        breakdown = secondary("profile", lambda: profile_step(one_step, device, step_time, compiled=args.compile)
+                              ) if args.profile else None
         peak = device_peak_tflops(device)
+        model_flops = flops.get("model_flops")
         result = {
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
@@ -154,9 +167,9 @@ def run(args) -> dict:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             **flops,
             "step_time_s": step_time, "samples_per_s": args.batch / step_time,
-            "latent_tokens_per_s": args.batch * flops["video_tokens"] / step_time,
-            "achieved_tflops": flops["model_flops"] / step_time / 1e12,
-            "mfu": (flops["model_flops"] / step_time / 1e12 / peak) if peak else None,
+            "latent_tokens_per_s": args.batch * flops["video_tokens"] / step_time if model_flops else None,
+            "achieved_tflops": model_flops / step_time / 1e12 if model_flops else None,
+            "mfu": (model_flops / step_time / 1e12 / peak) if peak and model_flops else None,
             "peak_memory_gb": peak_allocated,
             # What the caching allocator held: the figure to set against a card's size.
             "peak_reserved_gb": peak_reserved,
