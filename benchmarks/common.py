@@ -65,10 +65,11 @@ def stand_in_cache(family, num_samples: int, frames: int, height: int, width: in
 
 
 def benchmark_config(family, mode: str, rank: int, gradient_checkpointing: bool, use_8bit_adam: bool,
-                     layerwise_casting: bool = False) -> TrainConfig:
+                     layerwise_casting: bool = False, gradient_checkpointing_ratio: float = 1.0) -> TrainConfig:
     return TrainConfig(pretrained_model_name_or_path=str(family.model_dir), training_mode=mode, rank=rank,
                        lora_alpha=rank, gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
-                       layerwise_casting=layerwise_casting, dummy_data=True)
+                       layerwise_casting=layerwise_casting, gradient_checkpointing_ratio=gradient_checkpointing_ratio,
+                       dummy_data=True)
 
 
 def memory_estimate(preset: str, family, flags: list[str]) -> dict:

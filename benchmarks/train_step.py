@@ -59,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing-ratio", type=float, default=1.0,
+                        help="share of the blocks that recompute (the recipes' gradient_checkpointing_ratio)")
     parser.add_argument("--8bit-adam", dest="adam_8bit", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--layerwise-casting", action="store_true", help="LoRA: frozen weights stored in float8")
@@ -83,7 +85,8 @@ def estimated_peak_gib(args, family, mixed_precision: str) -> float:
     """The memory estimate for the same settings."""
     flags = ["--training_mode", args.mode, "--rank", str(args.rank), "--lora_alpha", str(args.rank),
              "--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
-             "--train_batch_size", str(args.batch), "--mixed_precision", mixed_precision]
+             "--train_batch_size", str(args.batch), "--mixed_precision", mixed_precision,
+             "--gradient_checkpointing_ratio", str(args.gradient_checkpointing_ratio)]
     flags += [f"--{'' if on else 'no-'}{name}" for name, on in (("gradient_checkpointing", args.gradient_checkpointing),
                                                                  ("use_8bit_adam", args.adam_8bit),
                                                                  ("layerwise_casting", args.layerwise_casting))]
@@ -113,7 +116,7 @@ def run(args) -> dict:
         family.check_video_shape(args.frames, args.height, args.width)
         resident = models_from_configs(family.model_dir, device, weight_dtype) if args.resident_encoders else {}
         config = benchmark_config(family, args.mode, args.rank, args.gradient_checkpointing, args.adam_8bit,
-                                  args.layerwise_casting)
+                                  args.layerwise_casting, args.gradient_checkpointing_ratio)
         params = make_trainable(transformer, config, family)
         check_attention_backend(family, args.attention_backend, device, weight_dtype)
         apply_attention_backend(transformer, args.attention_backend)
@@ -161,6 +164,7 @@ def run(args) -> dict:
         result = {
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
+            "gradient_checkpointing_ratio": args.gradient_checkpointing_ratio,
             "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
             "attention_backend": args.attention_backend,
             "resident_encoders": sorted(resident),

@@ -95,11 +95,29 @@ def _print_memory_estimate(args, config, family_name):
     import json
 
     from blueberry_video.models import get_family_class
-    from blueberry_video.training.memory_estimate import GIB, estimate_training_memory, format_bytes, largest_frames_within
+    from blueberry_video.training.memory_estimate import (
+        GIB,
+        estimate_training_memory,
+        format_bytes,
+        largest_frames_within,
+        least_checkpointing_within,
+    )
 
     family = get_family_class(family_name).from_config(config)
     budget = args.budget_gib * GIB if args.budget_gib else None
-    if args.max_frames:
+    if args.max_frames and args.min_checkpointing:
+        raise SystemExit("--max-frames and --min-checkpointing search different things: give one")
+    searched = {}
+    if args.min_checkpointing:
+        if budget is None:
+            raise SystemExit("--min-checkpointing needs --budget-gib (the memory to fit in)")
+        ratio, recomputed, blocks, estimate = least_checkpointing_within(family, config, budget,
+                                                                        count_encoders=args.count_encoders)
+        if ratio is None:
+            raise SystemExit(f"even with all {blocks} blocks recomputing, the estimate is over {args.budget_gib} GiB "
+                             f"at {config.max_num_frames}x{config.height}x{config.width}")
+        searched = {"gradient_checkpointing_ratio": float(ratio), "recomputed_blocks": recomputed, "blocks": blocks}
+    elif args.max_frames:
         if budget is None:
             raise SystemExit("--max-frames needs --budget-gib (the memory to fit in)")
         frames, estimate = largest_frames_within(family, config, budget, count_encoders=args.count_encoders)
@@ -109,13 +127,16 @@ def _print_memory_estimate(args, config, family_name):
         estimate = estimate_training_memory(family, config)
     total = estimate.total_bytes(args.count_encoders)
     if args.json:
-        print(json.dumps({**estimate.as_dict(), "count_encoders": args.count_encoders, "total_gib": total / GIB,
+        print(json.dumps({**estimate.as_dict(), **searched, "count_encoders": args.count_encoders, "total_gib": total / GIB,
                           "budget_gib": args.budget_gib, "fits": None if budget is None else total <= budget}))
         return
     print(estimate.summary())
     if args.count_encoders:
         print(f"  with the text encoders and VAE resident: {format_bytes(total)}")
-    if args.max_frames:
+    if args.min_checkpointing:
+        print(f"least recomputation within {args.budget_gib} GiB: {recomputed} of {blocks} blocks "
+              f"(--gradient_checkpointing --gradient_checkpointing_ratio {ratio})")
+    elif args.max_frames:
         print(f"largest clip within {args.budget_gib} GiB: {estimate.num_frames} frames")
     elif budget is not None:
         print(f"{'fits' if total <= budget else 'does NOT fit'} in {args.budget_gib} GiB (estimated {format_bytes(total)})")
@@ -227,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a published model's size, without its files (sets the family and model directory)")
     p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, e.g. 24 or 80: says whether it fits")
     p.add_argument("--max-frames", action="store_true", help="search the most frames per clip (up to 257) that fit the budget")
+    p.add_argument("--min-checkpointing", action="store_true",
+                   help="search the lowest --gradient_checkpointing_ratio (fewest blocks recomputing, fastest) that "
+                        "fits the budget")
     p.add_argument("--count-encoders", action="store_true",
                    help="count the text encoders and VAE as kept on the GPU (the diffusers example scripts' layout)")
     p.add_argument("--json", action="store_true")

@@ -60,6 +60,10 @@ class TrainConfig:
     # precision and memory
     mixed_precision: str = _opt("bf16", "autocast precision; frozen weights are stored in it", ["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory")
+    gradient_checkpointing_ratio: float = _opt(1.0, "share of the transformer blocks that recompute under "
+                                               "gradient_checkpointing (the first ones; the rest keep their "
+                                               "activations: faster, more memory; estimate-memory "
+                                               "--min-checkpointing finds the lowest that fits)")
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
     layerwise_casting: bool = _opt(False, "LoRA only: store frozen transformer weights in float8, upcast layer by layer to compute (about half their memory)")
     compile: bool = _opt(False, "torch.compile each transformer block (slow first steps, faster after)")
@@ -253,6 +257,12 @@ def validate(config: TrainConfig) -> None:
     for name in ("lora_dropout", "adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"{name}={getattr(config, name)}: must be in [0, 1)")
+    if not 0 <= config.gradient_checkpointing_ratio <= 1:
+        raise ConfigError(f"gradient_checkpointing_ratio={config.gradient_checkpointing_ratio}: must be in [0, 1] "
+                          "(the share of transformer blocks that recompute their activations)")
+    if config.gradient_checkpointing_ratio < 1 and not config.gradient_checkpointing:
+        raise ConfigError(f"gradient_checkpointing_ratio={config.gradient_checkpointing_ratio} only applies with "
+                          "gradient_checkpointing: add --gradient_checkpointing, or drop the ratio")
     if config.fps is not None and config.fps <= 0:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
     if not config.pretrained_model_name_or_path:

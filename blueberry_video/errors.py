@@ -25,6 +25,9 @@ def out_of_memory_message(config, detail: str) -> str:
     options = []
     if not config.gradient_checkpointing:
         options.append("--gradient_checkpointing (recompute activations: the biggest saving)")
+    elif config.gradient_checkpointing_ratio < 1:
+        options.append(f"a higher --gradient_checkpointing_ratio (now {config.gradient_checkpointing_ratio}; 1 "
+                       "recomputes every block)")
     if not config.use_8bit_adam:
         options.append("--use_8bit_adam (8-bit optimizer states, needs bitsandbytes)")
     if config.training_mode == "full":

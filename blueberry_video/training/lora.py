@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from blueberry_video.errors import ConfigError
 from blueberry_video.models.base import model_class
+from blueberry_video.training.checkpointing import enable_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def make_trainable(transformer, config, family) -> list[torch.nn.Parameter]:
     cast_training_params(transformer, dtype=torch.float32)
     params = [p for p in transformer.parameters() if p.requires_grad]
     if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(transformer, family.block_class_names, config.gradient_checkpointing_ratio)
     return params
 
 

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import weakref
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.models.presets import default_dtype
+from blueberry_video.training.checkpointing import enable_gradient_checkpointing, ratio_label, transformer_blocks
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.sampling import sample_generators
@@ -305,7 +307,8 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
     transformer = meta_transformer(family, dtype if config.training_mode == "lora" else torch.float32)
     make_trainable(transformer, config, family)
     if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing(checkpoint_with_gpu_float32_ops)
+        enable_gradient_checkpointing(transformer, family.block_class_names, config.gradient_checkpointing_ratio,
+                                      checkpoint_with_gpu_float32_ops)
     total_params = sum(p.numel() for p in transformer.parameters())
 
     accelerator = Accelerator(mixed_precision=precision, cpu=True,
@@ -430,6 +433,26 @@ def largest_frames_within(family, config, budget_bytes: int, search_limit: int =
             best, low = (candidates[middle], estimate), middle + 1
         else:
             high = middle - 1
+    return best
+
+
+def least_checkpointing_within(family, config, budget_bytes: int, count_encoders: bool = False
+                               ) -> tuple[str, int, int, MemoryEstimate] | tuple[None, None, int, None]:
+    """The lowest `gradient_checkpointing_ratio` whose estimated peak fits `budget_bytes` (bisection over how many
+    blocks recompute: the peak falls as more do): (ratio, blocks recomputing, blocks, its estimate), or
+    (None, None, blocks, None) when not even recomputing every block fits."""
+    num_blocks = len(transformer_blocks(meta_transformer(family, torch.bfloat16), family.block_class_names))
+    best = (None, None, num_blocks, None)
+    low, high = 0, num_blocks
+    while low <= high:
+        middle = (low + high) // 2
+        ratio = ratio_label(middle, num_blocks)
+        trial = dataclasses.replace(config, gradient_checkpointing=True, gradient_checkpointing_ratio=float(ratio))
+        estimate = estimate_training_memory(family, trial)
+        if estimate.total_bytes(count_encoders) <= budget_bytes:
+            best, high = (ratio, middle, num_blocks, estimate), middle - 1
+        else:
+            low = middle + 1
     return best
 
 

@@ -15,6 +15,7 @@ from blueberry_video.cli import main
 from blueberry_video.config import TrainConfig
 from blueberry_video.data.latent_dataset import DummyLatentDataset
 from blueberry_video.models import get_family_class
+from blueberry_video.training.checkpointing import enable_gradient_checkpointing
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import (ALLOCATION_GRANULE, GIB, GpuFloat32Ops,
                                                        checkpoint_with_gpu_float32_ops, estimate_training_memory)
@@ -43,7 +44,8 @@ def measured_step_peak(family, config) -> int:
     transformer = family.load_transformer(dtype=torch.bfloat16 if config.training_mode == "lora" else torch.float32)
     params = make_trainable(transformer, config, family)
     if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing(checkpoint_with_gpu_float32_ops)
+        enable_gradient_checkpointing(transformer, family.block_class_names, config.gradient_checkpointing_ratio,
+                                      checkpoint_with_gpu_float32_ops)
     optimizer = build_optimizer(params, config, device="cpu")
     lr_scheduler = build_lr_scheduler(optimizer, config, 2)
     noise_scheduler = family.load_training_scheduler()
@@ -75,6 +77,7 @@ def measured_step_peak(family, config) -> int:
 @pytest.mark.parametrize("family_name, options", [
     ("cogvideox", {}),
     ("cogvideox", {"gradient_checkpointing": True}),
+    ("hunyuan_video", {"gradient_checkpointing": True, "gradient_checkpointing_ratio": 0.5}),
     ("cogvideox", {"training_mode": "full"}),
     ("hunyuan_video", {}),
 ])
