@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from blueberry_video.models import family_names
+from blueberry_video.models import DEFAULT_FAMILY, family_names
+
+# For the verbs that are given a model directory: without --family, the folder says.
+FAMILY_FROM_MODEL_HELP = (f"model family (default: the one whose transformer class the model folder's configs name; "
+                          f"{DEFAULT_FAMILY} if they name none)")
+
+
+def _family_name(args, model_dir) -> str:
+    """--family as given (the family then refuses a folder holding another family's model), else the folder's."""
+    from blueberry_video.models import family_for_model_dir
+
+    return args.family or family_for_model_dir(model_dir)
 
 
 def _make_tiny_model(args):
@@ -23,27 +34,42 @@ def _create_sample_videos(args):
     print(f"{args.num} videos written; captions in {metadata}")
 
 
-def _precompute(args):
+# precompute's own flags, as the training settings they stand for (its --dtype is mixed_precision's dtype).
+PRECOMPUTE_FLAGS = {"model": "pretrained_model_name_or_path", "data": "instance_data_root", "out": "cache_dir",
+                    "height": "height", "width": "width", "num_frames": "max_num_frames", "fps": "fps",
+                    "skip_frames_start": "skip_frames_start", "skip_frames_end": "skip_frames_end", "crop": "crop",
+                    "short_video": "short_video", "caption_column": "caption_column",
+                    "video_column": "video_column", "id_token": "id_token", "cache_dtype": "cache_dtype"}
+PRECISION_OF_DTYPE = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _precompute(args, extra):
+    """Build the latent cache exactly as training with the same config and flags would: same settings, so the
+    same cache (training finds it and reads no video)."""
     import torch
     from accelerate import Accelerator
 
+    from blueberry_video.config import parse_config
     from blueberry_video.data.cache import CHUNK_SIZE, CacheSettings, precompute_latent_cache
-    from blueberry_video.data.decode import FrameSampling
     from blueberry_video.models import load_family
-    from blueberry_video.training.accelerator import check_launch
+    from blueberry_video.training.accelerator import check_launch, weight_dtype
 
-    accelerator = Accelerator()
+    argv = ["--config", args.config] if args.config else []
+    for flag, setting in PRECOMPUTE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            argv += [f"--{setting}", str(getattr(args, flag))]
+    if args.dtype:
+        argv += ["--mixed_precision", PRECISION_OF_DTYPE[args.dtype]]
+    argv += ["--vae_tiling"] * args.vae_tiling + ["--strict_data"] * args.strict
+    config = parse_config(argv + extra)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
     check_launch(accelerator)
-    family = load_family(args.family, args.model)
-    family.check_video_shape(args.num_frames, args.height, args.width)
-    sampling = FrameSampling(num_frames=args.num_frames, height=args.height, width=args.width, fps=args.fps,
-                             skip_frames_start=args.skip_frames_start, skip_frames_end=args.skip_frames_end,
-                             crop=args.crop, short_video=args.short_video)
-    settings = CacheSettings(sampling=sampling, encode_dtype=args.dtype, cache_dtype=args.cache_dtype,
-                             caption_column=args.caption_column, video_column=args.video_column,
-                             id_token=args.id_token, vae_tiling=args.vae_tiling)
-    report = precompute_latent_cache(family, args.data, args.out, settings, accelerator=accelerator,
-                                     strict=args.strict, device=accelerator.device if torch.cuda.is_available() else "cpu",
+    family = load_family(_family_name(args, config.pretrained_model_name_or_path), config.pretrained_model_name_or_path)
+    family.check_video_shape(config.max_num_frames, config.height, config.width)
+    report = precompute_latent_cache(family, config.instance_data_root, config.resolved_cache_dir,
+                                     CacheSettings.from_config(config, weight_dtype(accelerator)),
+                                     accelerator=accelerator, strict=config.strict_data,
+                                     device=accelerator.device if torch.cuda.is_available() else "cpu",
                                      chunk_size=args.chunk_size or CHUNK_SIZE)
     if accelerator.is_main_process:
         print(report.summary())
@@ -60,8 +86,8 @@ def _generate(args):
 
     from blueberry_video.generate import generate
 
-    path = generate(args.family, args.model, args.prompt, args.out, lora=args.lora, transformer_dir=args.transformer,
-                    num_frames=args.num_frames, height=args.height, width=args.width,
+    path = generate(_family_name(args, args.model), args.model, args.prompt, args.out, lora=args.lora,
+                    transformer_dir=args.transformer, num_frames=args.num_frames, height=args.height, width=args.width,
                     num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
                     fps=args.fps, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
                     dtype=getattr(torch, args.dtype) if args.dtype else None, attention_backend=args.attention_backend)
@@ -69,10 +95,14 @@ def _generate(args):
 
 
 def _train(args, extra):
-    from blueberry_video.models import get_family_class
+    from blueberry_video.config import parse_config
+    from blueberry_video.models import family_for_model_dir, get_family_class
     from blueberry_video.training.trainer import run_recipe
 
-    result = run_recipe(get_family_class(args.family), (["--config", args.config] if args.config else []) + extra)
+    argv = (["--config", args.config] if args.config else []) + extra
+    # Without --family the config is read here for its model directory; the recipe parses it again.
+    family_name = args.family or family_for_model_dir(parse_config(argv).pretrained_model_name_or_path)
+    result = run_recipe(get_family_class(family_name), argv)
     print(f"{result.global_step} steps; outputs in {result.output_dir}")
 
 
@@ -80,15 +110,15 @@ def _estimate_memory(args, extra):
     import tempfile
 
     from blueberry_video.config import parse_config
-    from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, save_real_size_configs
+    from blueberry_video.models.presets import save_real_size_configs
 
     defaults = {"dummy_data": True}  # the estimate reads no data
-    family_name = args.family
     with tempfile.TemporaryDirectory(prefix="blueberry-preset-") as preset_dir:
         if args.preset:
-            family_name = REAL_SIZE_TRANSFORMERS[args.preset][0]
             defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, preset_dir))
-        _print_memory_estimate(args, parse_config(extra, defaults=defaults), family_name)
+        config = parse_config(extra, defaults=defaults)
+        # The preset's folder names its transformer class, so the preset sets the family too.
+        _print_memory_estimate(args, config, _family_name(args, config.pretrained_model_name_or_path))
 
 
 def _print_memory_estimate(args, config, family_name):
@@ -166,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("make-tiny-model", help="build a tiny random pipeline in the diffusers layout")
     p.add_argument("out_dir")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_make_tiny_model)
 
@@ -180,38 +210,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_create_sample_videos)
 
-    p = verbs.add_parser("precompute", help="encode a dataset into the latent cache (accelerate launch for several processes)")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
-    p.add_argument("--model", required=True, help="model directory (diffusers layout)")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", required=True, help="cache folder")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=720)
-    p.add_argument("--num-frames", type=int, default=49)
-    p.add_argument("--fps", type=float, default=None)
-    p.add_argument("--skip-frames-start", type=int, default=0)
-    p.add_argument("--skip-frames-end", type=int, default=0)
-    p.add_argument("--crop", choices=["center", "random"], default="center")
-    p.add_argument("--short-video", choices=["skip", "loop", "pad"], default="skip")
+    p = verbs.add_parser("precompute", help="encode a dataset into the latent cache ahead of training (accelerate "
+                                            "launch for several processes); takes the training config and flags, "
+                                            "so the cache is the one training with them reads")
+    p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
+    p.add_argument("--config", help="the training's YAML file: its data, frame and precision settings")
+    p.add_argument("--model", help="model directory (diffusers layout): --pretrained_model_name_or_path")
+    p.add_argument("--data", help="dataset folder: --instance_data_root")
+    p.add_argument("--out", help="cache folder: --cache_dir (default <dataset>/.latent_cache, where training looks)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--num-frames", type=int, help="--max_num_frames")
+    p.add_argument("--fps", type=float)
+    p.add_argument("--skip-frames-start", type=int)
+    p.add_argument("--skip-frames-end", type=int)
+    p.add_argument("--crop", choices=["center", "random"])
+    p.add_argument("--short-video", choices=["skip", "loop", "pad"])
     p.add_argument("--caption-column")
     p.add_argument("--video-column")
     p.add_argument("--id-token")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--dtype", choices=list(PRECISION_OF_DTYPE),
+                   help="what the encoders run in: the training's mixed_precision (bf16 by default)")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"])
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--strict", action="store_true", help="fail on the first unusable video instead of skipping it")
     # Videos per unit of resumable work; hidden because only tests need to change it.
     p.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
-    p.set_defaults(run=_precompute)
+    p.set_defaults(run=_precompute, takes_extra=True)
 
     p = verbs.add_parser("demo", help="tiny model + sample videos + a short LoRA run, on CPU, no downloads; "
                                       "extra flags go to the training config")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY)
     p.add_argument("--workdir", default=".blueberry/demo")
     p.set_defaults(run=_demo, takes_extra=True)
 
     p = verbs.add_parser("generate", help="generate a video with a base model plus a LoRA or fine-tuned transformer")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output .mp4")
@@ -236,14 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="train in one process from a config (an experiment's config.yaml); any training "
                               "flag overrides it (python recipes/train_cogvideox.py --help lists them). "
                               "Several GPUs: accelerate launch recipes/train_<family>.py")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
     p.add_argument("--config", help="YAML file of training settings")
     p.set_defaults(run=_train, takes_extra=True)
 
     p = verbs.add_parser("estimate-memory", allow_abbrev=False,
                          help="estimate a training run's peak GPU memory on any machine (no GPU, no weights read): "
                               "takes the training config and flags, e.g. --config X.yaml --gradient_checkpointing")
-    p.add_argument("--family", choices=family_names(), default="cogvideox")
+    p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
     p.add_argument("--preset", choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video"],
                    help="a published model's size, without its files (sets the family and model directory)")
     p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, e.g. 24 or 80: says whether it fits")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import math
 import types
 import warnings
@@ -41,7 +42,8 @@ class TrainConfig:
     fps: float | None = _opt(None, "sample source frames at this rate (None: consecutive frames)")
     skip_frames_start: int = _opt(0, "source frames skipped at the start of each video")
     skip_frames_end: int = _opt(0, "source frames skipped at the end of each video")
-    crop: str = _opt("center", "how frames are cropped to height x width", ["center", "random"])
+    crop: str = _opt("center", "how frames are cropped to height x width (random: one crop per video, drawn when "
+                     "the latent cache is built, not per epoch)", ["center", "random"])
     short_video: str = _opt("skip", "videos with too few frames: skip them, loop them, or pad with the last frame", ["skip", "loop", "pad"])
     dataset_repeats: int = _opt(1, "times each video is repeated per epoch")
     cache_dir: str | None = _opt(None, "latent cache folder (default: <instance_data_root>/.latent_cache)")
@@ -98,7 +100,7 @@ class TrainConfig:
     flow_guidance_scale: float = _opt(1.0, "guidance-embedding value during training (guidance-distilled HunyuanVideo)")
     # checkpoints
     output_dir: str = _opt("outputs/run", "where checkpoints, weights, videos and logs go")
-    overwrite_output_dir: bool = _opt(False, "allow starting a new run in a non-empty output_dir")
+    overwrite_output_dir: bool = _opt(False, "start a new run in a non-empty output_dir: first remove what an earlier run wrote there (checkpoint-*, metrics.jsonl, logs/, validation/, weights, plots, model card, config.yaml, run_info.json); other files stay")
     checkpointing_steps: int = _opt(500, "save a resumable checkpoint every N steps (0: only at the end)")
     checkpoints_total_limit: int | None = _opt(None, "keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = _opt(None, "'latest' or a checkpoint folder")
@@ -168,7 +170,11 @@ def _coerce(name: str, value, source: str):
             return value
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{source}: {name}={value!r} should be of type {'list of strings' if kind is list else kind.__name__}")
+    # YAML 1.1 reads unquoted no/yes/off/on as booleans: `mixed_precision: no` arrives as False.
+    hint = (f'; YAML reads unquoted no/yes/on/off as true/false: write {name}: "{"no" if value is False else "yes"}" '
+            "in quotes" if kind is str and isinstance(value, bool) else "")
+    raise ConfigError(f"{source}: {name}={value!r} should be of type "
+                      f"{'list of strings' if kind is list else kind.__name__}{hint}")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -263,6 +269,12 @@ def validate(config: TrainConfig) -> None:
     if config.gradient_checkpointing_ratio < 1 and not config.gradient_checkpointing:
         raise ConfigError(f"gradient_checkpointing_ratio={config.gradient_checkpointing_ratio} only applies with "
                           "gradient_checkpointing: add --gradient_checkpointing, or drop the ratio")
+    tracker_packages = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
+    if config.report_to in tracker_packages and not any(importlib.util.find_spec(package)
+                                                        for package in tracker_packages[config.report_to]):
+        # accelerate would only warn, and the run would log nowhere.
+        raise ConfigError(f"report_to={config.report_to}: the {config.report_to} package is not installed; "
+                          f"pip install {config.report_to}, or --report_to none")
     if config.fps is not None and config.fps <= 0:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
     if not config.pretrained_model_name_or_path:

@@ -43,5 +43,5 @@ def out_of_memory_message(config, detail: str) -> str:
                    "accelerate_configs/deepspeed_zero2_offload.yaml (or a ZeRO-3 / FSDP config)")
     lines = "\n".join(f"  - {option}" for option in options)
     return (f"out of GPU memory ({detail}). Options for this run, most effective first:\n{lines}\n"
-            f"Try settings without a GPU first: blueberry-video estimate-memory --family <family> "
+            f"Try settings without a GPU first: blueberry-video estimate-memory "
             f"--config <your config> [flags] --budget-gib <GPU memory in GiB>")

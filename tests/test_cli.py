@@ -20,6 +20,7 @@ from blueberry_video.cli import main
 from blueberry_video.data.decode import FrameSampling, VideoTooShortError, decode_video
 from blueberry_video.data.latent_dataset import LatentCacheDataset
 from blueberry_video.errors import ConfigError
+from tests.conftest import REPO_ROOT
 
 SHAPE = ["--height", "96", "--width", "160"]
 
@@ -97,6 +98,26 @@ def test_precompute_refuses_a_frame_count_the_vae_cannot_take(tmp_path, tiny_cog
         main(["precompute", "--model", str(tiny_cogvideox_dir), "--data", str(sample_dataset_dir),
               "--out", str(tmp_path / "cache"), *SHAPE, "--num-frames", "8"])
     assert not (tmp_path / "cache").exists()
+
+
+def test_precompute_with_the_training_config_builds_the_cache_training_reads(
+        tmp_path, tiny_cogvideox_dir, sample_dataset_dir, capsys, fresh_accelerate_state):
+    # The settings the shipped configs use (bf16 encoders, a float16 cache, fps) are not precompute's old
+    # defaults: given the training's config and flags, precompute builds the very cache training then reuses.
+    config = tmp_path / "train.yaml"
+    config.write_text("height: 96\nwidth: 160\nmax_num_frames: 9\nfps: 8\ncache_dtype: float16\n"
+                      "mixed_precision: bf16\nrank: 4\nlora_alpha: 4\n")
+    common = ["--config", str(config), "--pretrained_model_name_or_path", str(tiny_cogvideox_dir),
+              "--instance_data_root", str(sample_dataset_dir), "--cache_dir", str(tmp_path / "cache")]
+    main(["precompute", *common])
+    assert "(reused)" not in capsys.readouterr().out
+    sys.path.insert(0, str(REPO_ROOT / "recipes"))
+    import train_cogvideox
+
+    train_cogvideox.main([*common, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1",
+                          "--checkpointing_steps", "0"])
+    assert "(reused)" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
 @pytest.fixture(scope="module")

@@ -194,3 +194,21 @@ def test_yaml_python_tags_are_refused(tmp_path, tagged):
         load_yaml(path)
     assert str(path) in str(raised.value) and "python" in str(raised.value)
     assert not marker.exists()
+
+
+def test_an_unquoted_no_in_yaml_gets_a_hint_to_quote_it(tmp_path):
+    path = write_yaml(tmp_path, "mixed_precision: no\n")
+    with pytest.raises(ConfigError, match=r'mixed_precision=False .* write mixed_precision: "no" in quotes'):
+        parse_config(["--config", str(path), "--pretrained_model_name_or_path", str(tmp_path), "--dummy_data"])
+
+
+def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # as on a machine without wandb (the test environment may have it from the `wandb` extra)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="report_to=wandb: the wandb package is not installed"):
+        parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", "--report_to", "wandb"])
+    assert parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data",
+                         "--report_to", "tensorboard"]).report_to == "tensorboard"

@@ -44,6 +44,18 @@ class CacheSettings:
     id_token: str | None = None
     vae_tiling: bool = False
 
+    @classmethod
+    def from_config(cls, config, encode_dtype: torch.dtype) -> "CacheSettings":
+        """The settings a training config builds its cache with (training and `precompute` both ask here)."""
+        sampling = FrameSampling(
+            num_frames=config.max_num_frames, height=config.height, width=config.width, fps=config.fps,
+            skip_frames_start=config.skip_frames_start, skip_frames_end=config.skip_frames_end,
+            crop=config.crop, short_video=config.short_video,
+        )
+        return cls(sampling=sampling, encode_dtype=str(encode_dtype).removeprefix("torch."),
+                   cache_dtype=config.cache_dtype, caption_column=config.caption_column,
+                   video_column=config.video_column, id_token=config.id_token, vae_tiling=config.vae_tiling)
+
 
 @dataclass
 class CacheReport:
@@ -192,6 +204,37 @@ def _read_report(cache_path: Path, reused: bool) -> CacheReport:
     return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused)
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def why_not_reused(cache_root: Path, family, settings: CacheSettings) -> str | None:
+    """When `cache_root` holds complete caches of this family built with other settings (a `precompute` run
+    with other flags than the training's, say): how the nearest differs, so a silent re-encode is not a surprise."""
+    ours = _flat(json.loads(json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, default=str)))
+    differences = []
+    for other in sorted(cache_root.glob(f"{family.name}-*/settings.json")):
+        if not (other.parent / "manifest.json").exists():
+            continue
+        theirs = _flat(json.loads(other.read_text()))
+        differences.append(sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)))
+    if not differences:
+        return None
+    nearest = min(differences, key=len)
+    if not nearest:
+        return (f"{cache_root} holds a cache with these settings for another listing of the dataset (videos or "
+                "captions changed)")
+    return (f"{cache_root} holds {len(differences)} cache(s) for other settings; the nearest differs in "
+            f"{', '.join(nearest)} (model.* is the VAE/text encoder config, settings.* the training flags "
+            "mixed_precision, fps, cache_dtype, ...)")
+
+
 def precompute_latent_cache(
     family,
     data_root: str | Path,
@@ -220,11 +263,19 @@ def precompute_latent_cache(
     fingerprint = cache_fingerprint(family, root, entries, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
-        return _read_report(cache_path, reused=True)
+        report = _read_report(cache_path, reused=True)
+        # The cache was built without strict_data: what it skipped then is unusable now.
+        if strict and report.skipped:
+            first = report.skipped[0]
+            raise VideoDecodeError(Path(first["source"]), f"{first['reason']} (strict_data is set; the latent cache "
+                                   f"{cache_path} skipped {len(report.skipped)} item(s) when it was built)")
+        return report
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
+    if is_main and (why := why_not_reused(Path(cache_root), family, settings)):
+        logger.warning("building a new latent cache in %s: %s", cache_path, why)
     starts = range(0, len(entries), chunk_size)
     chunks = [entries[start : start + chunk_size] for start in starts]
     chunk_dirs = [_chunk_dir(cache_path, start, start + len(chunk)) for start, chunk in zip(starts, chunks)]

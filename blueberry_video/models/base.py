@@ -58,6 +58,7 @@ class ModelFamily(ABC):
                 f"directory in the diffusers layout, or build a tiny one with "
                 f"`blueberry-video make-tiny-model --family {self.name} DIR`."
             )
+        self.check_transformer_class()
         missing = [sub for sub in self.required_subfolders if not (self.model_dir / sub).is_dir()]
         if missing:
             raise ModelLayoutError(
@@ -65,6 +66,27 @@ class ModelFamily(ABC):
                 f"needs {', '.join(self.required_subfolders)} (the layout `save_pretrained` of "
                 f"{self.pipeline_class.__name__} writes)."
             )
+
+    def check_transformer_class(self) -> None:
+        """Refuse a directory holding another family's model, from its configs alone: otherwise the other
+        family's VAE and text encoders fill the latent cache, and diffusers fails only at the first training step.
+        A folder whose configs name no class (hand-made) passes."""
+        from blueberry_video.models import declared_transformer_class, family_for_transformer_class
+
+        declared = declared_transformer_class(self.model_dir)
+        expected = self.transformer_class.__name__
+        if declared is None or declared[0] == expected:
+            return
+        found, path = declared
+        other = family_for_transformer_class(found)
+        point = f"--pretrained_model_name_or_path (--model) at a {self.name} model directory"
+        if other is None:
+            fix = f"Point {point}."
+        else:
+            fix = (f"For this {other} model use recipes/train_{other}.py, or blueberry-video with `--family {other}` "
+                   f"or no --family (it is then read from the folder); to train {self.name}, point {point}.")
+        raise ModelLayoutError(f"{path}: the transformer is a {found}, but the {self.name} family needs a {expected}. "
+                               f"{fix}")
 
     def read_config(self, subfolder: str) -> dict:
         """A component's config.json (or scheduler_config.json) without loading its weights.

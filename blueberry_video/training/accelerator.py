@@ -3,7 +3,10 @@ that would silently train wrongly."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +15,9 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectCo
 from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
+from blueberry_video.training.export import LORA_WEIGHTS
+
+logger = logging.getLogger(__name__)
 
 
 def build_accelerator(config) -> Accelerator:
@@ -187,3 +193,60 @@ def check_output_dir(config, resuming: bool) -> None:
             f"output_dir={out} is not empty: a new run would mix its checkpoints and videos with an earlier run's. "
             f"Resume it with --resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir."
         )
+
+
+# What a training run writes into its output_dir: trainer.py and records.py (config.yaml, run_info.json,
+# metrics.jsonl, loss.png, final_metrics.json, README.md), export.py (the weights), validation.py (videos) and
+# the trackers' logging_dir (build_accelerator). --overwrite_output_dir removes these and nothing else.
+RUN_OUTPUT_NAMES = frozenset({"config.yaml", "run_info.json", "metrics.jsonl", "loss.png", "final_metrics.json",
+                              "README.md", LORA_WEIGHTS, "transformer", "validation", "logs"})
+# checkpoint-N and the checkpoint-N.tmp a killed save leaves (checkpoints.py); the tempfile folder export.py
+# writes the weights in before moving them into place, left behind if the export was killed.
+RUN_OUTPUT_PATTERN = re.compile(r"checkpoint-\d+(\.tmp)?|tmp[a-z0-9_]{8}")
+# The first line of the model card after its title (records.write_model_card): a README.md without it is the user's.
+MODEL_CARD_MARK = "Trained with blueberry-video."
+
+
+def is_run_output(path: Path) -> bool:
+    if path.name == "README.md":
+        return path.is_file() and MODEL_CARD_MARK in path.read_text(errors="replace")
+    return path.name in RUN_OUTPUT_NAMES or RUN_OUTPUT_PATTERN.fullmatch(path.name) is not None
+
+
+def remove_run_outputs(output_dir: Path, keep: Path | None = None) -> tuple[list[str], list[str]]:
+    """Delete an earlier run's outputs from `output_dir`, except `keep` and what holds it; returns the names
+    removed and the names left."""
+    removed, left = [], []
+    for path in sorted(output_dir.iterdir()) if output_dir.is_dir() else []:
+        if (keep is not None and keep.resolve().is_relative_to(path.resolve())) or not is_run_output(path):
+            left.append(path.name)
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
+    return removed, left
+
+
+def clear_earlier_run(accelerator: Accelerator, config, resuming: bool) -> None:
+    """--overwrite_output_dir starts a new run from a clean output_dir: an earlier run's checkpoints would be
+    what `--resume_from_checkpoint latest` finds (and, having higher steps, outlive the new ones under
+    checkpoints_total_limit), and its metrics lines, videos and plots would mix into the new run's records.
+
+    Once, on the main process, before the run writes anything; the others wait so that none writes first.
+    """
+    if resuming or not config.overwrite_output_dir:
+        return
+    if accelerator.is_main_process:
+        output_dir = Path(config.output_dir)
+        # Without instance_data_root the latent cache is output_dir/latent_cache; it is keyed by the data and
+        # settings, so the new run reuses it instead of mixing with it.
+        removed, left = remove_run_outputs(output_dir, keep=config.resolved_cache_dir)
+        if removed:
+            logger.warning("overwrite_output_dir: removed the earlier run's %s from %s", ", ".join(removed),
+                           output_dir)
+        if left:
+            logger.warning("overwrite_output_dir: left %s in %s untouched (not written by a training run, or "
+                           "the latent cache)", ", ".join(left), output_dir)
+    accelerator.wait_for_everyone()

@@ -36,20 +36,35 @@ def add_lora(transformer, config, family) -> None:
         load_lora_into(transformer, config.init_lora_weights)
 
 
-def load_lora_into(transformer, path: str | Path) -> None:
-    """Start from an existing diffusers-format LoRA (as this toolkit or diffusers scripts save it)."""
+def lora_file(path: str | Path) -> Path:
+    """The .safetensors file of a LoRA given as the file or the folder it was saved to."""
     path = Path(path)
     file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"init_lora_weights={path}: no pytorch_lora_weights.safetensors there")
+    return file
+
+
+def load_lora_into(transformer, path: str | Path) -> None:
+    """Start from an existing diffusers-format LoRA (as this toolkit or diffusers scripts save it)."""
+    file = lora_file(path)
     state = {k.removeprefix("transformer."): v for k, v in load_file(file).items()}
-    result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    try:
+        result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    except RuntimeError as error:  # "size mismatch for ...": another rank than the file's
+        raise ConfigError(f"init_lora_weights={file}: its shapes do not match this run's LoRA (rank "
+                          f"{transformer.peft_config[ADAPTER].r}): {str(error).splitlines()[-1].strip()}") from error
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ConfigError(
             f"init_lora_weights={file}: {len(unexpected)} keys do not match this model's LoRA "
             f"(e.g. {unexpected[0]}); check rank and lora_target_modules match the file"
         )
+    # A file for fewer layers (a partial or another model's LoRA) loads what it has; say what starts from zero.
+    missing = sorted(set(get_peft_model_state_dict(transformer, adapter_name=ADAPTER)) - set(state))
+    if missing:
+        logger.warning("init_lora_weights=%s has no weights for %d of this model's LoRA tensors (e.g. %s): "
+                       "those start from scratch", file, len(missing), missing[0])
 
 
 def make_trainable(transformer, config, family) -> list[torch.nn.Parameter]:

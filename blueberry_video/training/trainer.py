@@ -18,12 +18,12 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
-from blueberry_video.data.decode import FrameSampling
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.errors import ConfigError, OutOfMemoryHelp, out_of_memory_message
 from blueberry_video.training.accelerator import (
     build_accelerator,
     check_output_dir,
+    clear_earlier_run,
     engine_name,
     fit_fsdp_wrap_classes,
     transformer_load_dtype,
@@ -41,6 +41,7 @@ from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
+from blueberry_video.training.preflight import check_init_lora_weights, resumed_config
 from blueberry_video.training.records import (
     MetricsLog,
     plot_losses,
@@ -71,17 +72,8 @@ def build_dataset(config, family, accelerator, dtype: torch.dtype):
     if config.dummy_data:
         return DummyLatentDataset(family, config.num_dummy_samples, config.max_num_frames, config.height,
                                   config.width, seed=config.seed), config.num_dummy_samples
-    sampling = FrameSampling(
-        num_frames=config.max_num_frames, height=config.height, width=config.width, fps=config.fps,
-        skip_frames_start=config.skip_frames_start, skip_frames_end=config.skip_frames_end,
-        crop=config.crop, short_video=config.short_video,
-    )
-    settings = CacheSettings(
-        sampling=sampling, encode_dtype=str(dtype).removeprefix("torch."), cache_dtype=config.cache_dtype,
-        caption_column=config.caption_column, video_column=config.video_column, id_token=config.id_token,
-        vae_tiling=config.vae_tiling,
-    )
-    report = precompute_latent_cache(family, config.instance_data_root, config.resolved_cache_dir, settings,
+    report = precompute_latent_cache(family, config.instance_data_root, config.resolved_cache_dir,
+                                     CacheSettings.from_config(config, dtype),
                                      accelerator=accelerator, strict=config.strict_data)
     if accelerator.is_main_process:
         print(report.summary())
@@ -106,9 +98,12 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
+    config = resumed_config(config)
+    check_init_lora_weights(config, family)
     resume_requested = config.resume_from_checkpoint is not None
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)
+    clear_earlier_run(accelerator, config, resume_requested)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
@@ -154,7 +149,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         if accelerator.is_main_process:
             metrics.truncate_after(state["global_step"])
             print(f"resumed from {resume_path} at step {state['global_step']}")
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
     accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
 

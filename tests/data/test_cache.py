@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
@@ -130,6 +131,20 @@ def test_a_changed_setting_builds_a_new_cache(one_video, family, change):
     assert not changed.reused and changed.num_cached == 1
     unchanged = precompute_latent_cache(family, data, cache_root, SETTINGS)
     assert unchanged.path == base.path and unchanged.reused
+
+
+def test_a_new_cache_beside_others_says_which_settings_differ(one_video_dataset_dir, family, tmp_path, caplog):
+    # e.g. `blueberry-video precompute` run ahead with other flags than the training's: the re-encode is explained
+    precompute_latent_cache(family, one_video_dataset_dir, tmp_path, SETTINGS)
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, one_video_dataset_dir, tmp_path,
+                                dataclasses.replace(SETTINGS, encode_dtype="bfloat16", cache_dtype="float16"))
+    assert "building a new latent cache" in caplog.text
+    assert "differs in settings.cache_dtype, settings.encode_dtype" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "empty", SETTINGS)
+    assert "building a new latent cache" not in caplog.text  # nothing else there: nothing to explain
 
 
 def test_changed_settings_reach_the_cached_tensors(one_video, family):
@@ -303,6 +318,18 @@ def test_strict_refuses_an_undecodable_video(family, mixed_dataset, tmp_path):
     with pytest.raises(VideoDecodeError, match="garbage.mp4.*strict_data"):
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
     assert not list((tmp_path / "cache").glob("*/manifest.json"))
+
+
+def test_strict_refuses_what_a_reused_cache_skipped(family, mixed_dataset, tmp_path):
+    # A cache built without strict_data (e.g. by `blueberry-video precompute`) recorded the undecodable video as
+    # skipped; a strict run that reuses it must refuse as if it had found the video itself.
+    root, good = mixed_dataset
+    records = [r for r in metadata(root) if r["caption"] and "missing" not in r["file"]]
+    (root / "metadata.json").write_text(json.dumps(records))
+    built = precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS)
+    assert built.skipped
+    with pytest.raises(VideoDecodeError, match="garbage.mp4.*strict_data"):
+        precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
 
 
 def test_a_dataset_with_no_usable_video_raises_with_the_reasons(family, mixed_dataset, tmp_path):

@@ -77,7 +77,7 @@ def measured_step_peak(family, config) -> int:
 @pytest.mark.parametrize("family_name, options", [
     ("cogvideox", {}),
     ("cogvideox", {"gradient_checkpointing": True}),
-    ("hunyuan_video", {"gradient_checkpointing": True, "gradient_checkpointing_ratio": 0.5}),
+    ("cogvideox", {"gradient_checkpointing": True, "gradient_checkpointing_ratio": 0.5}),
     ("cogvideox", {"training_mode": "full"}),
     ("hunyuan_video", {}),
 ])

@@ -1,0 +1,76 @@
+"""Checks of a run's settings against the files it will read, before the latent cache and the weights: the LoRA
+it starts from and the run it resumes. A mismatch found here costs seconds; found when the weights load, it
+costs the whole cache build first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import yaml
+from safetensors import safe_open
+
+from blueberry_video.errors import ConfigError
+from blueberry_video.training.checkpoints import checkpoint_steps, resolve_resume_path
+from blueberry_video.training.lora import lora_file
+
+logger = logging.getLogger(__name__)
+
+# The checkpoint's tensors are shaped by these: resumed with other values, it cannot load.
+SHAPING_SETTINGS = ("training_mode", "rank", "lora_target_modules", "optimizer", "use_8bit_adam")
+# The checkpoint's optimizer and schedule state restore these: a new value would be silently ignored.
+RESTORED_SETTINGS = ("learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles", "lr_power",
+                     "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
+
+
+def resumed_config(config):
+    """The settings to resume with. Settings that shape the checkpoint must match the run's own (config.yaml
+    beside the checkpoint); those its restored state would override keep the run's values, with a warning, so
+    that the model card and config.yaml say what the optimizer really does."""
+    if config.resume_from_checkpoint == "latest":
+        found = checkpoint_steps(config.output_dir)
+        checkpoint = found[-1][1] if found else None  # none: a new run (the trainer says so)
+    else:  # refuses a folder that is not a complete checkpoint, before any work
+        checkpoint = resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
+    saved_file = checkpoint.parent / "config.yaml" if checkpoint else None
+    if saved_file is None or not saved_file.is_file():
+        return config
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    clashes = [name for name in SHAPING_SETTINGS if name in saved and saved[name] != getattr(config, name)]
+    if clashes:
+        was = ", ".join(f"{name}={saved[name]!r}" for name in clashes)
+        now = ", ".join(f"{name}={getattr(config, name)!r}" for name in clashes)
+        raise ConfigError(f"resume_from_checkpoint: {checkpoint} was trained with {was} ({saved_file}), this run "
+                          f"has {now}: its weights and optimizer state would not load. Resume with the run's "
+                          f"settings, or start a new run from its weights with --init_lora_weights (LoRA)")
+    kept = {name: saved[name] for name in RESTORED_SETTINGS if name in saved and saved[name] != getattr(config, name)}
+    if kept:
+        logger.warning("resuming %s: its restored optimizer and schedule keep %s; the new value(s) %s are ignored "
+                       "(start a new run to change them)", checkpoint,
+                       ", ".join(f"{name}={value!r}" for name, value in kept.items()),
+                       ", ".join(f"{name}={getattr(config, name)!r}" for name in kept))
+    return dataclasses.replace(config, **kept)
+
+
+def check_init_lora_weights(config, family) -> None:
+    """The LoRA to start from has this run's rank and adapts the same kinds of layers (read from the file's
+    header: no tensor is loaded)."""
+    if not config.init_lora_weights or config.training_mode != "lora":
+        return
+    file = lora_file(config.init_lora_weights)
+    with safe_open(file, framework="pt") as weights:
+        shapes = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+    # lora_A maps the layer's input to `rank` features: its weight is [rank, in_features].
+    ranks = sorted({shape[0] for name, shape in shapes.items() if ".lora_A." in name})
+    if ranks and ranks != [config.rank]:
+        found = ", ".join(map(str, ranks))
+        raise ConfigError(f"init_lora_weights={file}: its adapter has rank {found}, this run's rank is {config.rank}; "
+                          f"pass --rank {ranks[0]} (and the lora_alpha it was trained with)")
+    targets = set(config.lora_target_modules or family.default_lora_target_modules)
+    adapted = {name.split(".lora_A.")[0] for name in shapes if ".lora_A." in name}
+    foreign = sorted({name for name in adapted if not any(name == t or name.endswith(f".{t}") for t in targets)})
+    if foreign:
+        raise ConfigError(f"init_lora_weights={file}: it adapts layers this run does not ({foreign[0]}, "
+                          f"{len(foreign)} in all); this run's lora_target_modules are {sorted(targets)}: set "
+                          f"lora_target_modules to the ones it was trained with")

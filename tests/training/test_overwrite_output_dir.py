@@ -1,0 +1,102 @@
+"""--overwrite_output_dir starts the new run from a clean output_dir: none of the earlier run's files is left to be
+resumed, pruned against or read into the new run's records; files a run does not write stay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from blueberry_video.training.accelerator import remove_run_outputs
+
+SHAPE = ["--height", "96", "--width", "160", "--max_num_frames", "9", "--mixed_precision", "no"]
+
+
+def names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def steps_logged(output_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def train_in(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    from blueberry_video.config import parse_config
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+    from blueberry_video.training.trainer import train
+
+    def run(output_dir, *extra):
+        config = parse_config(["--pretrained_model_name_or_path", str(tiny_cogvideox_dir),
+                               "--instance_data_root", str(one_video_dataset_dir), "--output_dir", str(output_dir),
+                               "--cache_dir", str(tmp_path / "cache"), *SHAPE, "--rank", "8",
+                               "--learning_rate", "1e-3", "--checkpointing_steps", "2",
+                               "--checkpoints_total_limit", "2", *extra])
+        return train(config, CogVideoXFamily(tiny_cogvideox_dir))
+
+    return run
+
+
+def test_a_new_run_over_an_earlier_one_keeps_none_of_its_outputs(train_in, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_in(out, "--max_train_steps", "4", "--validation_prompt", "a red circle", "--num_inference_steps", "1")
+    assert {"checkpoint-2", "checkpoint-4", "validation", "README.md"} <= set(names(out))
+    (out / "checkpoint-6.tmp").mkdir()  # a save that was killed
+    (out / "notes.txt").write_text("mine")
+    (out / "my_data").mkdir()
+    (out / "my_data" / "clip.mp4").write_bytes(b"mine too")
+
+    second = train_in(out, "--overwrite_output_dir", "--max_train_steps", "3")
+    assert second.global_step == 3
+    # Left there, the earlier checkpoint-4 would outlive the new checkpoint-2 under checkpoints_total_limit=2.
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
+    assert steps_logged(out) == [1, 2, 3]
+    assert json.loads((out / "final_metrics.json").read_text())["steps"] == 3
+    assert not (out / "validation").exists()  # this run made no video
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "my_data" / "clip.mp4").read_bytes() == b"mine too"
+
+    capsys.readouterr()
+    resumed = train_in(out, "--resume_from_checkpoint", "latest", "--max_train_steps", "4")
+    assert "resumed from" in capsys.readouterr().out and resumed.global_step == 4
+    assert len(resumed.losses) == 1  # from the new run's step 3, not the earlier run's step 4
+    assert steps_logged(out) == [1, 2, 3, 4]
+
+
+def test_only_what_a_run_writes_is_removed(tmp_path):
+    out = tmp_path / "run"
+    run_files = ["config.yaml", "run_info.json", "metrics.jsonl", "loss.png", "final_metrics.json",
+                 "pytorch_lora_weights.safetensors"]
+    run_folders = ["checkpoint-10", "checkpoint-20.tmp", "transformer", "validation", "logs", "tmpa1b2_c3d"]
+    user_files = ["notes.txt", "checkpoint-best.safetensors", "README.md"]
+    for name in run_files + user_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    for name in run_folders + ["latent_cache", "videos"]:
+        (out / name).mkdir()
+        (out / name / "inside").write_text("x")
+
+    removed, left = remove_run_outputs(out, keep=out / "latent_cache")
+    assert removed == sorted(run_files + run_folders)
+    assert left == names(out) == sorted(user_files + ["latent_cache", "videos"])
+
+    (out / "README.md").write_text("# cogvideox lora fine-tune\n\nTrained with blueberry-video.\n")  # the model card
+    assert remove_run_outputs(out) == (["README.md"], sorted(user_files[:2] + ["latent_cache", "videos"]))
+
+
+@pytest.mark.slow
+def test_two_processes_start_over_once(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    from tests.training.helpers import launch, training_args
+
+    out = tmp_path / "ddp"
+    first = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (out / "notes.txt").write_text("mine")
+    again = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache",
+                                 "--overwrite_output_dir", "--max_train_steps", "3"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("removed the earlier run's") == 1  # by the main process alone
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
+    assert steps_logged(out) == [1, 2, 3]
+    assert (out / "notes.txt").read_text() == "mine"

@@ -1,0 +1,106 @@
+"""A LoRA to start from, or a run to resume, that does not fit the settings is refused before the latent cache
+is built; settings a resumed run's state overrides keep the run's values, and its records say so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file, save_file
+
+from blueberry_video.errors import ConfigError
+from tests.conftest import REPO_ROOT
+from tests.training.test_train_cogvideox import recipe_args
+
+sys.path.insert(0, str(REPO_ROOT / "recipes"))
+import train_cogvideox  # noqa: E402
+
+SHORT = ["--rank", "4", "--lora_alpha", "4", "--checkpointing_steps", "2", "--max_train_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("preflight") / "run"
+    train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, *SHORT,
+                                     "--learning_rate", "2e-3"))
+    return out
+
+
+def fresh_args(model_dir, data_dir, out, *extra):
+    args = recipe_args(model_dir, data_dir, out, *extra)
+    args[args.index("--cache_dir") + 1] = str(out.parent / "fresh-cache")  # where a new cache would go
+    return args
+
+
+def test_a_lora_of_another_rank_is_refused_before_the_cache(short_run, tiny_cogvideox_dir, one_video_dataset_dir,
+                                                           tmp_path):
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "next", "--rank", "8",
+                      "--init_lora_weights", str(short_run))
+    with pytest.raises(ConfigError, match=r"its adapter has rank 4, this run's rank is 8; pass --rank 4"):
+        train_cogvideox.main(args)
+    assert not (tmp_path / "fresh-cache").exists()
+
+
+def test_a_lora_of_other_layers_is_refused_before_the_cache(short_run, tiny_cogvideox_dir, one_video_dataset_dir,
+                                                           tmp_path):
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "next", "--rank", "4",
+                      "--lora_target_modules", "to_q", "--init_lora_weights", str(short_run))
+    with pytest.raises(ConfigError, match=r"adapts layers this run does not.*\['to_q'\]"):
+        train_cogvideox.main(args)
+    assert not (tmp_path / "fresh-cache").exists()
+
+
+def test_a_lora_for_fewer_layers_loads_and_says_what_starts_from_scratch(short_run, tiny_cogvideox_dir,
+                                                                        one_video_dataset_dir, tmp_path, caplog):
+    weights = load_file(short_run / "pytorch_lora_weights.safetensors")
+    partial = {name: tensor for name, tensor in weights.items() if ".to_v." not in name}
+    save_file(partial, tmp_path / "partial.safetensors")
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "next", "--rank", "4", "--lora_alpha",
+                       "4", "--max_train_steps", "1", "--checkpointing_steps", "0",
+                       "--init_lora_weights", str(tmp_path / "partial.safetensors"))
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main(args)
+    assert "has no weights for" in caplog.text and ".to_v." in caplog.text
+
+
+def test_resuming_with_another_rank_is_refused_before_the_cache(short_run, tiny_cogvideox_dir,
+                                                                one_video_dataset_dir, tmp_path):
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, short_run, "--rank", "8", "--lora_alpha", "8",
+                      "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    with pytest.raises(ConfigError, match=r"was trained with rank=4 .* this run has rank=8"):
+        train_cogvideox.main(args)
+    assert not (short_run.parent / "fresh-cache").exists()
+
+
+def test_an_incomplete_checkpoint_named_on_resume_is_refused_before_the_cache(short_run, tiny_cogvideox_dir,
+                                                                              one_video_dataset_dir, tmp_path):
+    (tmp_path / "checkpoint-9").mkdir()
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "next", *SHORT,
+                      "--resume_from_checkpoint", str(tmp_path / "checkpoint-9"))
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        train_cogvideox.main(args)
+    assert not (tmp_path / "fresh-cache").exists()
+
+
+def test_a_resumed_run_keeps_the_learning_rate_its_state_restores_and_records_it(
+        short_run, tiny_cogvideox_dir, one_video_dataset_dir, tmp_path, caplog):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, run, "--rank", "4", "--lora_alpha", "4",
+                       "--checkpointing_steps", "0", "--max_train_steps", "3", "--learning_rate", "1e-4",
+                       "--resume_from_checkpoint", "latest")
+    args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main(args)
+    assert "learning_rate=0.002" in caplog.text and "are ignored" in caplog.text
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 3 and records[-1]["lr"] == pytest.approx(2e-3)
+    # the run's records say what it did: the restored rate, and the new step count
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["learning_rate"] == pytest.approx(2e-3) and saved["max_train_steps"] == 3
+    assert "0.002" in (run / "README.md").read_text()
