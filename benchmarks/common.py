@@ -28,6 +28,17 @@ def device_peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
+def add_step_arguments(parser) -> None:
+    """The training step a benchmark measures: model, mode and the clip's shape."""
+    parser.add_argument("--preset", required=True, choices=[*REAL_SIZE_TRANSFORMERS, *TINY_PRESETS])
+    parser.add_argument("--mode", choices=["lora", "full"], default="lora")
+    parser.add_argument("--rank", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--batch", type=int, default=1)
+
+
 def build_family_and_transformer(preset: str, dtype: torch.dtype, device: torch.device, workdir: Path):
     """Tiny presets: the real tiny pipeline saved and loaded. Real sizes: configs only on disk, the
     transformer built in memory with random weights (nothing downloaded)."""

@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
+    add_step_arguments,
     benchmark_config,
     build_family_and_transformer,
     print_result,
@@ -112,14 +113,7 @@ def step_flops(family, model, loss_forward, batch: dict, frames: int, height: in
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True,
-                        choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video", "tiny-cogvideox", "tiny-hunyuan-video"])
-    parser.add_argument("--mode", choices=["lora", "full"], default="lora")
-    parser.add_argument("--rank", type=int, default=128)
-    parser.add_argument("--frames", type=int, default=49)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=720)
-    parser.add_argument("--batch", type=int, default=1)
+    add_step_arguments(parser)
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 

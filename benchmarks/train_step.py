@@ -29,6 +29,7 @@ import torch
 from accelerate import Accelerator
 
 from benchmarks.common import (
+    add_step_arguments,
     benchmark_config,
     build_family_and_transformer,
     device_peak_tflops,
@@ -50,14 +51,7 @@ from blueberry_video.training.step import compile_blocks, training_step
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True,
-                        choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video", "tiny-cogvideox", "tiny-hunyuan-video"])
-    parser.add_argument("--mode", choices=["lora", "full"], default="lora")
-    parser.add_argument("--rank", type=int, default=128)
-    parser.add_argument("--frames", type=int, default=49)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=720)
-    parser.add_argument("--batch", type=int, default=1)
+    add_step_arguments(parser)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--gradient-checkpointing-ratio", type=float, default=1.0,
                         help="share of the blocks that recompute (the recipes' gradient_checkpointing_ratio)")
