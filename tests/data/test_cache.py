@@ -395,7 +395,7 @@ def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> sub
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--main_process_port", str(_free_port()), "-m", "blueberry_video.cli", "precompute",
                "--model", str(model), "--data", str(data), "--out", str(out),
-               "--height", "96", "--width", "160", "--num-frames", "9", "--chunk-size", "1"]
+               "--height", "96", "--width", "160", "--num-frames", "9", "--dtype", "float32", "--chunk-size", "1"]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -403,7 +403,7 @@ def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> sub
 def test_two_process_precompute_shares_the_chunks(tiny_cogvideox_dir, sample_dataset_dir, sample_cache, tmp_path):
     result = _launch_precompute(tiny_cogvideox_dir, sample_dataset_dir, tmp_path, use_cpu=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    cache_path = tmp_path / sample_cache.path.name  # the CLI's defaults key the cache as SETTINGS does
+    cache_path = tmp_path / sample_cache.path.name  # these flags key the cache as SETTINGS does
     manifest = json.loads((cache_path / "manifest.json").read_text())
     assert manifest["num_cached"] == 4 and manifest["skipped"] == []
     # chunk_size 1: chunks 0 and 2 are process 0's, 1 and 3 process 1's
