@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from blueberry_video.data.video_writer import write_mp4
+from blueberry_video.errors import ModelLayoutError
 from blueberry_video.models import load_family
 from blueberry_video.training.attention import NATIVE, apply_attention_backend, check_attention_backend
+
+
+def check_transformer_folder(family, folder: Path) -> None:
+    """A fine-tuned transformer of another family would fail deep in diffusers' loading, or load with warnings."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelLayoutError(f"--transformer {folder}: no config.json; give the run's output_dir or its transformer/")
+    found = json.loads(config.read_text()).get("_class_name")
+    if found and found != family.transformer_class.__name__:
+        raise ModelLayoutError(f"{config}: the transformer is a {found}, but {family.name} needs a "
+                               f"{family.transformer_class.__name__}; give --model the base model it was trained from")
 
 
 def load_pipeline(family, lora: str | None = None, transformer_dir: str | None = None,
                   lora_scale: float = 1.0, dtype: torch.dtype = torch.float32):
     transformer = None
     if transformer_dir:
-        transformer = family.transformer_class.from_pretrained(transformer_dir, subfolder="transformer"
-                                                               if (Path(transformer_dir) / "transformer").is_dir() else None,
-                                                               dtype=dtype)
+        folder = Path(transformer_dir)
+        folder = folder / "transformer" if (folder / "transformer").is_dir() else folder
+        check_transformer_folder(family, folder)
+        transformer = family.transformer_class.from_pretrained(folder, dtype=dtype)
     pipe = (family.build_pipeline(transformer, dtype) if transformer is not None
             else family.pipeline_class.from_pretrained(family.model_dir, dtype=dtype))
     if lora:

@@ -160,6 +160,23 @@ def test_generate_applies_a_lora(tmp_path, tiny_cogvideox_dir, random_lora, caps
     torch.testing.assert_close(scaled_to_zero, base, rtol=0, atol=2 / 255)
 
 
+def test_generate_uses_a_fine_tuned_transformer_of_its_family_only(tmp_path, tiny_cogvideox_dir,
+                                                                   tiny_hunyuan_video_dir):
+    from blueberry_video.errors import ModelLayoutError
+
+    tuned = CogVideoXTransformer3DModel.from_pretrained(tiny_cogvideox_dir, subfolder="transformer")
+    with torch.no_grad():
+        for param in tuned.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    tuned.save_pretrained(tmp_path / "run" / "transformer")  # as a full fine-tune's output_dir holds it
+    base = generate(tiny_cogvideox_dir, tmp_path / "base.mp4")
+    fine_tuned = generate(tiny_cogvideox_dir, tmp_path / "tuned.mp4", "--transformer", str(tmp_path / "run"))
+    assert (fine_tuned - base).abs().mean() > 0.02
+    with pytest.raises(ModelLayoutError, match="HunyuanVideoTransformer3DModel, but cogvideox needs"):
+        generate(tiny_cogvideox_dir, tmp_path / "other.mp4", "--transformer", str(tiny_hunyuan_video_dir))
+    assert not (tmp_path / "other.mp4").exists()
+
+
 def test_generate_writes_the_frame_count_it_was_asked_for_or_refuses(tmp_path, tiny_cogvideox_dir):
     try:
         generate(tiny_cogvideox_dir, tmp_path / "five.mp4", num_frames=5)
