@@ -22,6 +22,8 @@ import torch
 
 from blueberry_video.errors import BlueberryError
 
+logger = logging.getLogger(__name__)
+
 
 def _imageio_ffmpeg():
     # Imported on first use: training from a latent cache, the benchmarks and the memory estimate decode no
@@ -140,7 +142,9 @@ def decode_video(path, sampling: FrameSampling, generator: torch.Generator | Non
     position = {index: slot for slot, index in enumerate(unique)}
     slots = [position[index] for index in wanted]
     available = sum(1 for slot in slots if slot < usable)
-    slots = _fill_short_clip(slots[:available], path, info, sampling)
+    # The header's duration promised the frames asked for: the file ends early, it is not a short video.
+    truncated = available < len(slots) and wanted[-1] < info.num_frames - 1
+    slots = _fill_short_clip(slots[:available], path, info, sampling, truncated)
 
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
@@ -325,18 +329,24 @@ def _count_frames(path: Path) -> int:
     return int(count or 0)
 
 
-def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: FrameSampling,
+                     truncated: bool = False) -> list[int]:
     needed = sampling.num_frames
     if len(slots) == needed:
         return slots
+    damaged = (f"its header says {info.duration:.2f} s ({info.num_frames} frames) but decoding stops early: the "
+               "file looks truncated or damaged; re-encode or re-download it") if truncated else ""
     if not slots or sampling.short_video == "skip":
         rate = f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps else "consecutive frames"
+        fix = damaged or ("ask for fewer num_frames, a lower fps or less skipping, or set short_video='loop' or "
+                          "'pad'")
         raise VideoTooShortError(
             path,
             f"only {len(slots)} of the {needed} frames needed are available ({rate}, skipping "
-            f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); "
-            "ask for fewer num_frames, a lower fps or less skipping, or set short_video='loop' or 'pad'",
+            f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); {fix}",
         )
+    if damaged:
+        logger.warning("%s: %s (short_video=%s fills the clip from what decodes)", path, damaged, sampling.short_video)
     if sampling.short_video == "loop":
         return [slots[k % len(slots)] for k in range(needed)]
     return slots + [slots[-1]] * (needed - len(slots))

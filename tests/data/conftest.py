@@ -126,6 +126,17 @@ def truncated_video(video_dir, landscape_video):
 
 
 @pytest.fixture(scope="session")
+def truncated_faststart_video(video_dir):
+    """The index (moov) first, the frames cut off: the header still says 2 s, only part of it decodes."""
+    full = encode(video_dir / "faststart.mp4", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2",
+                  *H264, "-movflags", "+faststart")
+    path = video_dir / "truncated_faststart.mp4"
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture(scope="session")
 def garbage_video(video_dir):
     path = video_dir / "garbage.mp4"
     # Fixed bytes (not os.urandom) so a failure reproduces.

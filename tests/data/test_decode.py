@@ -165,6 +165,15 @@ def test_broken_files_raise_video_decode_error(request, fixture, reason):
     assert reason in caught.value.reason
 
 
+def test_a_file_cut_short_is_called_damaged_not_short(truncated_faststart_video, caplog):
+    # Its header promises 48 frames: advice to loop or pad a short video would train on a damaged file.
+    sampling = FrameSampling(num_frames=45, height=48, width=64)
+    with pytest.raises(VideoTooShortError, match="header says 2.00 s .* truncated or damaged; re-encode"):
+        decode_video(truncated_faststart_video, sampling)
+    decode_video(truncated_faststart_video, FrameSampling(num_frames=45, height=48, width=64, short_video="pad"))
+    assert "truncated or damaged" in caplog.text
+
+
 def test_missing_file_and_folder_raise_video_decode_error(tmp_path):
     with pytest.raises(VideoDecodeError, match="not found"):
         decode_video(tmp_path / "absent.mp4", FrameSampling(num_frames=1, height=8, width=8))
