@@ -114,10 +114,10 @@ def eager_if_compiled(compiled: bool):
     return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
 
 
-def profile_step(step, device: torch.device, step_time_s: float, compiled: bool = False) -> dict:
-    """Profile one call of `step()` and count its FLOPs in another: per kind, seconds, share of `step_time_s`
-    (the benchmark's median step) and TFLOP/s; the attention kernels that ran; and how much of the step the
-    device sat idle (launch gaps, host work, synchronisation)."""
+def profile_step(step, device: torch.device, compiled: bool = False) -> dict:
+    """Profile one call of `step()` and count its FLOPs in another: per kind, seconds, share of the profiled
+    step and TFLOP/s; the attention kernels that ran; and the share of the step no kernel ran (on a GPU: launch
+    gaps, host work, synchronisation; on CPU: Python and the framework between operators)."""
     on_device = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
     with profile(activities=activities) as prof:
@@ -132,17 +132,20 @@ def profile_step(step, device: torch.device, step_time_s: float, compiled: bool 
     kinds = {}
     for kind in KINDS:
         rate = flops.get(kind, 0.0) / seconds[kind] / 1e12 if seconds[kind] > 0 and flops.get(kind) else None
-        kinds[kind] = {"seconds": seconds[kind], "share": seconds[kind] / step_time_s,
+        kinds[kind] = {"seconds": seconds[kind], "share": seconds[kind] / profiled_wall,
                        "tflop": flops.get(kind, 0.0) / 1e12, "tflops": rate}
-    breakdown = {"time_by_kind": kinds, "busy_s": busy, "idle_share": max(0.0, 1 - busy / step_time_s),
-                 "profiled_step_s": profiled_wall, "attention_kernels": attention_kernels(events)}
+    # Shares of the profiled step itself: the profiler slows the host, so the median step is no denominator.
+    breakdown = {"time_by_kind": kinds, "busy_s": busy, "idle_share": max(0.0, 1 - busy / profiled_wall),
+                 "profiled_step_s": profiled_wall, "profiled_on": device.type,
+                 "attention_kernels": attention_kernels(events)}
     return {"time_summary": summary_line(breakdown), **breakdown}
 
 
 def summary_line(breakdown: dict) -> str:
-    """`attention 52% (410 TFLOP/s), matmul 31% (640), optimizer 3%, other 9%, idle 5%` for tables and logs."""
+    """`attention 52% (410 TFLOP/s), matmul 31% (640 TFLOP/s), optimizer 3%, other 9%, device idle 5%`."""
     parts = []
     for kind, figures in breakdown["time_by_kind"].items():
-        rate = f" ({figures['tflops']:.0f} TFLOP/s)" if figures["tflops"] else ""
+        rate = f" ({figures['tflops']:.3g} TFLOP/s)" if figures["tflops"] else ""
         parts.append(f"{kind} {figures['share']:.0%}{rate}")
-    return ", ".join(parts + [f"idle {breakdown['idle_share']:.0%}"])
+    idle = "device idle" if breakdown["profiled_on"] == "cuda" else "outside operators"
+    return ", ".join(parts + [f"{idle} {breakdown['idle_share']:.0%}"])

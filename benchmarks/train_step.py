@@ -151,14 +151,14 @@ def run(args) -> dict:
 
         flops = secondary("flops", lambda: step_flops(family, accelerator.unwrap_model(transformer), loss_forward,
                                                       batch, args.frames, args.height, args.width))
-        breakdown = secondary("profile", lambda: profile_step(one_step, device, step_time, compiled=args.compile)
+        breakdown = secondary("profile", lambda: profile_step(one_step, device, compiled=args.compile)
                               ) if args.profile else None
         peak = device_peak_tflops(device)
         model_flops = flops.get("model_flops")
         result = {
             "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
             "width": args.width, "batch": args.batch, "gradient_checkpointing": args.gradient_checkpointing,
-            "gradient_checkpointing_ratio": args.gradient_checkpointing_ratio,
+            "gradient_checkpointing_ratio": args.gradient_checkpointing_ratio if args.gradient_checkpointing else None,
             "8bit_adam": args.adam_8bit, "compile": args.compile, "layerwise_casting": args.layerwise_casting,
             "attention_backend": args.attention_backend,
             "resident_encoders": sorted(resident),

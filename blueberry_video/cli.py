@@ -163,7 +163,9 @@ def _print_memory_estimate(args, config, family_name):
     print(estimate.summary())
     if args.count_encoders:
         print(f"  with the text encoders and VAE resident: {format_bytes(total)}")
-    if args.min_checkpointing:
+    if args.min_checkpointing and recomputed == 0:
+        print(f"fits in {args.budget_gib} GiB with no block recomputing: --no-gradient_checkpointing is enough")
+    elif args.min_checkpointing:
         print(f"least recomputation within {args.budget_gib} GiB: {recomputed} of {blocks} blocks "
               f"(--gradient_checkpointing --gradient_checkpointing_ratio {ratio})")
     elif args.max_frames:

@@ -57,7 +57,8 @@ class TrainConfig:
     rank: int = _opt(128, "LoRA rank")
     lora_alpha: float = _opt(128, "LoRA alpha (the update is scaled by lora_alpha / rank)")
     lora_dropout: float = _opt(0.0, "dropout on the LoRA branch")
-    lora_target_modules: list | None = _opt(None, "module names LoRA adapts (default: the family's attention projections)")
+    lora_target_modules: list | None = _opt(None, "module names LoRA adapts, comma-separated on the command line "
+                                            "(default: the family's attention projections)")
     init_lora_weights: str | None = _opt(None, "start from an existing LoRA (.safetensors file or folder)")
     # precision and memory
     mixed_precision: str = _opt("bf16", "autocast precision; frozen weights are stored in it", ["no", "fp16", "bf16"])
@@ -171,8 +172,11 @@ def _coerce(name: str, value, source: str):
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     # YAML 1.1 reads unquoted no/yes/off/on as booleans: `mixed_precision: no` arrives as False.
-    hint = (f'; YAML reads unquoted no/yes/on/off as true/false: write {name}: "{"no" if value is False else "yes"}" '
-            "in quotes" if kind is str and isinstance(value, bool) else "")
+    hint = ""
+    if kind is str and isinstance(value, bool):
+        choices = FIELDS[name].metadata["choices"]
+        hint = ("; YAML reads unquoted yes/no/on/off/true/false as a boolean: put the value in quotes"
+                + (f", one of {', '.join(repr(c) for c in choices)}" if choices else ""))
     raise ConfigError(f"{source}: {name}={value!r} should be of type "
                       f"{'list of strings' if kind is list else kind.__name__}{hint}")
 

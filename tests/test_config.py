@@ -198,7 +198,7 @@ def test_yaml_python_tags_are_refused(tmp_path, tagged):
 
 def test_an_unquoted_no_in_yaml_gets_a_hint_to_quote_it(tmp_path):
     path = write_yaml(tmp_path, "mixed_precision: no\n")
-    with pytest.raises(ConfigError, match=r'mixed_precision=False .* write mixed_precision: "no" in quotes'):
+    with pytest.raises(ConfigError, match=r"mixed_precision=False .* in quotes, one of 'no', 'fp16', 'bf16'"):
         parse_config(["--config", str(path), "--pretrained_model_name_or_path", str(tmp_path), "--dummy_data"])
 
 

@@ -84,7 +84,7 @@ class ModelFamily(ABC):
             fix = f"Point {point}."
         else:
             fix = (f"For this {other} model use recipes/train_{other}.py, or blueberry-video with `--family {other}` "
-                   f"or no --family (it is then read from the folder); to train {self.name}, point {point}.")
+                   f"or no --family (it is then read from the folder); to use {self.name}, point {point}.")
         raise ModelLayoutError(f"{path}: the transformer is a {found}, but the {self.name} family needs a {expected}. "
                                f"{fix}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import yaml
 from safetensors import safe_open
@@ -24,25 +25,39 @@ RESTORED_SETTINGS = ("learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_ste
                      "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
 
 
-def resumed_config(config):
+def checkpoint_to_resume(config) -> Path | None:
+    """The checkpoint `resume_from_checkpoint` names: None for `latest` before any checkpoint was written, and a
+    ConfigError for a named folder that is not a complete checkpoint."""
+    if config.resume_from_checkpoint == "latest":
+        found = checkpoint_steps(config.output_dir)
+        return found[-1][1] if found else None
+    return resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
+
+
+def resume_finds_checkpoint(config) -> bool:
+    return config.resume_from_checkpoint is not None and checkpoint_to_resume(config) is not None
+
+
+def resumed_config(config, family):
     """The settings to resume with. Settings that shape the checkpoint must match the run's own (config.yaml
     beside the checkpoint); those its restored state would override keep the run's values, with a warning, so
     that the model card and config.yaml say what the optimizer really does."""
-    if config.resume_from_checkpoint == "latest":
-        found = checkpoint_steps(config.output_dir)
-        checkpoint = found[-1][1] if found else None  # none: a new run (the trainer says so)
-    else:  # refuses a folder that is not a complete checkpoint, before any work
-        checkpoint = resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
+    checkpoint = checkpoint_to_resume(config) if config.resume_from_checkpoint else None
     saved_file = checkpoint.parent / "config.yaml" if checkpoint else None
     if saved_file is None or not saved_file.is_file():
         return config
     saved = yaml.safe_load(saved_file.read_text()) or {}
-    clashes = [name for name in SHAPING_SETTINGS if name in saved and saved[name] != getattr(config, name)]
+    def effective(name, value):
+        # Unset target modules are the family's defaults, in any order.
+        return sorted(value or family.default_lora_target_modules) if name == "lora_target_modules" else value
+
+    clashes = [name for name in SHAPING_SETTINGS
+               if name in saved and effective(name, saved[name]) != effective(name, getattr(config, name))]
     if clashes:
         was = ", ".join(f"{name}={saved[name]!r}" for name in clashes)
         now = ", ".join(f"{name}={getattr(config, name)!r}" for name in clashes)
         raise ConfigError(f"resume_from_checkpoint: {checkpoint} was trained with {was} ({saved_file}), this run "
-                          f"has {now}: its weights and optimizer state would not load. Resume with the run's "
+                          f"has {now}: its saved weights or optimizer state are made for the run's. Resume with its "
                           f"settings, or start a new run from its weights with --init_lora_weights (LoRA)")
     kept = {name: saved[name] for name in RESTORED_SETTINGS if name in saved and saved[name] != getattr(config, name)}
     if kept:

@@ -41,7 +41,7 @@ from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
-from blueberry_video.training.preflight import check_init_lora_weights, resumed_config
+from blueberry_video.training.preflight import check_init_lora_weights, resume_finds_checkpoint, resumed_config
 from blueberry_video.training.records import (
     MetricsLog,
     plot_losses,
@@ -98,12 +98,13 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
-    config = resumed_config(config)
+    config = resumed_config(config, family)
     check_init_lora_weights(config, family)
     resume_requested = config.resume_from_checkpoint is not None
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)
-    clear_earlier_run(accelerator, config, resume_requested)
+    # `latest` with no checkpoint yet starts a new run: an overwrite clears what an earlier attempt left.
+    clear_earlier_run(accelerator, config, resume_requested and resume_finds_checkpoint(config))
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
@@ -149,6 +150,8 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         if accelerator.is_main_process:
             metrics.truncate_after(state["global_step"])
             print(f"resumed from {resume_path} at step {state['global_step']}")
+    elif resume_requested and accelerator.is_main_process:
+        metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
     accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))

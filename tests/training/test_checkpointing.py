@@ -126,3 +126,13 @@ def test_enable_counts_the_blocks_it_checkpoints(tiny_hunyuan_video_dir):
     assert enable_gradient_checkpointing(transformer, family.block_class_names, 0.0) == 0
     assert enable_gradient_checkpointing(transformer, family.block_class_names, 1.0) == len(blocks)
     assert transformer.is_gradient_checkpointing
+
+
+def test_the_search_says_when_nothing_needs_recomputing(tiny_cogvideox_dir):
+    done = subprocess.run(
+        [sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--min-checkpointing", "--budget-gib", "100",
+         "--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--max_num_frames", str(SHAPE[0]),
+         "--height", str(SHAPE[1]), "--width", str(SHAPE[2])],
+        cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "with no block recomputing: --no-gradient_checkpointing is enough" in done.stdout

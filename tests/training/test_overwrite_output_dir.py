@@ -4,6 +4,7 @@ resumed, pruned against or read into the new run's records; files a run does not
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -100,3 +101,23 @@ def test_two_processes_start_over_once(tiny_cogvideox_dir, sample_dataset_dir, t
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-3"]
     assert steps_logged(out) == [1, 2, 3]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_resuming_latest_before_any_checkpoint_is_a_new_run_over_the_earlier_attempt(train_in, tmp_path):
+    # An attempt that died before its first checkpoint left records; `latest` finds nothing to resume, so the
+    # run starts at step 0 and its records must not follow the attempt's.
+    out = tmp_path / "run"
+    train_in(out, "--max_train_steps", "3", "--checkpointing_steps", "0",
+             "--validation_prompt", "a red circle", "--num_inference_steps", "1", "--validation_steps", "3")
+    def lose_the_checkpoints():  # the end-of-run checkpoint is always written: remove it to stand for a crash
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+
+    lose_the_checkpoints()
+    train_in(out, "--resume_from_checkpoint", "latest", "--max_train_steps", "2", "--checkpointing_steps", "0")
+    assert steps_logged(out) == [1, 2]
+    assert (out / "validation").exists()  # without --overwrite_output_dir nothing else is removed
+    lose_the_checkpoints()
+    train_in(out, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", "--max_train_steps", "2",
+             "--checkpointing_steps", "0")
+    assert steps_logged(out) == [1, 2] and not (out / "validation").exists()

@@ -104,3 +104,19 @@ def test_a_resumed_run_keeps_the_learning_rate_its_state_restores_and_records_it
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["learning_rate"] == pytest.approx(2e-3) and saved["max_train_steps"] == 3
     assert "0.002" in (run / "README.md").read_text()
+
+
+def test_resuming_with_the_default_targets_spelled_out_is_the_same_run(short_run, tiny_cogvideox_dir,
+                                                                       one_video_dataset_dir, tmp_path):
+    import shutil
+
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    targets = ",".join(reversed(CogVideoXFamily.default_lora_target_modules))
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, run, "--rank", "4", "--lora_alpha", "4",
+                       "--learning_rate", "2e-3", "--checkpointing_steps", "0", "--max_train_steps", "3",
+                       "--lora_target_modules", targets, "--resume_from_checkpoint", "latest")
+    args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
+    assert train_cogvideox.main(args).global_step == 3
