@@ -23,6 +23,7 @@ from blueberry_video.training.lora import ADAPTER, lora_state_dict
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
+FILES_MANIFEST = "checkpoint_files.json"
 LORA_FILE = "lora_adapter.safetensors"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -54,16 +55,29 @@ def register_lora_checkpoint_hooks(accelerator, training_mode: str) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def missing_files(path: Path) -> list[str]:
+    """Files the checkpoint's manifest lists that are gone or changed size since it was saved (a copy cut short,
+    a file deleted by hand); checkpoints from before the manifest are taken as they are."""
+    manifest = path / FILES_MANIFEST
+    if not manifest.is_file():
+        return []
+    listed = json.loads(manifest.read_text())
+    return [name for name, size in listed.items()
+            if not (path / name).is_file() or (path / name).stat().st_size != size]
+
+
 def checkpoint_steps(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
     found = []
     for path in Path(output_dir).glob("checkpoint-*"):
         match = _NAME.match(path.name)
         if match and path.is_dir():
-            if (path / STATE_FILE).is_file():
-                found.append((int(match.group(1)), path))
-            else:
+            if not (path / STATE_FILE).is_file():
                 logger.warning("ignoring incomplete checkpoint %s (no %s)", path, STATE_FILE)
+            elif missing := missing_files(path):
+                logger.warning("ignoring damaged checkpoint %s (%s missing or changed)", path, ", ".join(missing))
+            else:
+                found.append((int(match.group(1)), path))
     return sorted(found)
 
 
@@ -79,6 +93,9 @@ def resolve_resume_path(output_dir, resume_from_checkpoint: str | None) -> Path 
     path = Path(resume_from_checkpoint)
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume_from_checkpoint={path}: not a complete checkpoint (no {STATE_FILE})")
+    if missing := missing_files(path):
+        raise ConfigError(f"resume_from_checkpoint={path}: damaged: {', '.join(missing)} missing or changed since "
+                          f"it was saved (listed in {FILES_MANIFEST}); resume from another checkpoint")
     return path
 
 
@@ -91,6 +108,9 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit
     accelerator.save_state(str(tmp), **_deepspeed_save_kwargs(accelerator))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # Every process's files, by size; the state file, written last, marks the checkpoint complete.
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / FILES_MANIFEST).write_text(json.dumps(files, indent=1))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if final.exists():  # a checkpoint of the same step from a run that was resumed before it
             shutil.rmtree(final)

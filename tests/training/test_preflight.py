@@ -120,3 +120,28 @@ def test_resuming_with_the_default_targets_spelled_out_is_the_same_run(short_run
                        "--lora_target_modules", targets, "--resume_from_checkpoint", "latest")
     args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
     assert train_cogvideox.main(args).global_step == 3
+
+
+def test_a_damaged_checkpoint_is_refused_or_passed_over(short_run, tiny_cogvideox_dir, one_video_dataset_dir,
+                                                        tmp_path, caplog):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    listed = json.loads((run / "checkpoint-2" / "checkpoint_files.json").read_text())
+    assert "optimizer.bin" in listed and "training_state.json" not in listed
+    shutil.copytree(run / "checkpoint-2", run / "checkpoint-3")
+    (run / "checkpoint-3" / "optimizer.bin").unlink()  # a copy cut short, a file deleted by hand
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, run, *SHORT,
+                      "--resume_from_checkpoint", str(run / "checkpoint-3"))
+    with pytest.raises(ConfigError, match="checkpoint-3: damaged: optimizer.bin missing"):
+        train_cogvideox.main(args)
+    assert not (run.parent / "fresh-cache").exists()
+    # `latest` passes over it to the newest whole one
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, run, "--rank", "4", "--lora_alpha", "4",
+                       "--learning_rate", "2e-3", "--checkpointing_steps", "0", "--max_train_steps", "3",
+                       "--resume_from_checkpoint", "latest")
+    args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
+    with caplog.at_level(logging.WARNING):
+        assert train_cogvideox.main(args).global_step == 3
+    assert "ignoring damaged checkpoint" in caplog.text and "checkpoint-3" in caplog.text
