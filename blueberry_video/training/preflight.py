@@ -13,7 +13,6 @@ import yaml
 from safetensors import safe_open
 
 from blueberry_video.errors import ConfigError
-from blueberry_video.training.checkpoints import checkpoint_steps, resolve_resume_path
 from blueberry_video.training.lora import lora_file
 
 logger = logging.getLogger(__name__)
@@ -25,24 +24,10 @@ RESTORED_SETTINGS = ("learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_ste
                      "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
 
 
-def checkpoint_to_resume(config) -> Path | None:
-    """The checkpoint `resume_from_checkpoint` names: None for `latest` before any checkpoint was written, and a
-    ConfigError for a named folder that is not a complete checkpoint."""
-    if config.resume_from_checkpoint == "latest":
-        found = checkpoint_steps(config.output_dir)
-        return found[-1][1] if found else None
-    return resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
-
-
-def resume_finds_checkpoint(config) -> bool:
-    return config.resume_from_checkpoint is not None and checkpoint_to_resume(config) is not None
-
-
-def resumed_config(config, family):
-    """The settings to resume with. Settings that shape the checkpoint must match the run's own (config.yaml
-    beside the checkpoint); those its restored state would override keep the run's values, with a warning, so
-    that the model card and config.yaml say what the optimizer really does."""
-    checkpoint = checkpoint_to_resume(config) if config.resume_from_checkpoint else None
+def resumed_config(config, family, checkpoint: Path | None):
+    """The settings to resume `checkpoint` (None: a new run) with. Settings that shape the checkpoint must match
+    the run's own (config.yaml beside the checkpoint); those its restored state would override keep the run's
+    values, with a warning, so that the model card and config.yaml say what the optimizer really does."""
     saved_file = checkpoint.parent / "config.yaml" if checkpoint else None
     if saved_file is None or not saved_file.is_file():
         return config

@@ -41,7 +41,7 @@ from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
-from blueberry_video.training.preflight import check_init_lora_weights, resume_finds_checkpoint, resumed_config
+from blueberry_video.training.preflight import check_init_lora_weights, resumed_config
 from blueberry_video.training.records import (
     MetricsLog,
     plot_losses,
@@ -98,13 +98,14 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
-    config = resumed_config(config, family)
+    # Found (or refused) before any work; None: a new run, `latest` included before its first checkpoint.
+    resume_path = resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
+    config = resumed_config(config, family, resume_path)
     check_init_lora_weights(config, family)
     resume_requested = config.resume_from_checkpoint is not None
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)
-    # `latest` with no checkpoint yet starts a new run: an overwrite clears what an earlier attempt left.
-    clear_earlier_run(accelerator, config, resume_requested and resume_finds_checkpoint(config))
+    clear_earlier_run(accelerator, config, resuming=resume_path is not None)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
@@ -143,7 +144,6 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     noise_scheduler = family.load_training_scheduler()
 
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
-    resume_path = resolve_resume_path(output_dir, config.resume_from_checkpoint)
     metrics = MetricsLog(output_dir)
     if resume_path:
         state = load_checkpoint(accelerator, resume_path, optimizer)
