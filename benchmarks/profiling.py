@@ -2,9 +2,9 @@
 attention and matrix kernels reached. The answer to "why is MFU what it is" (`train_step.py --profile`).
 
 Time comes from torch's profiler: every kernel is charged to the operator that launched it (its self device
-time; on CPU, the operator's own CPU time), and an operator belongs to the first kind it or an enclosing
-operator names: inside `Optimizer.step` it is the optimizer, inside a scaled-dot-product call attention, inside
-a matrix product or convolution a matrix product. FLOPs come from torch's FlopCounterMode over another step,
+time; on CPU, the operator's own CPU time), and an operator belongs to the outermost kind named by it or the
+operators enclosing it: inside `Optimizer.step` the optimizer, inside a scaled-dot-product call attention,
+inside a matrix product or convolution a matrix product. FLOPs come from torch's FlopCounterMode over another step,
 so they are the FLOPs the kernels executed, recomputation under gradient checkpointing included (which MFU,
 counted from the model, leaves out).
 """
@@ -27,6 +27,8 @@ ATTENTION_WORDS = ("scaled_dot_product", "flash_attention", "flash_attn", "effic
                    "fmha", "flash_fwd", "flash_bwd")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
               "aten::_scaled_mm", "aten::addmv", "aten::mv"}
+
+
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
