@@ -204,6 +204,11 @@ def _read_report(cache_path: Path, reused: bool) -> CacheReport:
     return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused)
 
 
+def _settings_record(family, settings: CacheSettings) -> str:
+    """settings.json: what a cache was built with, for people and for `why_not_reused`."""
+    return json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, indent=1, default=str)
+
+
 def _flat(settings: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in settings.items():
@@ -217,7 +222,7 @@ def _flat(settings: dict, prefix: str = "") -> dict:
 def why_not_reused(cache_root: Path, family, settings: CacheSettings) -> str | None:
     """When `cache_root` holds complete caches of this family built with other settings (a `precompute` run
     with other flags than the training's, say): how the nearest differs, so a silent re-encode is not a surprise."""
-    ours = _flat(json.loads(json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, default=str)))
+    ours = _flat(json.loads(_settings_record(family, settings)))
     differences = []
     for other in sorted(cache_root.glob(f"{family.name}-*/settings.json")):
         if not (other.parent / "manifest.json").exists():
@@ -283,9 +288,7 @@ def precompute_latent_cache(
     todo = [i for i in mine if not chunk_dirs[i].exists()]
     if is_main:
         (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
-        (cache_path / "settings.json").write_text(
-            json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, indent=1, default=str)
-        )
+        (cache_path / "settings.json").write_text(_settings_record(family, settings))
     if accelerator:
         accelerator.wait_for_everyone()
     if todo:

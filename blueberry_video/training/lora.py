@@ -21,8 +21,13 @@ logger = logging.getLogger(__name__)
 ADAPTER = "default"
 
 
+def lora_targets(configured: list | None, family) -> list[str]:
+    """The module names a LoRA adapts: the configured `lora_target_modules`, or the family's defaults."""
+    return list(configured or family.default_lora_target_modules)
+
+
 def add_lora(transformer, config, family) -> None:
-    targets = list(config.lora_target_modules or family.default_lora_target_modules)
+    targets = lora_targets(config.lora_target_modules, family)
     transformer.add_adapter(
         LoraConfig(
             r=config.rank,

@@ -13,7 +13,7 @@ import yaml
 from safetensors import safe_open
 
 from blueberry_video.errors import ConfigError
-from blueberry_video.training.lora import lora_file
+from blueberry_video.training.lora import lora_file, lora_targets
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def resumed_config(config, family, checkpoint: Path | None):
     saved = yaml.safe_load(saved_file.read_text()) or {}
     def effective(name, value):
         # Unset target modules are the family's defaults, in any order.
-        return sorted(value or family.default_lora_target_modules) if name == "lora_target_modules" else value
+        return sorted(lora_targets(value, family)) if name == "lora_target_modules" else value
 
     clashes = [name for name in SHAPING_SETTINGS
                if name in saved and effective(name, saved[name]) != effective(name, getattr(config, name))]
@@ -67,7 +67,7 @@ def check_init_lora_weights(config, family) -> None:
         found = ", ".join(map(str, ranks))
         raise ConfigError(f"init_lora_weights={file}: its adapter has rank {found}, this run's rank is {config.rank}; "
                           f"pass --rank {ranks[0]} (and the lora_alpha it was trained with)")
-    targets = set(config.lora_target_modules or family.default_lora_target_modules)
+    targets = set(lora_targets(config.lora_target_modules, family))
     adapted = {name.split(".lora_A.")[0] for name in shapes if ".lora_A." in name}
     foreign = sorted({name for name in adapted if not any(name == t or name.endswith(f".{t}") for t in targets)})
     if foreign:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from blueberry_video.training.accelerator import autocast
+from blueberry_video.training.checkpointing import transformer_blocks
 
 
 @dataclass
@@ -48,7 +49,7 @@ def training_step(accelerator, family, transformer, noise_scheduler, batch, gene
 def compile_blocks(transformer, block_class_names) -> int:
     """torch.compile each transformer block in place (compiling blocks, not the whole model, keeps
     graph breaks and recompilation local); returns how many were compiled."""
-    blocks = [m for m in transformer.modules() if type(m).__name__ in block_class_names]
+    blocks = transformer_blocks(transformer, block_class_names)
     for block in blocks:
         block.compile()
     return len(blocks)

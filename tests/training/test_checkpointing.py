@@ -136,3 +136,14 @@ def test_the_search_says_when_nothing_needs_recomputing(tiny_cogvideox_dir):
         cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "with no block recomputing: --no-gradient_checkpointing is enough" in done.stdout
+
+
+def test_compile_blocks_compiles_each_repeated_block(tiny_hunyuan_video_dir):
+    from blueberry_video.training.step import compile_blocks
+
+    family = get_family_class("hunyuan_video")(tiny_hunyuan_video_dir)
+    transformer = family.load_transformer(dtype=torch.float32)
+    blocks = transformer_blocks(transformer, family.block_class_names)
+    assert compile_blocks(transformer, family.block_class_names) == len(blocks) > 0
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert transformer._compiled_call_impl is None  # the blocks, not the whole model
