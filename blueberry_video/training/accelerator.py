@@ -16,6 +16,7 @@ from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
 from blueberry_video.training.export import LORA_WEIGHTS
+from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -196,19 +197,17 @@ def check_output_dir(config, resuming: bool) -> None:
 
 
 # What a training run writes into its output_dir: trainer.py and records.py (config.yaml, run_info.json,
-# metrics.jsonl, loss.png, final_metrics.json, README.md), export.py (the weights), validation.py (videos) and
+# metrics.jsonl, loss.png, final_metrics.json, the model card), export.py (the weights), validation.py (videos) and
 # the trackers' logging_dir (build_accelerator). --overwrite_output_dir removes these and nothing else.
 RUN_OUTPUT_NAMES = frozenset({"config.yaml", "run_info.json", "metrics.jsonl", "loss.png", "final_metrics.json",
-                              "README.md", LORA_WEIGHTS, "transformer", "validation", "logs"})
+                              "README.md", MODEL_CARD_BESIDE_README, LORA_WEIGHTS, "transformer", "validation", "logs"})
 # checkpoint-N and the checkpoint-N.tmp a killed save leaves (checkpoints.py); the tempfile folder export.py
 # writes the weights in before moving them into place, left behind if the export was killed.
 RUN_OUTPUT_PATTERN = re.compile(r"checkpoint-\d+(\.tmp)?|tmp[a-z0-9_]{8}")
-# The first line of the model card after its title (records.write_model_card): a README.md without it is the user's.
-MODEL_CARD_MARK = "Trained with blueberry-video."
 
 
 def is_run_output(path: Path) -> bool:
-    if path.name == "README.md":
+    if path.name in ("README.md", MODEL_CARD_BESIDE_README):  # the model card, not a user's notes
         return path.is_file() and MODEL_CARD_MARK in path.read_text(errors="replace")
     return path.name in RUN_OUTPUT_NAMES or RUN_OUTPUT_PATTERN.fullmatch(path.name) is not None
 

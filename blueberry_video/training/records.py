@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import platform
 import subprocess
 from pathlib import Path
 
 import yaml
+
+logger = logging.getLogger(__name__)
+
+# The first line of the model card after its title: a README.md without it is the user's own, and is kept.
+MODEL_CARD_MARK = "Trained with blueberry-video."
+# Where the card goes when output_dir holds the user's README.md.
+MODEL_CARD_BESIDE_README = "MODEL_CARD.md"
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "datasets", "blueberry-video")
 
@@ -116,7 +124,8 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
 
 
 def write_model_card(output_dir, config, family, num_samples: int, global_step: int, videos: list[Path]) -> Path:
-    """README.md for the run: settings, how to load the result with the family's own diffusers classes, samples."""
+    """README.md for the run: settings, how to load the result with the family's own diffusers classes, samples.
+    A README.md the user wrote there is kept, and the card is written beside it as MODEL_CARD.md."""
     output_dir = Path(output_dir)
     family_name = family.name
     weights = "pytorch_lora_weights.safetensors" if config.training_mode == "lora" else "transformer/"
@@ -132,7 +141,7 @@ def write_model_card(output_dir, config, family, num_samples: int, global_step: 
     samples = "\n".join(f"- [{v.name}]({v.relative_to(output_dir)})" for v in videos) or "- (no validation prompt was set)"
     card = f"""# {family_name} {config.training_mode} fine-tune
 
-Trained with blueberry-video.
+{MODEL_CARD_MARK}
 
 | setting | value |
 |---|---|
@@ -160,5 +169,9 @@ Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.j
 {samples}
 """
     path = output_dir / "README.md"
+    if path.is_file() and MODEL_CARD_MARK not in path.read_text(errors="replace"):
+        path = output_dir / MODEL_CARD_BESIDE_README
+        logger.warning("%s/README.md is not a model card blueberry-video wrote: kept, and the card written to %s",
+                       output_dir, path)
     path.write_text(card)
     return path

@@ -50,6 +50,7 @@ from blueberry_video.training.records import (
     write_run_info,
 )
 from blueberry_video.training.step import compile_blocks
+from blueberry_video.training.trackers import tracker_init_kwargs
 from blueberry_video.training.validation import run_validation
 
 logger = get_logger(__name__)
@@ -154,7 +155,9 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
-    accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
+    accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config),
+                              init_kwargs=tracker_init_kwargs(config, accelerator.logging_dir, resume_path is not None)
+                              if accelerator.is_main_process else None)
 
     videos, last_validated, stop_early = [], None, False
     with ExitStack() as cleanup:  # bar, SIGTERM handler and metrics file are released even if training raises

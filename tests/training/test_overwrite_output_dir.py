@@ -64,15 +64,28 @@ def test_a_new_run_over_an_earlier_one_keeps_none_of_its_outputs(train_in, tmp_p
     assert steps_logged(out) == [1, 2, 3, 4]
 
 
+def test_a_readme_the_user_wrote_is_kept_and_the_card_goes_beside_it(train_in, tmp_path):
+    out = tmp_path / "run"
+    train_in(out, "--max_train_steps", "2")
+    notes = "# my LoRA\n\nTrained on the beach clips, lr sweep 3 of 5.\n"
+    (out / "README.md").write_text(notes)  # the user's own, replacing the card
+    train_in(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    assert (out / "README.md").read_text() == notes
+    assert "| steps | 4 |" in (out / "MODEL_CARD.md").read_text()
+
+    train_in(out, "--overwrite_output_dir", "--max_train_steps", "1")  # the card is the run's, the notes are not
+    assert (out / "README.md").read_text() == notes and "| steps | 1 |" in (out / "MODEL_CARD.md").read_text()
+
+
 def test_only_what_a_run_writes_is_removed(tmp_path):
     out = tmp_path / "run"
     run_files = ["config.yaml", "run_info.json", "metrics.jsonl", "loss.png", "final_metrics.json",
-                 "pytorch_lora_weights.safetensors"]
+                 "pytorch_lora_weights.safetensors", "MODEL_CARD.md"]
     run_folders = ["checkpoint-10", "checkpoint-20.tmp", "transformer", "validation", "logs", "tmpa1b2_c3d"]
     user_files = ["notes.txt", "checkpoint-best.safetensors", "README.md"]
     for name in run_files + user_files:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text("x")
+        (out / name).write_text("Trained with blueberry-video." if name == "MODEL_CARD.md" else "x")
     for name in run_folders + ["latent_cache", "videos"]:
         (out / name).mkdir()
         (out / name / "inside").write_text("x")

@@ -175,6 +175,22 @@ def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, o
     assert accumulator.Tags()["images"]
 
 
+def test_wandb_writes_into_output_dir_and_a_resume_continues_its_run(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                      tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)  # wandb's default is ./wandb, where the job was started
+    out = tmp_path / "wb"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--checkpointing_steps", "1",
+                       "--report_to", "wandb")
+    train_cogvideox.main([*args, "--max_train_steps", "1"])
+    train_cogvideox.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    run_id = (out / "logs" / "wandb_run_id").read_text().strip()
+    runs = sorted((out / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith(f"-{run_id}") for run in runs)  # one wandb run, two sessions
+    assert not (tmp_path / "wandb").exists()
+
+
 def test_a_new_run_refuses_an_output_dir_holding_an_earlier_run(lora_run, tiny_cogvideox_dir, one_video_dataset_dir):
     from blueberry_video.errors import ConfigError
 
