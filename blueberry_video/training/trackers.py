@@ -1,12 +1,15 @@
-"""Starting the trackers of --report_to: their files go under output_dir/logs with the run's other records, not
-into the directory the job was started from, and a resumed run continues its wandb run instead of opening a
-second one."""
+"""Starting the trackers of --report_to, before the latent cache is built (a tracker that cannot start, such as
+wandb without a login, fails in seconds, not after hours of encoding). Their files go under output_dir/logs with
+the run's other records, not into the directory the job was started from, and a resumed run continues its wandb
+run instead of opening a second one."""
 
 from __future__ import annotations
 
 import importlib.util
 import secrets
 from pathlib import Path
+
+from blueberry_video.errors import ConfigError
 
 # The id of the run's wandb run, kept beside the tracker files so that a resume finds it (and
 # --overwrite_output_dir, which removes logs/, forgets it).
@@ -26,3 +29,24 @@ def tracker_init_kwargs(config, logging_dir: Path, resuming: bool) -> dict:
         run_id = secrets.token_hex(4)  # wandb run ids: letters and digits
         id_file.write_text(run_id + "\n")
     return {"wandb": {"dir": str(logging_dir), "id": run_id, "resume": "allow", "name": Path(config.output_dir).name}}
+
+
+def tracker_config(config) -> dict:
+    # Trackers take flat scalars only.
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
+
+
+def start_trackers(accelerator, config, resuming: bool) -> None:
+    if config.report_to == "none":
+        return
+    init_kwargs = tracker_init_kwargs(config, accelerator.logging_dir, resuming) if accelerator.is_main_process else None
+    try:
+        accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config), init_kwargs=init_kwargs)
+    except Exception as error:
+        if type(error).__module__.startswith("wandb"):
+            raise ConfigError(
+                f"report_to={config.report_to}: wandb could not start a run ({error}). Log in first (`wandb login`, "
+                f"or set WANDB_API_KEY), or log locally with WANDB_MODE=offline and `wandb sync` the run later "
+                f"(its folder is under {accelerator.logging_dir}/wandb), or use --report_to tensorboard"
+            ) from error
+        raise

@@ -50,7 +50,7 @@ from blueberry_video.training.records import (
     write_run_info,
 )
 from blueberry_video.training.step import compile_blocks
-from blueberry_video.training.trackers import tracker_init_kwargs
+from blueberry_video.training.trackers import start_trackers
 from blueberry_video.training.validation import run_validation
 
 logger = get_logger(__name__)
@@ -81,11 +81,6 @@ def build_dataset(config, family, accelerator, dtype: torch.dtype):
     return LatentCacheDataset(report.path, repeats=config.dataset_repeats), report.num_cached
 
 
-def _tracker_config(config) -> dict:
-    # Trackers take flat scalars only.
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
-
-
 def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
     """What a recipe script does: settings from YAML and flags, the family's parts, the shared run."""
     from blueberry_video.config import parse_config
@@ -107,6 +102,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)
     clear_earlier_run(accelerator, config, resuming=resume_path is not None)
+    start_trackers(accelerator, config, resuming=resume_path is not None)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
@@ -155,9 +151,6 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
         metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
-    accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config),
-                              init_kwargs=tracker_init_kwargs(config, accelerator.logging_dir, resume_path is not None)
-                              if accelerator.is_main_process else None)
 
     videos, last_validated, stop_early = [], None, False
     with ExitStack() as cleanup:  # bar, SIGTERM handler and metrics file are released even if training raises

@@ -175,9 +175,17 @@ def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, o
     assert accumulator.Tags()["images"]
 
 
+@pytest.fixture
+def fresh_wandb():
+    """wandb reads its environment once per process: each test starts and leaves a new wandb session."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 def test_wandb_writes_into_output_dir_and_a_resume_continues_its_run(tiny_cogvideox_dir, one_video_dataset_dir,
-                                                                      tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+                                                                      tmp_path, monkeypatch, fresh_wandb):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)  # wandb's default is ./wandb, where the job was started
     out = tmp_path / "wb"
@@ -189,6 +197,20 @@ def test_wandb_writes_into_output_dir_and_a_resume_continues_its_run(tiny_cogvid
     runs = sorted((out / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(run.name.endswith(f"-{run_id}") for run in runs)  # one wandb run, two sessions
     assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_without_a_login_is_refused_before_the_cache_is_built(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                     tmp_path, monkeypatch, fresh_wandb):
+    from blueberry_video.errors import ConfigError
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a wandb key
+    out = tmp_path / "nologin"
+    with pytest.raises(ConfigError, match="wandb could not start a run .*wandb login.*WANDB_MODE=offline"):
+        train_cogvideox.main([*recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--report_to", "wandb"),
+                              "--cache_dir", str(tmp_path / "fresh-cache")])
+    assert not (tmp_path / "fresh-cache").exists()
 
 
 def test_a_new_run_refuses_an_output_dir_holding_an_earlier_run(lora_run, tiny_cogvideox_dir, one_video_dataset_dir):
