@@ -22,6 +22,15 @@ import yaml
 from blueberry_video.errors import ConfigError
 
 
+def checkpoint_folder(output_dir, resume_from_checkpoint: str) -> Path:
+    """The checkpoint `--resume_from_checkpoint` names: a path, or (as in diffusers' examples) a checkpoint-N
+    folder of output_dir."""
+    given = Path(resume_from_checkpoint)
+    if given.is_dir() or given.is_absolute():
+        return given
+    return Path(output_dir) / given
+
+
 def _opt(default, help: str, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -112,10 +121,15 @@ class TrainConfig:
     num_validation_videos: int = _opt(1, "videos per validation prompt")
     num_inference_steps: int = _opt(50, "denoising steps for validation videos")
     guidance_scale: float = _opt(6.0, "classifier-free guidance scale for validation videos")
-    validation_fps: int = _opt(8, "frame rate of the saved validation .mp4 files")
+    validation_fps: float | None = _opt(None, "frame rate of the saved validation .mp4 files (default: fps, the rate "
+                                              "training clips were sampled at, so motion plays at its speed; else 8)")
     report_to: str = _opt("none", "trackers", ["none", "tensorboard", "wandb", "all"])
     tracker_project_name: str = _opt("blueberry-video", "tracker project/run group name")
     logging_steps: int = _opt(1, "log metrics every N steps")
+
+    @property
+    def resolved_validation_fps(self) -> float:
+        return self.validation_fps or self.fps or 8
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -279,6 +293,8 @@ def validate(config: TrainConfig) -> None:
         # accelerate would only warn, and the run would log nowhere.
         raise ConfigError(f"report_to={config.report_to}: the {config.report_to} package is not installed; "
                           f"pip install {config.report_to}, or --report_to none")
+    if config.validation_fps is not None and config.validation_fps <= 0:
+        raise ConfigError(f"validation_fps={config.validation_fps}: must be positive, or unset to save at fps")
     if config.fps is not None and config.fps <= 0:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
     if not config.pretrained_model_name_or_path:
@@ -287,5 +303,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("instance_data_root is required (the dataset folder), unless dummy_data is set")
     if config.instance_data_root and not config.dummy_data and not Path(config.instance_data_root).is_dir():
         raise ConfigError(f"instance_data_root={config.instance_data_root}: folder not found")
-    if config.resume_from_checkpoint not in (None, "latest") and not Path(config.resume_from_checkpoint).is_dir():
-        raise ConfigError(f"resume_from_checkpoint={config.resume_from_checkpoint}: folder not found; use 'latest' or a checkpoint-N folder")
+    if config.resume_from_checkpoint not in (None, "latest") and not checkpoint_folder(
+            config.output_dir, config.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint={config.resume_from_checkpoint}: folder not found, neither as "
+                          f"given nor in output_dir={config.output_dir}; use 'latest', a checkpoint-N folder of "
+                          f"output_dir, or a checkpoint's path")

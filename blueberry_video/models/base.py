@@ -41,6 +41,8 @@ class ModelFamily(ABC):
     # `attention_backend` reaches it), and whether it passes a mask there (not every backend takes one).
     uses_attention_dispatch: ClassVar[bool] = False
     attention_takes_mask: ClassVar[bool] = False
+    # Whether the objective is flow matching, which reads the weighting_scheme / flow_shift settings.
+    trains_with_flow_matching: ClassVar[bool] = False
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)

@@ -36,6 +36,7 @@ class HunyuanVideoFamily(ModelFamily):
     block_class_names = ("HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock")
     uses_attention_dispatch = True
     attention_takes_mask = True  # the padding of the text tokens, masked as keys
+    trains_with_flow_matching = True
 
     def __init__(
         self,

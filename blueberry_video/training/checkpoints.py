@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.config import checkpoint_folder
 from blueberry_video.training.lora import ADAPTER, lora_state_dict
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def resolve_resume_path(output_dir, resume_from_checkpoint: str | None) -> Path 
             logger.warning("resume_from_checkpoint=latest: no checkpoint in %s, starting a new run", output_dir)
             return None
         return found[-1][1]
-    path = Path(resume_from_checkpoint)
+    path = checkpoint_folder(output_dir, resume_from_checkpoint)
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume_from_checkpoint={path}: not a complete checkpoint (no {STATE_FILE})")
     if missing := missing_files(path):

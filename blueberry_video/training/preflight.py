@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 # The checkpoint's tensors are shaped by these: resumed with other values, it cannot load.
 SHAPING_SETTINGS = ("training_mode", "rank", "lora_target_modules", "optimizer", "use_8bit_adam")
 # The checkpoint's optimizer and schedule state restore these: a new value would be silently ignored.
+# The flow-matching objective's settings (training/sampling.py): a DDPM family's run would ignore them.
+FLOW_MATCHING_SETTINGS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "flow_shift",
+                          "flow_guidance_scale")
 RESTORED_SETTINGS = ("learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles", "lr_power",
                      "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
 
@@ -74,3 +77,16 @@ def check_init_lora_weights(config, family) -> None:
         raise ConfigError(f"init_lora_weights={file}: it adapts layers this run does not ({foreign[0]}, "
                           f"{len(foreign)} in all); this run's lora_target_modules are {sorted(targets)}: set "
                           f"lora_target_modules to the ones it was trained with")
+
+
+def check_objective_settings(config, family) -> None:
+    """Flow-matching settings given to a family that does not train with flow matching are refused: the run would
+    ignore them, while config.yaml and `report` would show them as what the run differed in."""
+    if family.trains_with_flow_matching:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    unused = [name for name in FLOW_MATCHING_SETTINGS if getattr(config, name) != defaults[name]]
+    if unused:
+        given = ", ".join(f"{name}={getattr(config, name)!r}" for name in unused)
+        raise ConfigError(f"{given}: settings of the flow-matching objective, which {family.name} does not train "
+                          f"with (it samples DDPM timesteps and predicts v), so they would have no effect; drop them")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import logging
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -123,37 +125,85 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
     return Path(path)
 
 
-def write_model_card(output_dir, config, family, num_samples: int, global_step: int, videos: list[Path]) -> Path:
-    """README.md for the run: settings, how to load the result with the family's own diffusers classes, samples.
-    A README.md the user wrote there is kept, and the card is written beside it as MODEL_CARD.md."""
-    output_dir = Path(output_dir)
-    family_name = family.name
-    weights = "pytorch_lora_weights.safetensors" if config.training_mode == "lora" else "transformer/"
+VALIDATION_VIDEO_NAME = re.compile(r"step-(\d+)-prompt(\d+)-(\d+)\.mp4")
+
+
+def usage_code(output_dir: Path, config, family) -> str:
+    """Python that loads the result with the family's diffusers classes and renders the first validation prompt
+    (or a placeholder) at the training shape and the validation settings."""
     pipeline, transformer = family.pipeline_class.__name__, family.transformer_class.__name__
+    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(config.mixed_precision)
+    dtype_arg = f", torch_dtype={dtype}" if dtype else ""
     if config.training_mode == "lora":
-        usage = (f"from diffusers import {pipeline}\n\n"
-                 f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\")\n"
-                 f"pipe.load_lora_weights(\"{output_dir}\")")
+        imports = f"from diffusers import {pipeline}"
+        load = (f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\"{dtype_arg})\n"
+                f"pipe.load_lora_weights(\"{output_dir}\")")
     else:
-        usage = (f"from diffusers import {pipeline}, {transformer}\n\n"
-                 f"transformer = {transformer}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\")\n"
-                 f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", transformer=transformer)")
-    samples = "\n".join(f"- [{v.name}]({v.relative_to(output_dir)})" for v in videos) or "- (no validation prompt was set)"
-    card = f"""# {family_name} {config.training_mode} fine-tune
+        imports = f"from diffusers import {pipeline}, {transformer}"
+        load = (f"transformer = {transformer}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\"{dtype_arg})\n"
+                f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", "
+                f"transformer=transformer{dtype_arg})")
+    prompt = config.validation_prompt[0] if config.validation_prompt else f"{config.id_token or ''} a prompt".strip()
+    call = {"num_frames": config.max_num_frames, "height": config.height, "width": config.width,
+            "num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
+            **non_default_call_arguments(family, config)}
+    arguments = "".join(f", {name}={value!r}" for name, value in call.items())
+    return (f"{'import torch' + chr(10) if dtype else ''}{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
+            f"video = pipe({prompt!r}{arguments}).frames[0]\n"
+            f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps:g})")
+
+
+def non_default_call_arguments(family, config) -> dict:
+    """What this model needs passed to the pipeline beyond its defaults (e.g. a shorter max_sequence_length)."""
+    defaults = inspect.signature(family.pipeline_class.__call__).parameters
+    needed = family.generation_kwargs(config.max_num_frames, config.height, config.width)
+    return {name: value for name, value in needed.items()
+            if name not in defaults or defaults[name].default != value}
+
+
+def samples_list(output_dir: Path, config, videos: list[Path]) -> str:
+    lines = []
+    for video in videos:
+        match = VALIDATION_VIDEO_NAME.fullmatch(video.name)
+        prompts = config.validation_prompt or []
+        prompt = f": \"{prompts[int(match[2])]}\"" if match and int(match[2]) < len(prompts) else ""
+        lines.append(f"- [{video.name}]({video.relative_to(output_dir)}){prompt}")
+    return "\n".join(lines) or "- (no validation prompt was set)"
+
+
+def write_model_card(output_dir, config, family, num_samples: int, global_step: int, videos: list[Path]) -> Path:
+    """README.md for the run: Hub metadata, settings, the trigger word, code that renders a video with the
+    family's own diffusers classes as validation did, and each sample with its prompt. A README.md the user wrote
+    there is kept, and the card is written beside it as MODEL_CARD.md."""
+    output_dir = Path(output_dir)
+    lora = config.training_mode == "lora"
+    weights = "pytorch_lora_weights.safetensors" if lora else "transformer/"
+    trigger = (f"\nTrigger word: every training caption began with `{config.id_token}`; start prompts with it.\n"
+               if config.id_token else "")
+    tags = "\n".join(f"- {tag}" for tag in ("text-to-video", "diffusers", family.name, "lora" if lora else
+                                             "full-fine-tune", "blueberry-video"))
+    card = f"""---
+library_name: diffusers
+pipeline_tag: text-to-video
+tags:
+{tags}
+---
+
+# {family.name} {config.training_mode} fine-tune
 
 {MODEL_CARD_MARK}
 
 | setting | value |
 |---|---|
 | base model | `{config.pretrained_model_name_or_path}` |
-| training mode | {config.training_mode}{f' (rank {config.rank}, alpha {config.lora_alpha})' if config.training_mode == 'lora' else ''} |
+| training mode | {config.training_mode}{f' (rank {config.rank}, alpha {config.lora_alpha})' if lora else ''} |
 | training videos | {num_samples} |
 | steps | {global_step} |
-| clip | {config.max_num_frames} frames, {config.height}x{config.width} |
+| clip | {config.max_num_frames} frames, {config.height}x{config.width}{f', sampled at {config.fps:g} fps' if config.fps else ''} |
 | batch | {config.train_batch_size} x {config.gradient_accumulation_steps} accumulation |
 | learning rate | {config.learning_rate} ({config.lr_scheduler}) |
 | precision | {config.mixed_precision} |
-
+{trigger}
 Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.jsonl`.
 
 ![training loss](loss.png)
@@ -161,12 +211,12 @@ Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.j
 ## Use
 
 ```python
-{usage}
+{usage_code(output_dir, config, family)}
 ```
 
 ## Validation samples
 
-{samples}
+{samples_list(output_dir, config, videos)}
 """
     path = output_dir / "README.md"
     if path.is_file() and MODEL_CARD_MARK not in path.read_text(errors="replace"):

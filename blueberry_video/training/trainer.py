@@ -41,7 +41,7 @@ from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
-from blueberry_video.training.preflight import check_init_lora_weights, resumed_config
+from blueberry_video.training.preflight import check_init_lora_weights, check_objective_settings, resumed_config
 from blueberry_video.training.records import (
     MetricsLog,
     plot_losses,
@@ -98,6 +98,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     resume_path = resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
     config = resumed_config(config, family, resume_path)
     check_init_lora_weights(config, family)
+    check_objective_settings(config, family)
     resume_requested = config.resume_from_checkpoint is not None
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)

@@ -145,3 +145,32 @@ def test_a_damaged_checkpoint_is_refused_or_passed_over(short_run, tiny_cogvideo
     with caplog.at_level(logging.WARNING):
         assert train_cogvideox.main(args).global_step == 3
     assert "ignoring damaged checkpoint" in caplog.text and "checkpoint-3" in caplog.text
+
+
+def test_flow_matching_settings_are_refused_for_cogvideox_before_the_cache(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                          tmp_path):
+    args = fresh_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "ddpm", "--weighting_scheme", "mode",
+                      "--flow_shift", "3")
+    with pytest.raises(ConfigError, match=r"weighting_scheme='mode', flow_shift=3.0: settings of the flow-matching "
+                                          r"objective, which cogvideox does not train with"):
+        train_cogvideox.main(args)
+    assert not (tmp_path / "fresh-cache").exists()
+
+
+def test_a_checkpoint_named_without_its_path_is_found_in_output_dir(short_run, tiny_cogvideox_dir,
+                                                                   one_video_dataset_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    monkeypatch.chdir(tmp_path)  # not output_dir: the name is looked up there, as diffusers' examples do
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, run, "--rank", "4", "--lora_alpha", "4",
+                       "--learning_rate", "2e-3", "--checkpointing_steps", "0", "--max_train_steps", "3",
+                       "--resume_from_checkpoint", "checkpoint-2")
+    args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
+    assert train_cogvideox.main(args).global_step == 3
+    assert f"resumed from {run / 'checkpoint-2'} at step 2" in capsys.readouterr().out
+    args[args.index("--resume_from_checkpoint") + 1] = "checkpoint-7"
+    with pytest.raises(ConfigError, match=r"checkpoint-7: folder not found, neither as given nor in output_dir="):
+        train_cogvideox.main(args)

@@ -72,6 +72,17 @@ def test_lora_run_writes_every_output(lora_run):
     assert "lora_adapter.safetensors" in checkpoint_files and "model.safetensors" not in checkpoint_files
 
 
+def test_the_model_card_code_renders_a_video_as_written(lora_run, tmp_path, monkeypatch):
+    card = (lora_run.output_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n")  # Hub metadata
+    assert '(validation/step-000060-prompt1-0.mp4): "a blue square"' in card
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "model card", "exec"), {})  # as a user pastes it (the tiny model needs its text length)
+    clip = decode_video(tmp_path / "sample.mp4", FrameSampling(num_frames=9, height=96, width=160))
+    assert clip.shape == (9, 3, 96, 160)
+
+
 def test_saved_lora_reloads_in_a_fresh_process_with_the_trained_effect(lora_run, tiny_cogvideox_dir, tmp_path):
     inputs = transformer_inputs()
     with torch.no_grad():
