@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video
-from blueberry_video.data.formats import DatasetFormatError, load_dataset_entries
+from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
+from blueberry_video.data.formats import DatasetFormatError, DatasetListing, first_few, load_dataset_entries
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,14 @@ class CacheReport:
     num_cached: int
     skipped: list[dict] = field(default_factory=list)
     reused: bool = False
+    # What was cached but may not be what the user meant: repeated frames, cut captions, unlisted videos.
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"latent cache {self.path}: {self.num_cached} cached, {len(self.skipped)} skipped"
                  + (" (reused)" if self.reused else "")]
         lines += [f"  skipped {item['source']}: {item['reason']}" for item in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -131,22 +134,67 @@ def _to_numpy(tensor: torch.Tensor, cache_dtype: str) -> np.ndarray:
 
 
 def _encode_chunk(family, encoders, entries, root: Path, settings: CacheSettings):
-    rows, skipped = [], []
-    decoded = []
+    """The chunk's (entry, tensors) rows, its skipped videos and what to note about those encoded
+    (`_note_lines` says what)."""
+    rows, skipped, decoded = [], [], []
+    notes = {"low_frame_rate": [], "long_captions": []}
     for entry in entries:
         try:
-            decoded.append((entry, decode_video(entry.video_path, settings.sampling)))
+            info = probe_video(entry.video_path)
+            decoded.append((entry, decode_video(entry.video_path, settings.sampling, info=info)))
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "reason": error.reason})
+            continue
+        if repeats_frames(info, settings.sampling):
+            notes["low_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
     if not decoded:
-        return rows, skipped
-    text = family.encode_prompts(encoders, [entry.caption for entry, _ in decoded])
+        return rows, skipped, notes
+    captions = [entry.caption for entry, _ in decoded]
+    notes["long_captions"] = _long_captions(family, encoders, [entry for entry, _ in decoded], root)
+    text = family.encode_prompts(encoders, captions)
     for i, (entry, video) in enumerate(decoded):
         latents = family.encode_videos(encoders, video.unsqueeze(0))
         tensors = {name: _to_numpy(value[0], settings.cache_dtype) for name, value in latents.items()}
         tensors.update({name: _to_numpy(value[i], settings.cache_dtype) for name, value in text.items()})
         rows.append((entry, tensors))
-    return rows, skipped
+    return rows, skipped, notes
+
+
+def _relative(entry, root: Path) -> str:
+    return str(entry.video_path.relative_to(root))
+
+
+def _long_captions(family, encoders, entries, root: Path) -> list[dict]:
+    """The captions a text encoder cuts to its token limit (the pipeline only logs a warning per batch)."""
+    found = []
+    for lengths in family.prompt_lengths(encoders, [entry.caption for entry in entries]):
+        found += [{"video": _relative(entry, root), "encoder": lengths.encoder, "limit": lengths.limit,
+                   "tokens": tokens}
+                  for entry, tokens in zip(entries, lengths.counts, strict=True) if tokens > lengths.limit]
+    return found
+
+
+def _note_lines(notes: dict, fps: float | None) -> list[str]:
+    """The report's lines for the chunks' notes, merged: one line per kind (and per text encoder)."""
+    lines = []
+    if slow := notes["low_frame_rate"]:
+        lines.append(f"{len(slow)} video(s) have a frame rate below fps={fps:g}: their frames are repeated ("
+                     + first_few([f"{item['video']} {item['fps']:g} fps" for item in slow]) + ")")
+    by_encoder: dict[tuple[str, int], list[dict]] = {}
+    for item in notes["long_captions"]:
+        by_encoder.setdefault((item["encoder"], item["limit"]), []).append(item)
+    for (encoder, limit), items in by_encoder.items():
+        lines.append(f"{len(items)} caption(s) are longer than the {encoder}'s {limit} tokens and were cut: "
+                     + first_few([f"{item['video']} ({item['tokens']} tokens)" for item in items]))
+    return lines
+
+
+def _listing_notes(root: Path, listing: DatasetListing) -> list[str]:
+    if not listing.unlisted_videos:
+        return []
+    names = [str(path.relative_to(root)) for path in listing.unlisted_videos]
+    return [f"{len(names)} video file(s) under the dataset folder are not listed in {listing.metadata}: "
+            f"{first_few(names)}; add them to it to train on them"]
 
 
 def _chunk_dir(cache_path: Path, start: int, stop: int) -> Path:
@@ -155,25 +203,30 @@ def _chunk_dir(cache_path: Path, start: int, stop: int) -> Path:
     return cache_path / "chunks" / f"{start:06d}-{stop:06d}"
 
 
-def _write_chunk(chunk_dir: Path, rows, skipped, root: Path, process_index: int) -> None:
+def _write_chunk(chunk_dir: Path, rows, skipped, notes: dict, root: Path, process_index: int) -> None:
     tmp = chunk_dir.with_name(chunk_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if rows:
         write_latent_table(tmp / "data", [
-            {"index": entry.index, "video": str(entry.video_path.relative_to(root)), "caption": entry.caption, **tensors}
+            {"index": entry.index, "video": _relative(entry, root), "caption": entry.caption, **tensors}
             for entry, tensors in rows
         ])
     (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    (tmp / "notes.json").write_text(json.dumps(notes, indent=1))
     (tmp / "process.json").write_text(json.dumps({"process_index": process_index, "num_encoded": len(rows)}))
     os.replace(tmp, chunk_dir)
 
 
-def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]) -> CacheReport:
+def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict], listing_notes: list[str],
+           fps: float | None) -> CacheReport:
     parts, skipped = [], list(listing_skipped)
+    notes = {"low_frame_rate": [], "long_captions": []}
     encoded_by_process: dict[str, int] = {}
     for chunk_dir in chunk_dirs:
         skipped += json.loads((chunk_dir / "skipped.json").read_text())
+        for kind, items in json.loads((chunk_dir / "notes.json").read_text()).items():
+            notes[kind] += items
         process = json.loads((chunk_dir / "process.json").read_text())
         key = str(process["process_index"])
         encoded_by_process[key] = encoded_by_process.get(key, 0) + process["num_encoded"]
@@ -189,19 +242,24 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]
     with _quiet_datasets():
         merged.save_to_disk(str(tmp))
     os.replace(tmp, cache_path / "dataset")
-    report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped)
-    # Which process encoded how many videos: shows that a multi-process precompute shared the work.
-    manifest = {"num_cached": report.num_cached, "skipped": skipped, "encoded_by_process": encoded_by_process,
-                "complete": True}
+    encoding_notes = _note_lines(notes, fps)
+    report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped,
+                         notes=listing_notes + encoding_notes)
+    # Which process encoded how many videos: shows that a multi-process precompute shared the work. The notes
+    # on the folder (unlisted videos) are not kept: they are looked up again on every use.
+    manifest = {"num_cached": report.num_cached, "skipped": skipped, "notes": encoding_notes,
+                "encoded_by_process": encoded_by_process, "complete": True}
     (cache_path / "manifest.tmp").write_text(json.dumps(manifest, indent=1))
     os.replace(cache_path / "manifest.tmp", cache_path / "manifest.json")
     shutil.rmtree(cache_path / "chunks", ignore_errors=True)
     return report
 
 
-def _read_report(cache_path: Path, reused: bool) -> CacheReport:
+def _read_report(cache_path: Path, reused: bool, listing_notes: list[str]) -> CacheReport:
     manifest = json.loads((cache_path / "manifest.json").read_text())
-    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused)
+    # Caches built before notes were recorded have none.
+    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused,
+                       notes=listing_notes + manifest.get("notes", []))
 
 
 def _settings_record(family, settings: CacheSettings) -> str:
@@ -259,8 +317,10 @@ def precompute_latent_cache(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     root = Path(data_root).resolve()
-    listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token)
+    listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token,
+                                   ignore=Path(cache_root).resolve())
     listing_skipped = [{"source": item.source, "reason": item.reason} for item in listing.skipped]
+    listing_notes = _listing_notes(root, listing)
     if strict and listing_skipped:
         raise DatasetFormatError(f"{root}: strict_data is set and {len(listing_skipped)} item(s) are unusable: "
                                  + "; ".join(f"{s['source']}: {s['reason']}" for s in listing_skipped[:5]))
@@ -268,7 +328,7 @@ def precompute_latent_cache(
     fingerprint = cache_fingerprint(family, root, entries, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
-        report = _read_report(cache_path, reused=True)
+        report = _read_report(cache_path, reused=True, listing_notes=listing_notes)
         # The cache was built without strict_data: what it skipped then is unusable now.
         if strict and report.skipped:
             first = report.skipped[0]
@@ -297,10 +357,10 @@ def precompute_latent_cache(
         with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
                   disable=not is_main) as progress:
             for i in todo:
-                rows, skipped = _encode_chunk(family, encoders, chunks[i], root, settings)
+                rows, skipped, notes = _encode_chunk(family, encoders, chunks[i], root, settings)
                 if strict and skipped:
                     raise VideoDecodeError(Path(skipped[0]["source"]), skipped[0]["reason"] + " (strict_data is set)")
-                _write_chunk(chunk_dirs[i], rows, skipped, root, rank)
+                _write_chunk(chunk_dirs[i], rows, skipped, notes, root, rank)
                 progress.update(len(chunks[i]))
         del encoders
         if torch.cuda.is_available():
@@ -308,9 +368,9 @@ def precompute_latent_cache(
     if accelerator:
         accelerator.wait_for_everyone()
     if is_main:
-        report = _merge(cache_path, chunk_dirs, listing_skipped)
+        report = _merge(cache_path, chunk_dirs, listing_skipped, listing_notes, settings.sampling.fps)
         logger.info(report.summary())
     if accelerator:
         accelerator.wait_for_everyone()
     # The other processes read what the main one merged: built in this call, not reused.
-    return report if is_main else _read_report(cache_path, reused=False)
+    return report if is_main else _read_report(cache_path, reused=False, listing_notes=listing_notes)

@@ -121,15 +121,17 @@ def probe_video(path) -> VideoInfo:
     return _parse_header(path, result.stderr.decode("utf-8", errors="replace"))
 
 
-def decode_video(path, sampling: FrameSampling, generator: torch.Generator | None = None) -> torch.Tensor:
+def decode_video(
+    path, sampling: FrameSampling, generator: torch.Generator | None = None, info: VideoInfo | None = None
+) -> torch.Tensor:
     """Decode `sampling.num_frames` frames from the start of the usable span of `path`.
 
     Returns float32 [F, 3, H, W], RGB, in [-1, 1]. With `sampling.fps` set, frame k is the source
     frame nearest to time k / fps; otherwise frames are consecutive. `generator` drives the crop
-    position when sampling.crop == "random".
+    position when sampling.crop == "random". `info` is `probe_video(path)` where the caller has it.
     """
     path = Path(path)
-    info = probe_video(path)
+    info = info or probe_video(path)
     wanted = _source_indices(info, sampling)
     unique = sorted(set(wanted))
     # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
@@ -142,12 +144,28 @@ def decode_video(path, sampling: FrameSampling, generator: torch.Generator | Non
     position = {index: slot for slot, index in enumerate(unique)}
     slots = [position[index] for index in wanted]
     available = sum(1 for slot in slots if slot < usable)
-    # The header's duration promised the frames asked for: the file ends early, it is not a short video.
-    truncated = available < len(slots) and wanted[-1] < info.num_frames - 1
+    truncated = available < len(slots) and _header_promised(info, unique, sampling)
     slots = _fill_short_clip(slots[:available], path, info, sampling, truncated)
 
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling) -> bool:
+    """Whether the header's frame count, before any skipping, covers the clip and the skipped tail after it.
+
+    If it does and the frames did not come, decoding stopped early: the file is damaged, not short. The
+    one frame of slack absorbs a duration rounded up in the header.
+    """
+    return unique[-1] + sampling.skip_frames_end < info.num_frames - 1
+
+
+def repeats_frames(info: VideoInfo, sampling: FrameSampling) -> bool:
+    """Whether sampling at `sampling.fps` takes some source frame twice (the video's own rate is lower)."""
+    if sampling.fps is None or info.fps <= 0:
+        return False
+    wanted = _source_indices(info, sampling)
+    return len(set(wanted)) < len(wanted)
 
 
 def _usable_count(path: Path, unique: list[int], received: int, sampling: FrameSampling) -> int:
@@ -338,18 +356,37 @@ def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: Fr
                "file looks truncated or damaged; re-encode or re-download it") if truncated else ""
     if not slots or sampling.short_video == "skip":
         rate = f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps else "consecutive frames"
-        fix = damaged or ("ask for fewer num_frames, a lower fps or less skipping, or set short_video='loop' or "
-                          "'pad'")
         raise VideoTooShortError(
             path,
             f"only {len(slots)} of the {needed} frames needed are available ({rate}, skipping "
-            f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); {fix}",
+            f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); "
+            f"{damaged or _short_clip_advice(len(slots), info, sampling)}",
         )
     if damaged:
         logger.warning("%s: %s (short_video=%s fills the clip from what decodes)", path, damaged, sampling.short_video)
     if sampling.short_video == "loop":
         return [slots[k % len(slots)] for k in range(needed)]
     return slots + [slots[-1]] * (needed - len(slots))
+
+
+def _short_clip_advice(available: int, info: VideoInfo, sampling: FrameSampling) -> str:
+    """The settings that would make the clip fit, naming only those that can help here."""
+    options = []
+    if available:  # with no frame left, asking for fewer or filling them cannot help
+        options.append("fewer max_num_frames")
+        if sampling.fps and sampling.fps < info.fps:
+            # A higher rate takes its frames from a shorter stretch of the video.
+            options.append(f"a higher fps (up to the video's {info.fps:g})")
+    skips = [f"{name}={getattr(sampling, name)}" for name in ("skip_frames_start", "skip_frames_end")
+             if getattr(sampling, name)]
+    if skips:
+        options.append(f"less skipping ({', '.join(skips)})")
+    if not options:
+        return "the video has no frames to give; re-encode it or remove it from the dataset"
+    advice = "ask for " + " or ".join(options)
+    if available and sampling.short_video == "skip":
+        advice += ", or set short_video='loop' or 'pad'"
+    return advice
 
 
 class _DropResizeNotice(logging.Filter):

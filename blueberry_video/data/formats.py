@@ -5,10 +5,12 @@ Accepted layouts (exactly one per folder):
   metadata.jsonl  one such object per line
   metadata.csv    a header row, then one row per video
   prompts.txt + videos.txt   diffusers' CogVideoX layout: line i of each file belong together
+  clip.mp4 + clip.txt        no metadata file: each video's caption in a .txt of the same name beside it
 
 Problems with the metadata itself raise DatasetFormatError. Problems with single rows (no caption,
 missing video file, a video listed twice) only skip that row and are reported in
 `DatasetListing.skipped`, because one bad row in a large scraped dataset should not stop training.
+Video files in the folder that the metadata does not name are listed in `DatasetListing.unlisted_videos`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ METADATA_FILES = ("metadata.json", "metadata.jsonl", "metadata.csv")
 TEXT_PAIR_FILES = ("prompts.txt", "videos.txt")
 VIDEO_COLUMNS = ("file", "video", "video_path", "path", "file_name")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+SIDECAR_LAYOUT = "captions .txt beside the videos"
 SHOWN_SKIPS = 5
 
 
@@ -51,6 +55,9 @@ class SkippedItem:
 class DatasetListing:
     entries: list[VideoEntry] = field(default_factory=list)
     skipped: list[SkippedItem] = field(default_factory=list)
+    # Where the captions came from (e.g. "metadata.csv"), and the video files under the folder it does not name.
+    metadata: str = ""
+    unlisted_videos: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -71,18 +78,22 @@ def load_dataset_entries(
     caption_column: str | None = None,
     video_column: str | None = None,
     id_token: str | None = None,
+    ignore: Path | None = None,
 ) -> DatasetListing:
     """Read the dataset folder `root` and return its usable entries plus the skipped rows.
 
     caption_column / video_column pick columns of json/jsonl/csv metadata; for the diffusers
     layout they may instead name the two .txt files (e.g. "prompts.txt" / "videos.txt").
-    `id_token` (a DreamBooth-style trigger word) is prefixed to every caption.
+    `id_token` (a DreamBooth-style trigger word) is prefixed to every caption. `ignore` is a folder
+    not searched for unlisted videos (the latent cache).
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"dataset folder {root} does not exist or is not a folder; check the data path")
-    rows = _read_rows(root, caption_column, video_column)
+    metadata, rows = _read_rows(root, caption_column, video_column)
     listing = _select_entries(root, rows, id_token)
+    listing.metadata = metadata
+    listing.unlisted_videos = _unlisted_videos(root, rows, ignore)
     if not listing.entries:
         reasons = "; ".join(f"{item.source}: {item.reason}" for item in listing.skipped[:SHOWN_SKIPS])
         raise DatasetFormatError(
@@ -93,21 +104,19 @@ def load_dataset_entries(
     return listing
 
 
-def _read_rows(root: Path, caption_column: str | None, video_column: str | None) -> list[_Row]:
+def _read_rows(root: Path, caption_column: str | None, video_column: str | None) -> tuple[str, list[_Row]]:
+    """The name of the metadata the rows come from, and the rows."""
     if _names_text_file(caption_column) or _names_text_file(video_column):
         prompts = caption_column if _names_text_file(caption_column) else TEXT_PAIR_FILES[0]
         videos = video_column if _names_text_file(video_column) else TEXT_PAIR_FILES[1]
-        return _read_text_pair(root, prompts, videos)
+        return videos, _read_text_pair(root, prompts, videos)
 
     found = [name for name in METADATA_FILES if (root / name).is_file()]
     text_files = [name for name in TEXT_PAIR_FILES if (root / name).is_file()]
     if text_files:
         found.append(" + ".join(text_files))
     if not found:
-        raise DatasetFormatError(
-            f"no metadata found in {root}; add one of {', '.join(METADATA_FILES)} "
-            f"or the pair {' + '.join(TEXT_PAIR_FILES)}"
-        )
+        return SIDECAR_LAYOUT, _read_sidecar_captions(root, caption_column, video_column)
     if len(found) > 1:
         raise DatasetFormatError(f"ambiguous metadata in {root}: found {' and '.join(found)}; keep exactly one of them")
     if text_files:
@@ -116,7 +125,7 @@ def _read_rows(root: Path, caption_column: str | None, video_column: str | None)
                 f"{root} uses prompts.txt + videos.txt, which have no columns; drop caption_column/"
                 "video_column or set them to the .txt file names"
             )
-        return _read_text_pair(root, *TEXT_PAIR_FILES)
+        return TEXT_PAIR_FILES[1], _read_text_pair(root, *TEXT_PAIR_FILES)
 
     name = found[0]
     if name == "metadata.json":
@@ -125,7 +134,7 @@ def _read_rows(root: Path, caption_column: str | None, video_column: str | None)
         records = _read_jsonl(root / name)
     else:
         records = _read_csv(root / name)
-    return _pick_columns(root / name, records, caption_column, video_column)
+    return name, _pick_columns(root / name, records, caption_column, video_column)
 
 
 def _names_text_file(column: str | None) -> bool:
@@ -164,6 +173,28 @@ def _read_text_pair(root: Path, prompts_name: str, videos_name: str) -> list[_Ro
     return [
         _Row(f"{prompts_name}/{videos_name} line {number}", video, caption)
         for number, (caption, video) in enumerate(zip(prompts, videos, strict=True), start=1)
+    ]
+
+
+def _read_sidecar_captions(root: Path, caption_column: str | None, video_column: str | None) -> list[_Row]:
+    """One row per video file, its caption read from the .txt of the same name beside it (None where absent)."""
+    root = _lexical_absolute(root)
+    videos = _video_files(root, ignore=None)
+    captions = [video.with_suffix(".txt") for video in videos]
+    if not any(caption.is_file() for caption in captions):
+        raise DatasetFormatError(
+            f"no metadata found in {root}; add one of {', '.join(METADATA_FILES)}, "
+            f"the pair {' + '.join(TEXT_PAIR_FILES)}, or a caption clip.txt beside each video clip.mp4"
+        )
+    if caption_column is not None or video_column is not None:
+        raise DatasetFormatError(
+            f"{root} has its captions in .txt files beside the videos, which have no columns; drop "
+            "caption_column/video_column"
+        )
+    return [
+        _Row(str(caption.relative_to(root)), str(video.relative_to(root)),
+             _read_text(caption) if caption.is_file() else None)
+        for video, caption in zip(videos, captions)
     ]
 
 
@@ -207,18 +238,33 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
 
 def _read_csv(path: Path) -> list[tuple[str, object]]:
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
-    records = []
+    records, overlong_rows = [], []
     try:
         if reader.fieldnames is None:
             raise DatasetFormatError(f"{path} is empty; it needs a header row such as: file,caption")
         for record in reader:
             # Row numbers match a spreadsheet's: the header is row 1.
             records.append((f"{path.name} row {reader.line_num}", record))
+            # DictReader files the fields past the header's under the key None: a caption cut at a comma.
+            if None in record:
+                overlong_rows.append(reader.line_num)
     except csv.Error as error:
         # DictReader.line_num is only updated after a successful row; the inner reader's is current.
         row = reader.reader.line_num
         raise DatasetFormatError(f"{path} row {row} is not valid CSV ({error}); fix the quoting") from error
+    if overlong_rows:
+        rows = f"{'rows' if len(overlong_rows) > 1 else 'row'} {first_few(overlong_rows)}"
+        raise DatasetFormatError(
+            f"{path}: {len(overlong_rows)} row(s) have more fields than the header's {len(reader.fieldnames)} "
+            f"({rows}), so a caption was split at an unquoted comma; quote captions that contain commas: "
+            '"a cat, a dog"'
+        )
     return records
+
+
+def first_few(items: list) -> str:
+    """The first items of a list a message names, and "..." where there are more."""
+    return ", ".join(str(item) for item in items[:SHOWN_SKIPS]) + (", ..." if len(items) > SHOWN_SKIPS else "")
 
 
 def _pick_columns(
@@ -244,24 +290,38 @@ def _resolve_column(
     path: Path, available: list[str], chosen: str | None, defaults: tuple[str, ...], setting: str
 ) -> str:
     if chosen is not None:
-        if chosen not in available:
+        column = _find_column(path, available, chosen, setting)
+        if column is None:
             raise DatasetFormatError(
                 f"{path} has no column {chosen!r} (available: {', '.join(available) or 'none'}); fix {setting}"
             )
-        return chosen
+        return column
     for name in defaults:
-        if name in available:
-            return name
+        if (column := _find_column(path, available, name, setting)) is not None:
+            return column
     raise DatasetFormatError(
         f"{path} has none of the columns {', '.join(defaults)} (available: {', '.join(available) or 'none'}); "
         f"set {setting} to the right column"
     )
 
 
+def _find_column(path: Path, available: list[str], name: str, setting: str) -> str | None:
+    """The column of `available` that `name` means: spreadsheets write headers like "File, Caption", so case
+    and surrounding spaces do not count, unless one column matches exactly."""
+    if name in available:
+        return name
+    matches = [column for column in available if column.strip().casefold() == name.strip().casefold()]
+    if len(matches) > 1:
+        raise DatasetFormatError(
+            f"{path}: the columns {', '.join(repr(column) for column in matches)} differ only in case or spaces; "
+            f"rename all but one, or set {setting} to one of them exactly"
+        )
+    return matches[0] if matches else None
+
+
 def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> DatasetListing:
     listing = DatasetListing()
-    # Lexical normalisation instead of resolve(): a symlinked videos/ folder is a normal setup.
-    root_abs = Path(os.path.normpath(root.absolute()))
+    root_abs = _lexical_absolute(root)
     first_source: dict[Path, str] = {}
     for row in rows:
         video = row.video.strip() if isinstance(row.video, str) else ""
@@ -284,6 +344,37 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
             caption = f"{id_token} {caption}"
         listing.entries.append(VideoEntry(len(listing.entries), video_path, caption))
     return listing
+
+
+def _unlisted_videos(root: Path, rows: list[_Row], ignore: Path | None) -> list[Path]:
+    """Video files under `root` that no row names, skipped rows included (their reason is reported already)."""
+    root_abs = _lexical_absolute(root)
+    listed = {_lexical_absolute(root_abs / row.video.strip()) for row in rows if isinstance(row.video, str)}
+    return [video for video in _video_files(root_abs, ignore) if video not in listed]
+
+
+def _video_files(root: Path, ignore: Path | None) -> list[Path]:
+    """Files under `root` with a video extension, sorted, leaving out `ignore` and hidden names (the default
+    .latent_cache, .git, and the ._clip.mp4 files macOS leaves on shared drives, which are not videos)."""
+    root_abs = _lexical_absolute(root)
+    ignore_abs = _lexical_absolute(ignore) if ignore is not None else None
+    found, seen = [], set()
+    # followlinks: a symlinked videos/ folder is a normal setup; `seen` stops a link that loops back.
+    for folder, subfolders, files in os.walk(root_abs, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        subfolders[:] = [
+            name for name in subfolders
+            if not name.startswith(".") and Path(folder, name) != ignore_abs
+            and os.path.realpath(os.path.join(folder, name)) not in seen
+        ]
+        found += [Path(folder, name) for name in files
+                  if not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS)]
+    return sorted(found)
+
+
+def _lexical_absolute(path: Path) -> Path:
+    # Lexical normalisation instead of resolve(): a symlinked videos/ folder is a normal setup.
+    return Path(os.path.normpath(Path(path).absolute()))
 
 
 def _inside_root(root_abs: Path, video: str, source: str) -> Path:

@@ -25,6 +25,16 @@ class Encoders:
     text_modules: dict[str, Any] = field(default_factory=dict)  # text_encoder, tokenizer, ... by pipeline name
 
 
+@dataclass(frozen=True)
+class PromptLengths:
+    """How many tokens of one text encoder each prompt takes, counted as the pipeline counts them against
+    its `limit`: the pipeline cuts longer prompts to the limit."""
+
+    encoder: str  # as a message names it, e.g. "T5 text encoder"
+    limit: int
+    counts: list[int]
+
+
 class ModelFamily(ABC):
     """How one model family loads, encodes, computes its training loss and builds its pipeline."""
 
@@ -190,6 +200,11 @@ class ModelFamily(ABC):
     @torch.no_grad()
     def encode_prompts(self, encoders: Encoders, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Text conditioning exactly as the family's pipeline computes it, batched along dim 0."""
+
+    @abstractmethod
+    def prompt_lengths(self, encoders: Encoders, prompts: list[str]) -> list[PromptLengths]:
+        """For each text encoder `encode_prompts` uses: its token limit and each prompt's token count, so the
+        latent cache can report the captions it cut."""
 
     @abstractmethod
     def dummy_text_conditioning(self, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from blueberry_video.errors import ConfigError
 from blueberry_video.models.base import (
     Encoders,
     ModelFamily,
+    PromptLengths,
     nearest_valid,
     unwrap_model,
     vae_latent_distribution,
@@ -97,6 +98,12 @@ class CogVideoXFamily(ModelFamily):
             device=pipe.text_encoder.device,
         )
         return {"prompt_embeds": prompt_embeds}
+
+    def prompt_lengths(self, encoders: Encoders, prompts: list[str]) -> list[PromptLengths]:
+        # The tokenizer call of the pipeline's _get_t5_prompt_embeds, without its truncation: EOS counts too.
+        tokenizer = encoders.text_modules["pipeline"].tokenizer
+        counts = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True).input_ids]
+        return [PromptLengths("T5 text encoder", self.max_text_length, counts)]
 
     def dummy_text_conditioning(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         dim = self.transformer_config["text_embed_dim"]

@@ -10,13 +10,21 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from blueberry_video.models.base import Encoders, ModelFamily, unwrap_model, vae_latent_distribution
+from blueberry_video.models.base import (
+    Encoders,
+    ModelFamily,
+    PromptLengths,
+    unwrap_model,
+    vae_latent_distribution,
+)
 from blueberry_video.training.objectives import flow_matching_loss
 from blueberry_video.training.sampling import draw_noise_and_sigmas, flow_sigma_sampler, shift_sigmas
 
 # HunyuanVideoPipeline.check_inputs refuses any height or width that is not a multiple of 16, whatever the VAE
 # and patch size allow; training sizes must pass it too, or validation fails after hours of training.
 PIPELINE_PIXEL_MULTIPLE = 16
+# HunyuanVideoPipeline.encode_prompt gives CLIP this many tokens, a constant in its code.
+CLIP_MAX_TOKENS = 77
 
 
 class HunyuanVideoFamily(ModelFamily):
@@ -156,6 +164,20 @@ class HunyuanVideoFamily(ModelFamily):
             "prompt_attention_mask": prompt_attention_mask,
             "pooled_prompt_embeds": pooled_prompt_embeds,
         }
+
+    def prompt_lengths(self, encoders: Encoders, prompts: list[str]) -> list[PromptLengths]:
+        pipe = encoders.text_modules["pipeline"]
+        # As the pipeline's _get_llama_prompt_embeds: the prompt inside the template, less the crop_start tokens of
+        # the system prompt, against max_sequence_length.
+        templated = [self.prompt_template["template"].format(prompt) for prompt in prompts]
+        crop_start = self.prompt_template.get("crop_start")
+        if crop_start is None:  # the pipeline's own measure: the template alone, less its "{}" and <|eot_id|>
+            crop_start = len(pipe.tokenizer(self.prompt_template["template"]).input_ids) - 2
+        llama = [len(ids) - crop_start for ids in pipe.tokenizer(templated).input_ids]
+        # CLIP gives the pooled embedding; the pipeline passes it 77 tokens, whatever max_sequence_length says.
+        clip = [len(ids) for ids in pipe.tokenizer_2(prompts).input_ids]
+        return [PromptLengths("Llama text encoder", self.max_sequence_length, llama),
+                PromptLengths("CLIP text encoder", CLIP_MAX_TOKENS, clip)]
 
     def dummy_text_conditioning(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         config = self.transformer_config

@@ -344,6 +344,59 @@ def test_a_dataset_with_no_usable_video_raises_with_the_reasons(family, mixed_da
         assert name in message and EXPECTED_REASONS[name] in message
 
 
+@pytest.fixture(scope="module")
+def noted_cache(family, sample_dataset_dir, tmp_path_factory):
+    """A cache with a note of each kind: a 4 fps video sampled at fps=8, a caption longer than the tiny T5's 32
+    tokens, and a video file the metadata does not list (and one in the cache folder, which is not the dataset's)."""
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    root = tmp_path_factory.mktemp("noted")
+    slow = create_sample_videos(root.parent / "slow", num=1, num_frames=9, fps=4).parent / "videos/0000.mp4"
+    first = metadata(sample_dataset_dir)[0]
+    (root / "videos").mkdir()
+    (root / "cache").mkdir()
+    for source, name in ((sample_dataset_dir / first["file"], "videos/0000.mp4"), (slow, "videos/slow4.mp4"),
+                         (sample_dataset_dir / first["file"], "videos/unlisted.mp4"), (slow, "cache/preview.mp4")):
+        shutil.copy(source, root / name)
+    long_caption = " then ".join([first["caption"]] * 4)
+    records = [{"file": "videos/0000.mp4", "caption": first["caption"]},
+               {"file": "videos/slow4.mp4", "caption": long_caption}]
+    (root / "metadata.json").write_text(json.dumps(records))
+    settings = CacheSettings(dataclasses.replace(SAMPLING, fps=8))
+    return root, settings, precompute_latent_cache(family, root, root / "cache", settings)
+
+
+def test_a_video_slower_than_fps_is_noted_not_skipped(noted_cache):
+    root, _, report = noted_cache
+    assert report.num_cached == 2 and report.skipped == []
+    note = "1 video(s) have a frame rate below fps=8: their frames are repeated (videos/slow4.mp4 4 fps)"
+    assert note in report.notes and note in report.summary()
+    assert note in json.loads((report.path / "manifest.json").read_text())["notes"]
+
+
+def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):
+    root, _, report = noted_cache
+    tokenizer = CogVideoXPipeline.from_pretrained(tiny_cogvideox_dir, dtype=torch.float32).tokenizer
+    tokens = len(tokenizer(metadata(root)[1]["caption"]).input_ids)
+    note = (f"1 caption(s) are longer than the T5 text encoder's 32 tokens and were cut: "
+            f"videos/slow4.mp4 ({tokens} tokens)")
+    assert tokens > 32 and note in report.notes and note in report.summary()
+    assert note in json.loads((report.path / "manifest.json").read_text())["notes"]
+
+
+def test_video_files_the_metadata_does_not_list_are_noted_on_every_use(noted_cache, family, tmp_path):
+    root, settings, report = noted_cache
+    note = ("1 video file(s) under the dataset folder are not listed in metadata.json: videos/unlisted.mp4; "
+            "add them to it to train on them")
+    assert note in report.notes and "preview.mp4" not in report.summary()
+    # The folder, not the cache, has them: a reused cache reports what the folder holds now.
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    (copy / "videos/unlisted.mp4").unlink()
+    reused = precompute_latent_cache(family, copy, copy / "cache", settings)
+    assert reused.reused and reused.path.name == report.path.name
+    assert reused.notes == [line for line in report.notes if line != note]
+
+
 def test_latent_cache_dataset_items_and_repeats(sample_cache, family):
     dataset = LatentCacheDataset(sample_cache.path)
     text_shapes = {k: v.shape for k, v in family.dummy_text_conditioning(torch.Generator().manual_seed(0)).items()}

@@ -110,6 +110,38 @@ def test_short_video_skip_policy_raises_with_counts(short_video):
     assert caught.value.path == short_video
 
 
+def test_short_video_advice_names_the_settings_that_would_help(short_video, ntsc_video):
+    with pytest.raises(VideoTooShortError) as caught:
+        decode_video(short_video, FrameSampling(num_frames=8, height=48, width=64))
+    assert caught.value.reason.endswith("ask for fewer max_num_frames, or set short_video='loop' or 'pad'")
+    # At 8 fps, 20 frames span 2.4 s of the 2 s video; closer to its own 29.97 fps they would span less.
+    with pytest.raises(VideoTooShortError) as caught:
+        decode_video(ntsc_video, FrameSampling(num_frames=20, height=16, width=16, fps=8))
+    assert "a higher fps (up to the video's 29.97)" in caught.value.reason
+
+
+def test_short_video_advice_leaves_out_the_policy_already_set(short_video):
+    # loop and pad fill a clip from the frames there are; with every frame skipped only skipping less helps.
+    with pytest.raises(VideoTooShortError) as caught:
+        decode_video(
+            short_video, FrameSampling(num_frames=2, height=48, width=64, skip_frames_start=9, short_video="loop")
+        )
+    assert caught.value.reason.endswith("; ask for less skipping (skip_frames_start=9)")
+    assert "short_video=" not in caught.value.reason
+
+
+def test_skipping_the_end_of_an_intact_video_is_called_short_not_damaged(ntsc_video, truncated_faststart_video):
+    # All 60 frames decode; skipping 55 at the end leaves 5 of the 9 needed. The skip is the cause, not the file.
+    with pytest.raises(VideoTooShortError) as caught:
+        decode_video(ntsc_video, FrameSampling(num_frames=9, height=16, width=16, skip_frames_end=55))
+    assert "only 5 of the 9 frames" in caught.value.reason
+    assert "truncated or damaged" not in caught.value.reason
+    assert "less skipping (skip_frames_end=55)" in caught.value.reason
+    # A file cut short is still called damaged: its header promises 48 frames, enough for 20 plus 5 skipped.
+    with pytest.raises(VideoTooShortError, match="header says 2.00 s .* truncated or damaged"):
+        decode_video(truncated_faststart_video, FrameSampling(num_frames=20, height=48, width=64, skip_frames_end=5))
+
+
 def test_short_video_loop_and_pad_policies(short_video):
     full = decode_video(short_video, FrameSampling(num_frames=5, height=48, width=64))
     looped = decode_video(short_video, FrameSampling(num_frames=12, height=48, width=64, short_video="loop"))

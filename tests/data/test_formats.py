@@ -255,3 +255,80 @@ def test_paths_outside_the_root_raise(dataset, bad_path):
 
 def test_dataset_format_error_is_a_value_error():
     assert issubclass(DatasetFormatError, ValueError)
+
+
+def test_csv_rows_with_more_fields_than_the_header_name_the_rows_and_the_fix(dataset):
+    # An unquoted comma splits the caption; csv would keep "a cat" and drop the rest without a word.
+    (dataset / "metadata.csv").write_text(
+        "file,caption\nvideos/0.mp4,a cat, a dog and a bird\nvideos/1.mp4,a blue square\n"
+        + "".join(f"videos/2.mp4,a cat, a dog number {n}\n" for n in range(6))
+    )
+    with pytest.raises(DatasetFormatError) as caught:
+        load_dataset_entries(dataset)
+    message = str(caught.value)
+    assert message.startswith(f"{dataset / 'metadata.csv'}: 7 row(s) have more fields than the header's 2")
+    assert "(rows 2, 4, 5, 6, 7, ...)" in message
+    assert 'quote captions that contain commas: "a cat, a dog"' in message
+
+
+@pytest.mark.parametrize("name", ["metadata.csv", "metadata.jsonl"])
+def test_default_column_names_ignore_case_and_surrounding_spaces(dataset, name):
+    # As spreadsheets export them: "File, Caption".
+    if name == "metadata.csv":
+        write_csv(dataset, ["File", " Caption"], [[f"videos/{i}.mp4", f" {c}"] for i, c in enumerate(CAPTIONS)])
+    else:
+        lines = [json.dumps({"VIDEO ": f"videos/{i}.mp4", "Prompt": c}) for i, c in enumerate(CAPTIONS)]
+        (dataset / name).write_text("\n".join(lines) + "\n")
+    assert_three_entries(load_dataset_entries(dataset), dataset)
+
+
+def test_chosen_column_names_ignore_case_and_surrounding_spaces(dataset):
+    write_csv(dataset, ["Clip", "Description ", "caption"], [[f"videos/{i}.mp4", c, "wrong"] for i, c in
+                                                             enumerate(CAPTIONS)])
+    listing = load_dataset_entries(dataset, caption_column=" description", video_column="clip")
+    assert_three_entries(listing, dataset)
+
+
+def test_columns_that_differ_only_in_case_are_refused_unless_named_exactly(dataset):
+    write_csv(dataset, ["file", "Caption", "caption "], [[f"videos/{i}.mp4", c, "wrong"] for i, c in
+                                                         enumerate(CAPTIONS)])
+    with pytest.raises(DatasetFormatError, match=r"columns 'Caption', 'caption ' differ only in case.*caption_column"):
+        load_dataset_entries(dataset)
+    assert_three_entries(load_dataset_entries(dataset, caption_column="Caption"), dataset)
+
+
+def test_video_files_the_metadata_does_not_name_are_listed(dataset):
+    (dataset / "metadata.json").write_text(json.dumps(records()[:2] + [{"file": "videos/2.mp4", "caption": ""}]))
+    (dataset / "extra" / "deep").mkdir(parents=True)
+    for name in ("extra/a.MOV", "extra/deep/b.webm", "videos/notes.txt"):
+        (dataset / name).write_bytes(b"video")
+    # Not the dataset's: the default latent cache, macOS's "._" files, a cache folder chosen inside the dataset.
+    for name in (".latent_cache/x.mp4", "videos/._0.mp4", "cache/y.mp4"):
+        (dataset / name).parent.mkdir(exist_ok=True)
+        (dataset / name).write_bytes(b"video")
+    listing = load_dataset_entries(dataset, ignore=dataset / "cache")
+    assert listing.metadata == "metadata.json"
+    # videos/2.mp4 is named (by a row skipped for its empty caption, which is reported already).
+    assert listing.unlisted_videos == [dataset / "extra/a.MOV", dataset / "extra/deep/b.webm"]
+
+
+def test_captions_in_txt_files_beside_the_videos(dataset):
+    for index, caption in enumerate(CAPTIONS):
+        (dataset / "videos" / f"{index}.txt").write_text(f"{caption}\n")
+    listing = load_dataset_entries(dataset)
+    assert_three_entries(listing, dataset)
+    assert listing.unlisted_videos == []
+
+
+def test_a_video_without_its_caption_txt_is_skipped(dataset):
+    for index in (0, 2):
+        (dataset / "videos" / f"{index}.txt").write_text(CAPTIONS[index])
+    listing = load_dataset_entries(dataset)
+    assert [entry.video_path.name for entry in listing] == ["0.mp4", "2.mp4"]
+    assert listing.skipped == [SkippedItem("videos/1.txt", "no caption for videos/1.mp4 (missing, empty or not text)")]
+
+
+def test_caption_txt_files_have_no_columns(dataset):
+    (dataset / "videos" / "0.txt").write_text(CAPTIONS[0])
+    with pytest.raises(DatasetFormatError, match="beside the videos, which have no columns"):
+        load_dataset_entries(dataset, caption_column="caption")
