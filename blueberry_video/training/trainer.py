@@ -49,6 +49,7 @@ from blueberry_video.training.records import (
     write_model_card,
     write_run_info,
 )
+from blueberry_video.training.resume_position import batches_to_skip, position_units, rescale_lr_schedule
 from blueberry_video.training.step import compile_blocks
 from blueberry_video.training.trackers import start_trackers
 from blueberry_video.training.validation import run_validation
@@ -143,8 +144,11 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
     metrics = MetricsLog(output_dir)
+    units = position_units(config, accelerator.num_processes)
     if resume_path:
         state = load_checkpoint(accelerator, resume_path, optimizer)
+        rescale_lr_schedule(lr_scheduler, state, accelerator.num_processes)
+        state["batches_in_epoch"] = batches_to_skip(state, units["samples_per_batch"])
         if accelerator.is_main_process:
             metrics.truncate_after(state["global_step"])
             print(f"resumed from {resume_path} at step {state['global_step']}")
@@ -153,6 +157,7 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
 
+    state.update(units)  # the checkpoints this run writes say in which units their position is
     videos, last_validated, stop_early = [], None, False
     with ExitStack() as cleanup:  # bar, SIGTERM handler and metrics file are released even if training raises
         progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=state["global_step"], desc="training",

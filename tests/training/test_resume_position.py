@@ -1,0 +1,57 @@
+"""A run resumed with another batch size or number of processes continues its epoch and its learning-rate
+schedule where the checkpoint left them, converted from the checkpoint's units."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from blueberry_video.config import TrainConfig
+from blueberry_video.training.optim import build_lr_scheduler
+from blueberry_video.training.resume_position import rescale_lr_schedule
+from tests.training.test_preflight import train_cogvideox
+from tests.training.test_train_cogvideox import recipe_args
+
+
+def epochs_by_step(output_dir) -> dict[int, int]:
+    return {r["step"]: r["epoch"] for r in map(json.loads, (output_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_a_larger_batch_on_resume_takes_the_rest_of_the_epoch_once(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                   tmp_path):
+    out = tmp_path / "run"
+    # 12 items an epoch: at batch 2, steps 1-2 take 4 of them; at batch 4 the other 8 are steps 3-4.
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha", "4",
+                       "--dataset_repeats", "12", "--checkpointing_steps", "2")
+    train_cogvideox.main([*args, "--train_batch_size", "2", "--max_train_steps", "2"])
+    train_cogvideox.main([*args, "--train_batch_size", "4", "--max_train_steps", "6",
+                          "--resume_from_checkpoint", "latest"])
+    assert epochs_by_step(out) == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1}
+    saved = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
+    assert saved["samples_per_batch"] == 4 and saved["num_processes"] == 1
+
+
+def test_the_schedule_saved_on_one_process_continues_at_the_same_rate_on_two():
+    config = TrainConfig(dummy_data=True, lr_scheduler="cosine", lr_warmup_steps=2, learning_rate=1e-3)
+
+    def schedule(num_processes):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+        return build_lr_scheduler(optimizer, config, max_train_steps=20, num_processes=num_processes)
+
+    one = schedule(1)
+    for _ in range(7):  # 7 optimizer steps on one process: accelerate steps the scheduler once each
+        one.optimizer.step()
+        one.step()
+    two = schedule(2)
+    two.load_state_dict(one.state_dict())  # what accelerate's load_state does
+    rescale_lr_schedule(two, {"global_step": 7, "num_processes": 1}, num_processes=2)
+    assert two.get_last_lr() == pytest.approx(one.get_last_lr())
+    assert two.optimizer.param_groups[0]["lr"] == pytest.approx(one.optimizer.param_groups[0]["lr"])
+    for _ in range(2):  # the next step: twice on two processes, once on one
+        two.optimizer.step()
+        two.step()
+    one.optimizer.step()
+    one.step()
+    assert two.get_last_lr() == pytest.approx(one.get_last_lr())
