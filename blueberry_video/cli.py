@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from blueberry_video.errors import exit_on_error
 from blueberry_video.models import DEFAULT_FAMILY, family_names
 
 # For the verbs that are given a model directory: without --family, the folder says.
@@ -102,8 +103,15 @@ def _train(args, extra):
     argv = (["--config", args.config] if args.config else []) + extra
     # Without --family the config is read here for its model directory; the recipe parses it again.
     family_name = args.family or family_for_model_dir(parse_config(argv).pretrained_model_name_or_path)
-    result = run_recipe(get_family_class(family_name), argv)
-    print(f"{result.global_step} steps; outputs in {result.output_dir}")
+    print_train_result(run_recipe(get_family_class(family_name), argv))
+
+
+def print_train_result(result) -> None:
+    """The line a training run ends with (this verb's and the recipes'), from the main process only."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"{result.global_step} steps; outputs in {result.output_dir}")
 
 
 def _estimate_memory(args, extra):
@@ -202,14 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_make_tiny_model)
 
-    p = verbs.add_parser("create-sample-videos", help="write synthetic .mp4 videos with captions (metadata.json)")
-    p.add_argument("out_dir")
-    p.add_argument("--num", type=int, default=8)
-    p.add_argument("--num-frames", type=int, default=49)
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--width", type=int, default=160)
-    p.add_argument("--fps", type=float, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    about = "write synthetic .mp4 videos with captions (metadata.json)"
+    p = verbs.add_parser("create-sample-videos", help=about, description=about)
+    p.add_argument("out_dir", help="folder for videos/*.mp4 and metadata.json")
+    p.add_argument("--num", type=int, default=8, help="number of videos (default: %(default)s)")
+    p.add_argument("--num-frames", type=int, default=49, help="frames per video (default: %(default)s)")
+    p.add_argument("--height", type=int, default=96, help="frame height in pixels, even (default: %(default)s)")
+    p.add_argument("--width", type=int, default=160, help="frame width in pixels, even (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=8, help="frame rate written to the files (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shapes, colours and motion (default: %(default)s)")
     p.set_defaults(run=_create_sample_videos)
 
     p = verbs.add_parser("precompute", help="encode a dataset into the latent cache ahead of training (accelerate "
@@ -246,26 +255,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".blueberry/demo")
     p.set_defaults(run=_demo, takes_extra=True)
 
-    p = verbs.add_parser("generate", help="generate a video with a base model plus a LoRA or fine-tuned transformer")
+    about = "generate a video with a base model plus a LoRA or fine-tuned transformer"
+    p = verbs.add_parser("generate", help=about, description=(
+        f"{about}. Video settings not given are the ones of the training run that --lora or --transformer comes "
+        f"from (its config.yaml), else the family's usual: CogVideoX 49 frames at 480x720, 8 fps; HunyuanVideo 61 "
+        f"frames at 320x512, 15 fps."))
     p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--model", required=True,
+                   help="base model directory (diffusers layout) the weights were trained from")
+    p.add_argument("--prompt", required=True, help="what the video shows")
     p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--lora", help="trained LoRA (output dir or .safetensors)")
-    p.add_argument("--lora-scale", type=float, default=1.0)
-    p.add_argument("--transformer", help="fine-tuned transformer (output dir of a full fine-tune)")
-    p.add_argument("--num-frames", type=int, default=49)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=720)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, default=6.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--lora", help="trained LoRA: a run's output_dir, one of its checkpoint-N folders, or a "
+                                  ".safetensors file (default: none, the base model)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (default: %(default)s)")
+    p.add_argument("--transformer", help="fine-tuned transformer: a full fine-tune's output_dir or its transformer/ "
+                                         "(default: the base model's)")
+    p.add_argument("--num-frames", type=int, help="frames to generate (default: the run's max_num_frames, else the "
+                                                  "family's usual)")
+    p.add_argument("--height", type=int, help="frame height in pixels (default: the run's, else the family's usual)")
+    p.add_argument("--width", type=int, help="frame width in pixels (default: the run's, else the family's usual)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
+    p.add_argument("--guidance-scale", type=float, default=6.0, help="classifier-free guidance scale (HunyuanVideo: "
+                                                                     "its guidance embedding) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+    p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
+                                             "the family's usual)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)")
     p.add_argument("--vae-tiling", action="store_true", help="decode tile by tile (less memory for large videos)")
     p.add_argument("--attention-backend", default="native",
-                   help="diffusers attention backend for the transformer (HunyuanVideo), as in training")
+                   help="diffusers attention backend for the transformer (HunyuanVideo), as in training "
+                        "(default: %(default)s)")
     p.set_defaults(run=_generate)
 
     p = verbs.add_parser("train", allow_abbrev=False,
@@ -307,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    """The `blueberry-video` command. Run as the command (argv None: sys.argv), the toolkit's own errors print as
+    one line (`exit_on_error`); called with argv, from Python or a test, they raise."""
+    if argv is None:
+        return exit_on_error(run_verb, sys.argv[1:])
+    return run_verb(argv)
+
+
+def run_verb(argv):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "takes_extra", False):

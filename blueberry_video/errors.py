@@ -1,5 +1,8 @@
 """Exception types a user can meet; each message names the file or setting and the fix."""
 
+import os
+import sys
+
 
 class BlueberryError(Exception):
     """Base class for errors this toolkit raises on purpose."""
@@ -19,6 +22,19 @@ class LaunchError(BlueberryError, RuntimeError):
 
 class OutOfMemoryHelp(BlueberryError, MemoryError):
     """The GPU ran out of memory; the message lists this recipe's memory options."""
+
+
+def exit_on_error(entry_point, *args):
+    """Run a script's entry point: the toolkit's own errors (a setting, a file, a launch to fix) print as one
+    `error: ...` line on stderr and exit with status 1, where a traceback would bury the message under lines of
+    code. BLUEBERRY_DEBUG=1 keeps the traceback. Every process of a multi-process launch prints its own."""
+    try:
+        return entry_point(*args)
+    except BlueberryError as error:
+        if os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def out_of_memory_message(config, detail: str) -> str:

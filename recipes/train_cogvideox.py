@@ -10,6 +10,8 @@ shared by every model family. What is CogVideoX's own (loading, T5 prompt encodi
 objective weighted by 1/(1-alpha_bar), the pipeline) is `blueberry_video.models.cogvideox.CogVideoXFamily`.
 """
 
+from blueberry_video.cli import print_train_result
+from blueberry_video.errors import exit_on_error
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.training.trainer import run_recipe
 
@@ -19,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    print_train_result(exit_on_error(main))

@@ -10,6 +10,8 @@ encoding with the prompt template, the 4x/8x VAE, the flow-matching objective wi
 `blueberry_video.models.hunyuan_video.HunyuanVideoFamily`.
 """
 
+from blueberry_video.cli import print_train_result
+from blueberry_video.errors import exit_on_error
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
 from blueberry_video.training.trainer import run_recipe
 
@@ -19,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    print_train_result(exit_on_error(main))

@@ -12,13 +12,14 @@ import time
 import torch
 from accelerate.logging import get_logger
 
+from blueberry_video.errors import BlueberryError
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import training_step
 
 logger = get_logger(__name__)
 
 
-class TooManyBadStepsError(RuntimeError):
+class TooManyBadStepsError(BlueberryError, RuntimeError):
     """The loss or gradients stayed non-finite for too many steps in a row."""
 
 

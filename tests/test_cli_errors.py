@@ -1,0 +1,76 @@
+"""What the scripts print when they stop: the toolkit's own errors as one line (a traceback with BLUEBERRY_DEBUG=1),
+exit status 1; a finished training run's closing line. The real scripts run as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blueberry_video.errors import ConfigError, exit_on_error
+from tests.conftest import REPO_ROOT
+from tests.test_cli import console_script
+
+RECIPES = {"cogvideox": "recipes/train_cogvideox.py", "hunyuan_video": "recipes/train_hunyuan_video.py"}
+
+
+def run_script(*argv, debug: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BLUEBERRY_DEBUG": "1" if debug else ""}
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
+
+
+def model_dir(request, family: str):
+    return request.getfixturevalue(f"tiny_{family}_dir")
+
+
+@pytest.mark.parametrize("family", sorted(RECIPES))
+def test_a_recipe_prints_its_configuration_error_as_one_line(family, request, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("an earlier run's")
+    argv = [sys.executable, RECIPES[family], "--pretrained_model_name_or_path", str(model_dir(request, family)),
+            "--dummy_data", "--output_dir", str(tmp_path / "out")]
+    result = run_script(*argv)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"error: output_dir={tmp_path / 'out'} is not empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    if family == "cogvideox":  # the same wrapper in both recipes: one debug run is enough
+        debugged = run_script(*argv, debug=True)
+        assert debugged.returncode == 1
+        assert "Traceback" in debugged.stderr and "ConfigError: output_dir=" in debugged.stderr
+
+
+@pytest.mark.parametrize("family", sorted(RECIPES))
+def test_a_recipe_ends_with_the_line_blueberry_video_train_prints(family, request, tmp_path):
+    out = tmp_path / "out"
+    result = run_script(sys.executable, RECIPES[family], "--pretrained_model_name_or_path",
+                        str(model_dir(request, family)), "--dummy_data", "--output_dir", str(out),
+                        "--max_train_steps", "1", "--max_num_frames", "9", "--height", "32", "--width", "48")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == f"1 steps; outputs in {out}"
+
+
+def test_the_command_prints_its_errors_as_one_line(tiny_cogvideox_dir, tmp_path):
+    typo = tmp_path / "outptu"
+    result = run_script(console_script(), "generate", "--model", str(tiny_cogvideox_dir), "--lora", str(typo),
+                        "--prompt", "a cat", "--out", str(tmp_path / "video.mp4"))
+    assert result.returncode == 1
+    assert f"error: --lora {typo}: no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_exit_on_error_reports_only_the_toolkits_own_errors(capsys, monkeypatch):
+    def refuse():
+        raise ConfigError("rank=0: must be positive")
+
+    monkeypatch.setenv("BLUEBERRY_DEBUG", "")
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_error(refuse)
+    assert stopped.value.code == 1 and capsys.readouterr().err == "error: rank=0: must be positive\n"
+    assert exit_on_error(lambda value: value * 2, 21) == 42
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        exit_on_error(lambda: 1 / 0)
+    monkeypatch.setenv("BLUEBERRY_DEBUG", "1")
+    with pytest.raises(ConfigError):
+        exit_on_error(refuse)

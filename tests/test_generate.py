@@ -1,0 +1,178 @@
+"""`blueberry-video generate` with what training writes: the exported LoRA, a checkpoint-N folder, a full fine-tune,
+another family's LoRA; the video settings a run implies; the checks that run before the pipeline loads."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from diffusers import CogVideoXTransformer3DModel
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+
+from blueberry_video.cli import main
+from blueberry_video.data.decode import FrameSampling, decode_video
+from blueberry_video.errors import ConfigError, ModelLayoutError
+from blueberry_video.generate import FAMILY_VIDEO, load_pipeline, resolve_lora, video_settings
+from blueberry_video.models import load_family
+from blueberry_video.models.cogvideox import CogVideoXFamily
+from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
+from blueberry_video.training.checkpoints import LORA_FILE
+from blueberry_video.training.export import LORA_WEIGHTS
+from blueberry_video.training.lora import ADAPTER
+from blueberry_video.training.trainer import run_recipe
+
+# The runs train at this shape (and 12 fps), which no default has: a video of it came from the run's settings.
+RUN_SHAPE = {"max_num_frames": 9, "height": 32, "width": 48}
+PROMPT = "a red circle moving left to right"
+
+
+def train_tiny_run(family_class, model_dir: Path, output_dir: Path, *flags: str) -> Path:
+    """A real LoRA run on the tiny model: its config.yaml, run_info.json, export and checkpoint-N folders."""
+    argv = ["--pretrained_model_name_or_path", str(model_dir), "--dummy_data", "--output_dir", str(output_dir),
+            "--fps", "12", *[f"--{k}={v}" for k, v in RUN_SHAPE.items()], *flags]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        run_recipe(family_class, argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def cogvideox_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
+    # lora_alpha is not the rank, so a checkpoint loaded at the wrong scale gives another video than the export;
+    # the high learning rate makes the LoRA change the video visibly within two steps.
+    return train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path_factory.mktemp("runs") / "cogvideox",
+                          "--rank=4", "--lora_alpha=8", "--learning_rate=0.05", "--max_train_steps=2",
+                          "--checkpointing_steps=1")
+
+
+@pytest.fixture(scope="module")
+def hunyuan_video_run(tiny_hunyuan_video_dir, tmp_path_factory) -> Path:
+    return train_tiny_run(HunyuanVideoFamily, tiny_hunyuan_video_dir, tmp_path_factory.mktemp("runs") / "hunyuan",
+                          "--max_train_steps=1")
+
+
+def generate(model: Path, out: Path, *flags: str) -> torch.Tensor:
+    main(["generate", "--model", str(model), "--prompt", PROMPT, "--out", str(out), "--steps", "2", "--seed", "3",
+          *flags])
+    num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out))
+    return decode_video(out, FrameSampling(num_frames=num_frames, height=32, width=48))
+
+
+def mp4_fps(path: Path) -> float:
+    frames = imageio_ffmpeg.read_frames(str(path))
+    try:
+        return next(frames)["fps"]
+    finally:
+        frames.close()
+
+
+def test_a_checkpoint_generates_what_the_export_of_its_step_does(tmp_path, tiny_cogvideox_dir, cogvideox_run):
+    family = load_family("cogvideox", tiny_cogvideox_dir)
+    checkpoint = cogvideox_run / "checkpoint-2"
+    pipe = load_pipeline(family, resolve_lora(family, checkpoint))
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=ADAPTER)
+    saved = load_file(checkpoint / LORA_FILE)
+    assert loaded.keys() == saved.keys()
+    for name in saved:
+        torch.testing.assert_close(loaded[name], saved[name], rtol=0, atol=0)
+    assert (pipe.transformer.peft_config[ADAPTER].r, pipe.transformer.peft_config[ADAPTER].lora_alpha) == (4, 8)
+
+    exported = generate(tiny_cogvideox_dir, tmp_path / "export.mp4", "--lora", str(cogvideox_run))
+    from_folder = generate(tiny_cogvideox_dir, tmp_path / "folder.mp4", "--lora", str(checkpoint))
+    from_file = generate(tiny_cogvideox_dir, tmp_path / "file.mp4", "--lora", str(checkpoint / LORA_FILE))
+    earlier = generate(tiny_cogvideox_dir, tmp_path / "step1.mp4", "--lora", str(cogvideox_run / "checkpoint-1"))
+    base = generate(tiny_cogvideox_dir, tmp_path / "base.mp4", "--num-frames", "9", "--height", "32", "--width", "48")
+    # The last checkpoint is the exported LoRA, loaded at the run's scale (alpha/rank = 2): the same video.
+    torch.testing.assert_close(from_folder, exported, rtol=0, atol=0)
+    torch.testing.assert_close(from_file, exported, rtol=0, atol=0)
+    assert (exported - base).abs().mean() > 0.02
+    assert (earlier - exported).abs().mean() > 0.005
+
+
+def test_video_settings_default_to_the_runs_then_to_the_familys(tmp_path, tiny_cogvideox_dir,
+                                                               tiny_hunyuan_video_dir, cogvideox_run, capsys):
+    out = tmp_path / "run.mp4"
+    video = generate(tiny_cogvideox_dir, out, "--lora", str(cogvideox_run / "checkpoint-1"))
+    assert video.shape == (9, 3, 32, 48) and mp4_fps(out) == 12
+    assert f"12 fps (--num-frames, --height, --width, --fps from the training run's {cogvideox_run}" in \
+        capsys.readouterr().out
+
+    shape = ["--num-frames", "9", "--height", "32", "--width", "48"]
+    generate(tiny_cogvideox_dir, tmp_path / "cog.mp4", *shape)
+    generate(tiny_hunyuan_video_dir, tmp_path / "hunyuan.mp4", *shape, "--guidance-scale", "1")
+    assert mp4_fps(tmp_path / "cog.mp4") == 8 and mp4_fps(tmp_path / "hunyuan.mp4") == 15
+    assert "15 fps (--fps from hunyuan_video's usual)" in capsys.readouterr().out
+    # An unset shape is the family's usual too (not CogVideoX's 49x480x720 for every family).
+    hunyuan = load_family("hunyuan_video", tiny_hunyuan_video_dir)
+    settings, _ = video_settings(hunyuan, None, num_frames=None, height=None, width=None, fps=None)
+    assert settings == FAMILY_VIDEO["hunyuan_video"] and (settings.num_frames, settings.height) == (61, 320)
+
+
+def generate_refused(model: Path, out: Path, *flags: str, match: str, error=ConfigError) -> None:
+    with pytest.raises(error, match=match):
+        generate(model, out, *flags)
+    assert not out.exists()
+
+
+def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cogvideox_dir, cogvideox_run):
+    out = tmp_path / "video.mp4"
+    typo = tmp_path / "outptu"
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(typo),
+                     match=f"--lora {re.escape(str(typo))}: no such file or folder")
+
+    full = tmp_path / "full-run"
+    CogVideoXTransformer3DModel.from_pretrained(tiny_cogvideox_dir, subfolder="transformer").save_pretrained(
+        full / "transformer")  # as a full fine-tune's output_dir holds it
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(full),
+                     match=f"this is a full fine-tune .*; use --transformer {re.escape(str(full))}")
+    generate_refused(tiny_cogvideox_dir, out, "--transformer", str(cogvideox_run), error=ModelLayoutError,
+                     match=f"this is a LoRA, not a full fine-tune; use --lora {re.escape(str(cogvideox_run))}")
+
+    unfinished = tmp_path / "unfinished"  # a run stopped before its export: only checkpoints
+    shutil.copytree(cogvideox_run, unfinished)
+    (unfinished / LORA_WEIGHTS).unlink()
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(unfinished),
+                     match=f"not finished.*--lora {re.escape(str(unfinished / 'checkpoint-2'))}")
+
+    alone = tmp_path / "alone" / LORA_FILE  # a checkpoint's adapter away from the config.yaml with its lora_alpha
+    alone.parent.mkdir()
+    shutil.copy(cogvideox_run / "checkpoint-2" / LORA_FILE, alone)
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(alone), match="without its rank and lora_alpha")
+
+
+def test_another_familys_lora_is_refused_naming_its_family(tmp_path, tiny_cogvideox_dir, hunyuan_video_run):
+    out = tmp_path / "video.mp4"
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(hunyuan_video_run / "checkpoint-1"),
+                     match="a LoRA trained for hunyuan_video .* but --model .* is a cogvideox model")
+    # Away from its run, the file's layer names say whose it is.
+    alone = tmp_path / "downloaded" / LORA_WEIGHTS
+    alone.parent.mkdir()
+    shutil.copy(hunyuan_video_run / LORA_WEIGHTS, alone)
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(alone),
+                     match="layers this cogvideox model does not have .*: a LoRA for hunyuan_video")
+
+
+def test_generate_help_shows_what_each_option_defaults_to(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for line in ("--steps STEPS denoising steps (default: 50)",
+                 "--lora-scale LORA_SCALE strength of the LoRA (default: 1.0)",
+                 "--fps FPS frame rate of the .mp4 (default: the run's validation_fps or fps, else the family's "
+                 "usual)"):
+        assert line in text
+    for usual, name in ((FAMILY_VIDEO["cogvideox"], "CogVideoX"), (FAMILY_VIDEO["hunyuan_video"], "HunyuanVideo")):
+        assert f"{name} {usual.num_frames} frames at {usual.height}x{usual.width}, {usual.fps:g} fps" in text
+    with pytest.raises(SystemExit):
+        main(["create-sample-videos", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--num NUM number of videos (default: 8)" in text
+    assert "--num-frames NUM_FRAMES frames per video (default: 49)" in text
