@@ -1,4 +1,5 @@
-"""Compare finished runs: a Markdown table of the settings that differ and the loss they reached, plus one plot."""
+"""Compare runs: a Markdown table of whether each finished, the settings that differ and the loss they reached,
+plus one plot."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from pathlib import Path
 
 import yaml
 
+from blueberry_video.config import checkpoint_folder
 from blueberry_video.errors import BlueberryError
-from blueberry_video.training.records import MetricsLog, plot_losses
+from blueberry_video.training.checkpoints import checkpoint_steps
+from blueberry_video.training.records import BOOKKEEPING_SETTINGS, MetricsLog, plot_losses
 
-# Every run has its own output_dir; the table's first column already says which run a row is.
-IGNORED_SETTINGS = ("output_dir",)
+# Where a run keeps its files and how it was started or continued, not what it trained: every run has its own
+# output_dir (the first column says which run a row is), and the status column says which run continued which.
+IGNORED_SETTINGS = (*BOOKKEEPING_SETTINGS, "checkpoints_total_limit", "cache_dir")
+FINISHED = "finished"
 RESULT_COLUMNS = ("steps", "final loss", "min loss", "mean of last 10", "wall time")
 
 
@@ -32,6 +37,23 @@ class RunSummary:
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.records if "loss" in r]
+
+    @property
+    def finished(self) -> bool:
+        """The run wrote final_metrics.json (after its weights) at its last logged step: not stopped since, by a
+        resume to more steps that did not finish."""
+        final = self.path / "final_metrics.json"
+        last_step = max((r["step"] for r in self.records), default=0)
+        return final.is_file() and json.loads(final.read_text()).get("steps", 0) >= last_step
+
+    @property
+    def resumed_from(self) -> Path | None:
+        """The checkpoint in another output_dir that this run continued (`--resume_from_checkpoint PATH`)."""
+        value = self.settings.get("resume_from_checkpoint")
+        if value in (None, "latest"):
+            return None
+        path = checkpoint_folder(self.path, value)
+        return None if path.parent.resolve() == self.path.resolve() else path
 
     def results(self) -> dict[str, str]:
         finite = [loss for loss in self.losses if math.isfinite(loss)]
@@ -73,29 +95,58 @@ def _format(value) -> str:
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
+def run_statuses(runs: list[RunSummary]) -> list[str]:
+    """Per run: finished, or the step it stopped at (SIGTERM, a time limit, a kill), and which of `runs`
+    continued it in another output_dir or which checkpoint it continued itself."""
+    by_dir = {run.path.resolve(): run for run in runs}
+    statuses = []
+    for run in runs:
+        if run.finished:
+            status = FINISHED
+        elif found := checkpoint_steps(run.path):
+            status = f"stopped at step {found[-1][0]}"
+        else:
+            status = "stopped, no checkpoint"
+        for other in runs:
+            if other.resumed_from is not None and other.resumed_from.parent.resolve() == run.path.resolve():
+                status += f", resumed in {other.label}"
+        if run.resumed_from is not None:
+            source = by_dir.get(run.resumed_from.parent.resolve())
+            status += f", resumed from {f'{source.label}/{run.resumed_from.name}' if source else run.resumed_from}"
+        statuses.append(status)
+    return statuses
+
+
 @dataclass
 class Report:
     runs: list[RunSummary]
     differing: list[str]  # setting names whose values are not the same in every run
+    statuses: list[str]  # run_statuses(runs)
 
     @property
     def table(self) -> str:
-        header = ["run", *self.differing, *RESULT_COLUMNS]
+        header = ["run", "status", *self.differing, *RESULT_COLUMNS]
         rows = []
-        for run in self.runs:
+        for run, status in zip(self.runs, self.statuses):
             results = run.results()
-            rows.append([run.label, *(_format(run.settings.get(name)) for name in self.differing),
+            rows.append([run.label, _format(status), *(_format(run.settings.get(name)) for name in self.differing),
                          *(results[column] for column in RESULT_COLUMNS)])
         lines = ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows]]
         return "\n".join(lines)
 
     def save_plot(self, path: str | Path) -> Path:
-        return plot_losses({run.label: run.records for run in self.runs}, path)
+        return plot_losses({run.label if status == FINISHED else f"{run.label} ({status})": run.records
+                            for run, status in zip(self.runs, self.statuses)}, path)
 
     def write_markdown(self, path: str | Path, plot: str | Path | None = None) -> Path:
         path = Path(path)
-        note = ("Settings that are the same in every run are left out; each run's config.yaml has them all."
-                if len(self.runs) > 1 else "")
+        notes = []
+        if len(self.runs) > 1:
+            notes.append("Settings that are the same in every run are left out; each run's config.yaml has them all.")
+        if any(status != FINISHED for status in self.statuses):
+            notes.append("A run stopped at step N (or still running) has no final weights: its losses end there. "
+                         "`--resume_from_checkpoint latest` with the same output_dir continues it from checkpoint-N.")
+        note = " ".join(notes)
         text = f"# Run comparison\n\n{self.table}\n\n{note}\n"
         if plot is not None:
             text += f"\n![training loss of every run]({Path(os.path.relpath(plot, path.parent)).as_posix()})\n"
@@ -110,4 +161,4 @@ def compare_runs(run_dirs: list[str | Path]) -> Report:
     keys = list(dict.fromkeys(key for run in runs for key in run.settings))
     differing = [key for key in keys if key not in IGNORED_SETTINGS
                  and len({json.dumps(run.settings.get(key), sort_keys=True) for run in runs}) > 1]
-    return Report(runs, differing)
+    return Report(runs, differing, run_statuses(runs))

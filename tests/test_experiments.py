@@ -114,15 +114,16 @@ def test_report_shows_only_the_settings_that_differ_and_the_losses(runs, tmp_pat
     printed = capsys.readouterr().out
     header, rule, *rows = [line for line in printed.splitlines() if line.startswith("|")]
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns == ["run", "learning_rate", "steps", "final loss", "min loss", "mean of last 10", "wall time"]
+    assert columns == ["run", "status", "learning_rate", "steps", "final loss", "min loss", "mean of last 10",
+                       "wall time"]
     cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows}
     assert set(cells) == {"baseline", "lr-5e-4"}
-    assert cells["baseline"][1] == "0.002" and cells["lr-5e-4"][1] == "0.0005"
+    assert cells["baseline"][1:3] == ["finished", "0.002"] and cells["lr-5e-4"][1:3] == ["finished", "0.0005"]
     for run in runs:
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in records]
-        assert cells[run.name][2:6] == ["6", f"{losses[-1]:.4f}", f"{min(losses):.4f}", f"{sum(losses) / 6:.4f}"]
-        assert cells[run.name][6] == f"{sum(r['step_time'] for r in records):.1f} s"
+        assert cells[run.name][3:7] == ["6", f"{losses[-1]:.4f}", f"{min(losses):.4f}", f"{sum(losses) / 6:.4f}"]
+        assert cells[run.name][7] == f"{sum(r['step_time'] for r in records):.1f} s"
     markdown = out.read_text()
     assert header in markdown and "![training loss of every run](plots/report.png)" in markdown
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -136,6 +137,61 @@ def test_report_labels_runs_by_path_where_folder_names_repeat(runs, tmp_path):
     report = compare_runs([runs[0], copy])
     assert [run.label for run in report.runs] == [str(runs[0]), str(copy)]
     assert report.differing == []
+
+
+@pytest.fixture(scope="module")
+def stopped_and_continued(experiment, runs, tiny_cogvideox_dir, sample_dataset_dir):
+    """The baseline's settings stopped at step 3 as a preempted job stops, then continued in another output_dir."""
+    from blueberry_video.config import parse_config
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+    from blueberry_video.training.trainer import train
+
+    root = runs[0].parent
+    stopped, continued = root / "stopped", root / "continued"
+    args = ["--config", str(experiment / "config.yaml"), "--pretrained_model_name_or_path", str(tiny_cogvideox_dir),
+            "--instance_data_root", str(sample_dataset_dir), "--cache_dir", str(root / "cache"),
+            "--max_train_steps", "6", "--validation_prompt", ""]
+    assert train(parse_config([*args, "--output_dir", str(stopped)]), CogVideoXFamily(tiny_cogvideox_dir),
+                 stop_after_step=3).stopped_early
+    cli.main(["train", "--family", "cogvideox", *args, "--output_dir", str(continued),
+              "--resume_from_checkpoint", str(stopped / "checkpoint-3")])
+    return stopped, continued
+
+
+def table_cells(table: str) -> tuple[list[str], dict[str, list[str]]]:
+    header, rule, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    return header, {row[0]: row for row in rows}
+
+
+def test_report_marks_a_stopped_run_and_the_run_that_continued_it(runs, stopped_and_continued, tmp_path):
+    stopped, continued = stopped_and_continued
+    report = compare_runs([runs[0], stopped, continued])
+    header, cells = table_cells(report.table)
+    # Where each run wrote and what it resumed are not settings that differ.
+    assert header == ["run", "status", "steps", "final loss", "min loss", "mean of last 10", "wall time"]
+    assert cells["baseline"][1] == "finished"
+    assert cells["stopped"][1:3] == ["stopped at step 3, resumed in continued", "3"]
+    assert cells["continued"][1:3] == ["finished, resumed from stopped/checkpoint-3", "6"]
+    report.write_markdown(tmp_path / "results.md")
+    assert "A run stopped at step N (or still running) has no final weights" in (tmp_path / "results.md").read_text()
+    _, alone = table_cells(compare_runs([runs[0], stopped]).table)
+    assert alone["stopped"][1] == "stopped at step 3"
+
+
+def test_report_leaves_out_bookkeeping_settings_and_marks_a_run_resumed_past_its_end(runs, tmp_path):
+    copy = tmp_path / "more-steps"
+    copy.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "run_info.json", "final_metrics.json"):
+        (copy / name).write_bytes((runs[0] / name).read_bytes())
+    settings = yaml.safe_load((copy / "config.yaml").read_text())
+    settings.update(overwrite_output_dir=True, resume_from_checkpoint="latest", checkpoints_total_limit=2,
+                    cache_dir=str(tmp_path / "cache"))
+    (copy / "config.yaml").write_text(yaml.safe_dump(settings))
+    with (copy / "metrics.jsonl").open("a") as metrics:  # resumed to more steps and killed before a checkpoint
+        metrics.write(json.dumps({"step": 7, "loss": 0.5}) + "\n")
+    report = compare_runs([runs[0], copy])
+    assert report.differing == []
+    assert report.statuses == ["finished", "stopped, no checkpoint"]
 
 
 def test_report_names_a_folder_without_metrics(runs, tmp_path):

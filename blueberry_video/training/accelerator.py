@@ -16,6 +16,7 @@ from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
 from blueberry_video.training.export import LORA_WEIGHTS
+from blueberry_video.training.run_folder import LOCK_FILE
 from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,8 @@ def transformer_load_dtype(accelerator: Accelerator, training_mode: str) -> torc
 def check_output_dir(config, resuming: bool) -> None:
     """Refuse to mix a new run's files into an earlier run's, before anything is written."""
     out = Path(config.output_dir)
-    if out.exists() and any(out.iterdir()) and not resuming and not config.overwrite_output_dir:
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resuming \
+            and not config.overwrite_output_dir:
         raise ConfigError(
             f"output_dir={out} is not empty: a new run would mix its checkpoints and videos with an earlier run's. "
             f"Resume it with --resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir."
@@ -202,8 +204,9 @@ def check_output_dir(config, resuming: bool) -> None:
 RUN_OUTPUT_NAMES = frozenset({"config.yaml", "run_info.json", "metrics.jsonl", "loss.png", "final_metrics.json",
                               "README.md", MODEL_CARD_BESIDE_README, LORA_WEIGHTS, "transformer", "validation", "logs"})
 # checkpoint-N and the checkpoint-N.tmp a killed save leaves (checkpoints.py); the tempfile folder export.py
-# writes the weights in before moving them into place, left behind if the export was killed.
-RUN_OUTPUT_PATTERN = re.compile(r"checkpoint-\d+(\.tmp)?|tmp[a-z0-9_]{8}")
+# writes the weights in before moving them into place, left behind if the export was killed; the checkpoints a
+# resume from an earlier one set aside (run_folder.py).
+RUN_OUTPUT_PATTERN = re.compile(r"checkpoint-\d+(\.tmp)?|tmp[a-z0-9_]{8}|set-aside-after-step-\d+-[\d-]+")
 
 
 def is_run_output(path: Path) -> bool:
@@ -217,6 +220,8 @@ def remove_run_outputs(output_dir: Path, keep: Path | None = None) -> tuple[list
     removed and the names left."""
     removed, left = [], []
     for path in sorted(output_dir.iterdir()) if output_dir.is_dir() else []:
+        if path.name == LOCK_FILE:  # held by this run
+            continue
         if (keep is not None and keep.resolve().is_relative_to(path.resolve())) or not is_run_output(path):
             left.append(path.name)
             continue

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from blueberry_video.errors import ConfigError
 from blueberry_video.config import checkpoint_folder
+from blueberry_video.training.file_modes import apply_umask
 from blueberry_video.training.lora import ADAPTER, lora_state_dict
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / FILES_MANIFEST).write_text(json.dumps(files, indent=1))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        apply_umask(tmp)  # the .safetensors files are 0600, as safetensors writes them
         if final.exists():  # a checkpoint of the same step from a run that was resumed before it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -163,3 +165,8 @@ def load_checkpoint(accelerator, path: Path, optimizer) -> dict:
     # Non-strict under DeepSpeed: the frozen weights left out of a LoRA checkpoint keep their pretrained values.
     accelerator.load_state(str(path), **({"load_module_strict": False} if _is_deepspeed(accelerator) else {}))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a complete checkpoint was saved at."""
+    return json.loads((Path(path) / STATE_FILE).read_text())["global_step"]

@@ -11,6 +11,7 @@ import torch
 from accelerate import init_empty_weights
 
 from blueberry_video.models.base import model_class
+from blueberry_video.training.file_modes import apply_umask
 from blueberry_video.training.lora import lora_metadata, lora_state_dict
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -29,10 +30,12 @@ def export_trained_weights(accelerator, family, transformer, output_dir, trainin
                 family.pipeline_class.save_lora_weights(
                     tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=lora_metadata(unwrapped)
                 )
+                apply_umask(Path(tmp) / LORA_WEIGHTS)
                 os.replace(Path(tmp) / LORA_WEIGHTS, target)
             else:
                 state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
                 model_with(unwrapped, state_dict).save_pretrained(Path(tmp) / "transformer", safe_serialization=True)
+                apply_umask(Path(tmp) / "transformer")
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(Path(tmp) / "transformer", target)

@@ -13,6 +13,7 @@ import yaml
 from safetensors import safe_open
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.training.checkpoints import checkpoint_step
 from blueberry_video.training.lora import lora_file, lora_targets
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ SHAPING_SETTINGS = ("training_mode", "rank", "lora_target_modules", "optimizer",
 # The flow-matching objective's settings (training/sampling.py): a DDPM family's run would ignore them.
 FLOW_MATCHING_SETTINGS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "flow_shift",
                           "flow_guidance_scale")
+# The run's length, which a decaying learning-rate schedule is laid out over.
+SCHEDULE_LENGTH_SETTINGS = ("max_train_steps", "num_train_epochs")
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
 RESTORED_SETTINGS = ("learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles", "lr_power",
                      "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
 
@@ -47,6 +51,7 @@ def resumed_config(config, family, checkpoint: Path | None):
         raise ConfigError(f"resume_from_checkpoint: {checkpoint} was trained with {was} ({saved_file}), this run "
                           f"has {now}: its saved weights or optimizer state are made for the run's. Resume with its "
                           f"settings, or start a new run from its weights with --init_lora_weights (LoRA)")
+    warn_schedule_length_change(config, saved, checkpoint)
     kept = {name: saved[name] for name in RESTORED_SETTINGS if name in saved and saved[name] != getattr(config, name)}
     if kept:
         logger.warning("resuming %s: its restored optimizer and schedule keep %s; the new value(s) %s are ignored "
@@ -54,6 +59,23 @@ def resumed_config(config, family, checkpoint: Path | None):
                        ", ".join(f"{name}={value!r}" for name, value in kept.items()),
                        ", ".join(f"{name}={getattr(config, name)!r}" for name in kept))
     return dataclasses.replace(config, **kept)
+
+
+def warn_schedule_length_change(config, saved: dict, checkpoint: Path) -> None:
+    """A resume with another length of run reads the restored step against the new length: a decaying learning
+    rate jumps (extending a cosine run at its end restarts it near half the peak). Allowed, since extending a run
+    is what people do, but said; and a length the checkpoint has already reached trains nothing."""
+    step = checkpoint_step(checkpoint)
+    if config.max_train_steps is not None and config.max_train_steps <= step:
+        logger.warning("resuming %s at step %d with max_train_steps=%d: nothing is left to train; the weights are "
+                       "exported as the checkpoint holds them", checkpoint, step, config.max_train_steps)
+    changed = [name for name in SCHEDULE_LENGTH_SETTINGS if name in saved and saved[name] != getattr(config, name)]
+    if changed and config.lr_scheduler not in CONSTANT_SCHEDULES:
+        logger.warning("resuming %s with %s (was %s): the %s learning-rate schedule is laid out over the new length, "
+                       "so the rate jumps at step %d; for a schedule that decays smoothly to the new end, start a new "
+                       "run from the checkpoint's weights", checkpoint,
+                       ", ".join(f"{name}={getattr(config, name)}" for name in changed),
+                       ", ".join(str(saved[name]) for name in changed), config.lr_scheduler, step)
 
 
 def check_init_lora_weights(config, family) -> None:

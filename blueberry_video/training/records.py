@@ -42,12 +42,41 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_info(output_dir, config, family_name: str, num_processes: int, engine: str) -> None:
+def write_run_info(output_dir, config, family_name: str, num_processes: int, engine: str,
+                   resumed_from: Path | None = None, resumed_step: int = 0) -> None:
+    """config.yaml (the settings the run continues with) and run_info.json, whose `segments` record each start
+    of the run: from which step and checkpoint, on how many processes, and the settings changed at a resume (which
+    config.yaml alone, rewritten, would hide)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    segment = {"from_step": resumed_step, "num_processes": num_processes}
+    segments = []
+    if resumed_from is not None:
+        earlier_run = Path(resumed_from).parent
+        segment.update(resumed_from=str(resumed_from), changed=changed_settings(earlier_run / "config.yaml", config))
+        # The earlier starts of the run resumed (another output_dir's, when branched into a new one), up to its step.
+        earlier_info = earlier_run / "run_info.json"
+        if earlier_info.is_file():
+            segments = [s for s in json.loads(earlier_info.read_text()).get("segments", [])
+                        if s["from_step"] < resumed_step]
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    info = {"family": family_name, "num_processes": num_processes, "engine": engine, "versions": package_versions(), "git_commit": git_commit()}
+    info = {"family": family_name, "num_processes": num_processes, "engine": engine, "versions": package_versions(),
+            "git_commit": git_commit(), "segments": segments + [segment]}
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+
+
+# Settings that say how a run was started, not how it trains.
+BOOKKEEPING_SETTINGS = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
+
+
+def changed_settings(earlier_config: Path, config) -> dict:
+    """{setting: [before, now]} for the training settings a resume changed."""
+    if not earlier_config.is_file():
+        return {}
+    before = yaml.safe_load(earlier_config.read_text()) or {}
+    now = config.to_dict()
+    return {name: [before[name], value] for name, value in now.items()
+            if name in before and before[name] != value and name not in BOOKKEEPING_SETTINGS}
 
 
 def write_final_metrics(output_dir, records: list[dict], bad_steps: int) -> dict:
@@ -148,7 +177,8 @@ def usage_code(output_dir: Path, config, family) -> str:
             "num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
             **non_default_call_arguments(family, config)}
     arguments = "".join(f", {name}={value!r}" for name, value in call.items())
-    return (f"{'import torch' + chr(10) if dtype else ''}{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
+    torch_import = "import torch\n" if dtype else ""
+    return (f"{torch_import}{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
             f"video = pipe({prompt!r}{arguments}).frames[0]\n"
             f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps:g})")
 
@@ -161,9 +191,10 @@ def non_default_call_arguments(family, config) -> dict:
             if name not in defaults or defaults[name].default != value}
 
 
-def samples_list(output_dir: Path, config, videos: list[Path]) -> str:
+def samples_list(output_dir: Path, config) -> str:
+    """Every validation video in output_dir (a resumed run's earlier ones too), with its prompt."""
     lines = []
-    for video in videos:
+    for video in sorted((output_dir / "validation").glob("step-*.mp4")):
         match = VALIDATION_VIDEO_NAME.fullmatch(video.name)
         prompts = config.validation_prompt or []
         prompt = f": \"{prompts[int(match[2])]}\"" if match and int(match[2]) < len(prompts) else ""
@@ -171,7 +202,7 @@ def samples_list(output_dir: Path, config, videos: list[Path]) -> str:
     return "\n".join(lines) or "- (no validation prompt was set)"
 
 
-def write_model_card(output_dir, config, family, num_samples: int, global_step: int, videos: list[Path]) -> Path:
+def write_model_card(output_dir, config, family, num_samples: int, global_step: int) -> Path:
     """README.md for the run: Hub metadata, settings, the trigger word, code that renders a video with the
     family's own diffusers classes as validation did, and each sample with its prompt. A README.md the user wrote
     there is kept, and the card is written beside it as MODEL_CARD.md."""
@@ -180,6 +211,7 @@ def write_model_card(output_dir, config, family, num_samples: int, global_step: 
     weights = "pytorch_lora_weights.safetensors" if lora else "transformer/"
     trigger = (f"\nTrigger word: every training caption began with `{config.id_token}`; start prompts with it.\n"
                if config.id_token else "")
+    sampled_at = f", sampled at {config.fps:g} fps" if config.fps else ""
     tags = "\n".join(f"- {tag}" for tag in ("text-to-video", "diffusers", family.name, "lora" if lora else
                                              "full-fine-tune", "blueberry-video"))
     card = f"""---
@@ -199,7 +231,7 @@ tags:
 | training mode | {config.training_mode}{f' (rank {config.rank}, alpha {config.lora_alpha})' if lora else ''} |
 | training videos | {num_samples} |
 | steps | {global_step} |
-| clip | {config.max_num_frames} frames, {config.height}x{config.width}{f', sampled at {config.fps:g} fps' if config.fps else ''} |
+| clip | {config.max_num_frames} frames, {config.height}x{config.width}{sampled_at} |
 | batch | {config.train_batch_size} x {config.gradient_accumulation_steps} accumulation |
 | learning rate | {config.learning_rate} ({config.lr_scheduler}) |
 | precision | {config.mixed_precision} |
@@ -216,7 +248,7 @@ Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.j
 
 ## Validation samples
 
-{samples_list(output_dir, config, videos)}
+{samples_list(output_dir, config)}
 """
     path = output_dir / "README.md"
     if path.is_file() and MODEL_CARD_MARK not in path.read_text(errors="replace"):

@@ -16,19 +16,26 @@ from blueberry_video.errors import ConfigError
 WANDB_RUN_ID_FILE = "wandb_run_id"
 
 
-def tracker_init_kwargs(config, logging_dir: Path, resuming: bool) -> dict:
-    """`init_kwargs` for `Accelerator.init_trackers`; call on the main process only (it writes the run id)."""
+def tracker_init_kwargs(config, logging_dir: Path, resume_step: int | None) -> dict:
+    """`init_kwargs` for `Accelerator.init_trackers`; call on the main process only (it writes the run id).
+    `resume_step`: the checkpoint's step when resuming, else None."""
+    kwargs = {}
+    if resume_step is not None:
+        # The steps an interrupted attempt logged after its checkpoint are logged again: TensorBoard drops the
+        # old ones, as metrics.jsonl does, instead of drawing both.
+        kwargs["tensorboard"] = {"purge_step": resume_step + 1}
     if config.report_to not in ("wandb", "all") or importlib.util.find_spec("wandb") is None:
-        return {}
+        return kwargs
     logging_dir = Path(logging_dir)
     logging_dir.mkdir(parents=True, exist_ok=True)
     id_file = logging_dir / WANDB_RUN_ID_FILE
-    if resuming and id_file.is_file():
+    if resume_step is not None and id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
         run_id = secrets.token_hex(4)  # wandb run ids: letters and digits
         id_file.write_text(run_id + "\n")
-    return {"wandb": {"dir": str(logging_dir), "id": run_id, "resume": "allow", "name": Path(config.output_dir).name}}
+    kwargs["wandb"] = {"dir": str(logging_dir), "id": run_id, "resume": "allow", "name": Path(config.output_dir).name}
+    return kwargs
 
 
 def tracker_config(config) -> dict:
@@ -36,10 +43,11 @@ def tracker_config(config) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
 
 
-def start_trackers(accelerator, config, resuming: bool) -> None:
+def start_trackers(accelerator, config, resume_step: int | None) -> None:
     if config.report_to == "none":
         return
-    init_kwargs = tracker_init_kwargs(config, accelerator.logging_dir, resuming) if accelerator.is_main_process else None
+    main = accelerator.is_main_process
+    init_kwargs = tracker_init_kwargs(config, accelerator.logging_dir, resume_step) if main else None
     try:
         accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config), init_kwargs=init_kwargs)
     except Exception as error:

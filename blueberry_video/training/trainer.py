@@ -31,6 +31,7 @@ from blueberry_video.training.accelerator import (
 )
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
 from blueberry_video.training.checkpoints import (
+    checkpoint_step,
     load_checkpoint,
     register_lora_checkpoint_hooks,
     resolve_resume_path,
@@ -50,6 +51,7 @@ from blueberry_video.training.records import (
     write_run_info,
 )
 from blueberry_video.training.resume_position import batches_to_skip, position_units, rescale_lr_schedule
+from blueberry_video.training.run_folder import hold_output_dir, remove_leftovers, set_aside_later_checkpoints
 from blueberry_video.training.step import compile_blocks
 from blueberry_video.training.trackers import start_trackers
 from blueberry_video.training.validation import run_validation
@@ -103,8 +105,19 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     resume_requested = config.resume_from_checkpoint is not None
     check_output_dir(config, resume_requested)
     accelerator = build_accelerator(config)
+    with hold_output_dir(accelerator, config.output_dir):
+        return _train_holding_output_dir(config, family, accelerator, resume_path, stop_after_step)
+
+
+def _train_holding_output_dir(config, family, accelerator, resume_path: Path | None, stop_after_step) -> TrainResult:
+    resume_requested = config.resume_from_checkpoint is not None
     clear_earlier_run(accelerator, config, resuming=resume_path is not None)
-    start_trackers(accelerator, config, resuming=resume_path is not None)
+    if accelerator.is_main_process:
+        remove_leftovers(config.output_dir)
+        if resume_path is not None:
+            set_aside_later_checkpoints(config.output_dir, resume_path, checkpoint_step(resume_path))
+    accelerator.wait_for_everyone()
+    start_trackers(accelerator, config, resume_step=checkpoint_step(resume_path) if resume_path else None)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
@@ -155,65 +168,77 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     elif resume_requested and accelerator.is_main_process:
         metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
-        write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator))
+        write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator),
+                       resume_path, state["global_step"])
 
     state.update(units)  # the checkpoints this run writes say in which units their position is
     videos, last_validated, stop_early = [], None, False
-    with ExitStack() as cleanup:  # bar, SIGTERM handler and metrics file are released even if training raises
-        progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=state["global_step"], desc="training",
-                                              disable=not accelerator.is_main_process))
-        preemption = PreemptionWatch()
-        cleanup.callback(preemption.close)
-        cleanup.callback(metrics.close)
-        loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler, config,
-                         metrics=metrics, progress=progress, preemption=preemption,
-                         global_step=state["global_step"], bad_steps=state["bad_steps"])
-        for epoch in range(state["epoch"], num_epochs):
-            if loop.global_step >= max_train_steps or stop_early:
-                break
-            dataloader.set_epoch(epoch)
-            skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-            batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-            batches_in_epoch = skip
-            for batch, data_wait in timed_batches(batches):
-                batches_in_epoch += 1
-                if loop.run(batch, epoch, data_wait) is None:
-                    continue  # accumulating
-                global_step = loop.global_step
-                state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch,
-                             bad_steps=loop.bad_steps)
-                if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-                if config.validation_steps and global_step % config.validation_steps == 0:
-                    videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
-                    last_validated = global_step
-                stop_early = global_step == stop_after_step or loop.stop_requested
-                if global_step >= max_train_steps or stop_early:
+    # SIGTERM and Ctrl-C, from the first step to the end of the run: one during the export or the final
+    # validation lets the export finish and skips the rest, instead of killing the run half-written.
+    preemption = PreemptionWatch()
+    try:
+        with ExitStack() as cleanup:  # bar and metrics file are released even if training raises
+            progress = cleanup.enter_context(tqdm(total=max_train_steps, initial=state["global_step"],
+                                                  desc="training", disable=not accelerator.is_main_process))
+            cleanup.callback(metrics.close)
+            loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler,
+                             config, metrics=metrics, progress=progress, preemption=preemption,
+                             global_step=state["global_step"], bad_steps=state["bad_steps"])
+            for epoch in range(state["epoch"], num_epochs):
+                if loop.global_step >= max_train_steps or stop_early:
                     break
-            else:
-                if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
-                    videos += run_validation(accelerator, family, transformer, config, loop.global_step, dtype)
-                    last_validated = loop.global_step
+                dataloader.set_epoch(epoch)
+                skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+                batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+                batches_in_epoch = skip
+                for batch, data_wait in timed_batches(batches):
+                    batches_in_epoch += 1
+                    if loop.run(batch, epoch, data_wait) is None:
+                        continue  # accumulating
+                    global_step = loop.global_step
+                    state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch,
+                                 bad_steps=loop.bad_steps)
+                    if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+                        save_checkpoint(accelerator, output_dir, global_step, state,
+                                        config.checkpoints_total_limit)
+                    if config.validation_steps and global_step % config.validation_steps == 0:
+                        videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
+                        last_validated = global_step
+                    stop_early = global_step == stop_after_step or loop.stop_requested
+                    if global_step >= max_train_steps or stop_early:
+                        break
+                else:
+                    if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
+                        videos += run_validation(accelerator, family, transformer, config, loop.global_step, dtype)
+                        last_validated = loop.global_step
 
-    global_step, losses, state["bad_steps"] = loop.global_step, loop.losses, loop.bad_steps
-    accelerator.wait_for_everyone()
-    if not config.checkpointing_steps or global_step % config.checkpointing_steps:
-        save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-    if stop_early and global_step < max_train_steps:
+        global_step, losses, state["bad_steps"] = loop.global_step, loop.losses, loop.bad_steps
+        accelerator.wait_for_everyone()
+        if not config.checkpointing_steps or global_step % config.checkpointing_steps:
+            save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
+        if stop_early and global_step < max_train_steps:
+            if accelerator.is_main_process:
+                print(f"stopped at step {global_step} with a checkpoint; continue with "
+                      "--resume_from_checkpoint latest")
+            accelerator.end_training()
+            return TrainResult(output_dir, global_step, output_dir / f"checkpoint-{global_step}", videos, losses,
+                               state["bad_steps"], True, accelerator.unwrap_model(transformer))
+        weights = export_trained_weights(accelerator, family, transformer, output_dir, config.training_mode,
+                                         torch.float32 if config.training_mode == "lora" else dtype)
+        # One answer for every process, so that none waits alone in a validation the others skip.
+        requested = torch.tensor([preemption.requested], device=accelerator.device)
+        stop_requested = accelerator.gather(requested).any().item()
+        if stop_requested and accelerator.is_main_process:
+            print("stop requested after the last step: the weights are exported, the final validation is skipped")
+        if last_validated != global_step and not stop_requested:
+            videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
         if accelerator.is_main_process:
-            print(f"stopped at step {global_step} with a checkpoint; continue with --resume_from_checkpoint latest")
+            records = metrics.read()
+            plot_losses({output_dir.name: records}, output_dir / "loss.png")
+            write_final_metrics(output_dir, records, state["bad_steps"])
+            write_model_card(output_dir, config, family, num_videos, global_step)
         accelerator.end_training()
-        return TrainResult(output_dir, global_step, output_dir / f"checkpoint-{global_step}", videos, losses,
-                           state["bad_steps"], True, accelerator.unwrap_model(transformer))
-    weights = export_trained_weights(accelerator, family, transformer, output_dir, config.training_mode,
-                                     torch.float32 if config.training_mode == "lora" else dtype)
-    if last_validated != global_step:  # the same on every process, so none waits alone
-        videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
-    if accelerator.is_main_process:
-        records = metrics.read()
-        plot_losses({output_dir.name: records}, output_dir / "loss.png")
-        write_final_metrics(output_dir, records, state["bad_steps"])
-        write_model_card(output_dir, config, family, num_videos, global_step, videos)
-    accelerator.end_training()
-    return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,
-                       accelerator.unwrap_model(transformer))
+        return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,
+                           accelerator.unwrap_model(transformer))
+    finally:
+        preemption.close()

@@ -1,4 +1,4 @@
-"""Killed and preempted runs lose nothing: SIGKILL at random moments, SIGTERM from a scheduler."""
+"""Killed and preempted runs lose nothing: SIGKILL at random moments, SIGTERM from a scheduler, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -82,13 +82,15 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_weights(tiny_cogvid
     assert not list(out.glob("checkpoint-*.tmp"))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_exits_cleanly(signum, tiny_cogvideox_dir, sample_dataset_dir,
+                                                                 tmp_path):
     out = tmp_path / "preempted"
     run_args = args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache", 400,
                     "--checkpointing_steps", "1000")
     process = start(run_args)
     wait_for_step(process, out, 3)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "stopped at step" in output

@@ -174,3 +174,18 @@ def test_a_checkpoint_named_without_its_path_is_found_in_output_dir(short_run, t
     args[args.index("--resume_from_checkpoint") + 1] = "checkpoint-7"
     with pytest.raises(ConfigError, match=r"checkpoint-7: folder not found, neither as given nor in output_dir="):
         train_cogvideox.main(args)
+
+
+def test_a_resume_that_changes_the_length_of_a_decaying_schedule_says_the_rate_jumps(
+        tiny_cogvideox_dir, one_video_dataset_dir, tmp_path, caplog):
+    out = tmp_path / "cosine"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha", "4",
+                       "--lr_scheduler", "cosine", "--lr_warmup_steps", "0", "--checkpointing_steps", "2")
+    train_cogvideox.main([*args, "--max_train_steps", "2"])
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    assert "nothing is left to train" in caplog.text and "rate jumps" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main([*args, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+    assert "max_train_steps=4 (was 2): the cosine learning-rate schedule is laid out over the new length" in caplog.text

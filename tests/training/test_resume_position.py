@@ -31,6 +31,11 @@ def test_a_larger_batch_on_resume_takes_the_rest_of_the_epoch_once(tiny_cogvideo
     assert epochs_by_step(out) == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1}
     saved = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
     assert saved["samples_per_batch"] == 4 and saved["num_processes"] == 1
+    # config.yaml now says batch 4; run_info.json says which steps ran with what
+    segments = json.loads((out / "run_info.json").read_text())["segments"]
+    assert segments == [{"from_step": 0, "num_processes": 1},
+                        {"from_step": 2, "num_processes": 1, "resumed_from": str(out / "checkpoint-2"),
+                         "changed": {"train_batch_size": [2, 4], "max_train_steps": [2, 6]}}]
 
 
 def test_the_schedule_saved_on_one_process_continues_at_the_same_rate_on_two():

@@ -83,6 +83,17 @@ def test_the_model_card_code_renders_a_video_as_written(lora_run, tmp_path, monk
     assert clip.shape == (9, 3, 96, 160)
 
 
+def test_a_resumed_runs_card_lists_the_samples_before_the_resume(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                  tmp_path):
+    out = tmp_path / "card"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--checkpointing_steps", "1",
+                       "--validation_prompt", "a red circle", "--validation_steps", "1", "--num_inference_steps", "1")
+    train_cogvideox.main([*args, "--max_train_steps", "1"])
+    train_cogvideox.main([*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    card = (out / "README.md").read_text()
+    assert '(validation/step-000001-prompt0-0.mp4): "a red circle"' in card and "step-000002-prompt0-0.mp4" in card
+
+
 def test_saved_lora_reloads_in_a_fresh_process_with_the_trained_effect(lora_run, tiny_cogvideox_dir, tmp_path):
     inputs = transformer_inputs()
     with torch.no_grad():
@@ -184,6 +195,18 @@ def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, o
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
     assert len(accumulator.Scalars("loss")) == 3
     assert accumulator.Tags()["images"]
+
+
+def test_tensorboard_drops_the_steps_a_resume_logs_again(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb-resumed"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--checkpointing_steps", "2",
+                       "--report_to", "tensorboard", "--max_train_steps", "4")
+    train_cogvideox.main(args)  # as if killed after step 4: the resume from step 2 logs 3 and 4 again
+    train_cogvideox.main([*args, "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    folder = next((out / "logs").rglob("events.out.tfevents.*")).parent
+    assert [event.step for event in EventAccumulator(str(folder)).Reload().Scalars("loss")] == [1, 2, 3, 4]
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""Keeping a run's output_dir one run's: a lock that a second run on the same folder (a double submit, a requeued
+job while the first still runs) is refused by; what killed attempts left half-written, removed; and, when a run
+resumes from an earlier checkpoint than the folder's newest, the later checkpoints moved aside, so that `latest`
+and `checkpoints_total_limit` follow the branch being trained and the abandoned one is kept, not deleted."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from blueberry_video.errors import ConfigError
+from blueberry_video.training.checkpoints import checkpoint_steps
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".blueberry-run.lock"
+# Half-written by a killed attempt: a checkpoint's folder before its rename (checkpoints.py), the folder the
+# weights are exported in (export.py), a validation video before its rename (video_writer.py).
+LEFTOVER_FOLDERS = re.compile(r"checkpoint-\d+\.tmp|tmp[a-z0-9_]{8}")
+LEFTOVER_VIDEOS = "validation/.*.tmp.mp4"
+SET_ASIDE = "set-aside-after-step-{step}-{stamp}"
+VALIDATION_STEP = re.compile(r"step-(\d+)-")
+
+
+@contextlib.contextmanager
+def hold_output_dir(accelerator, output_dir):
+    """On the main process, hold an exclusive lock on output_dir for the run (released when it ends, or when the
+    process dies: no stale lock survives a crash). Filesystems without locks get a warning, not a refusal."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"output_dir={folder} is in use by another training run ({holder}): two runs would "
+                              f"overwrite each other's checkpoints and records. Wait for it to end (or stop it), or "
+                              f"pick another --output_dir") from None
+        except OSError as error:  # some network filesystems do not lock
+            logger.warning("output_dir=%s: could not lock it (%s); make sure no other run uses it", folder, error)
+        else:
+            handle.truncate(0)
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def remove_leftovers(output_dir) -> list[str]:
+    """Delete what killed attempts left half-written in output_dir; returns their names (main process, under the
+    lock: no other run can be writing them)."""
+    folder = Path(output_dir)
+    removed = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_dir() and LEFTOVER_FOLDERS.fullmatch(path.name):
+            shutil.rmtree(path)
+            removed.append(path.name)
+    for path in sorted(folder.glob(LEFTOVER_VIDEOS)):
+        path.unlink()
+        removed.append(str(path.relative_to(folder)))
+    if removed:
+        logger.warning("removed what an interrupted attempt left half-written in %s: %s", folder, ", ".join(removed))
+    return removed
+
+
+def set_aside_later_checkpoints(output_dir, resumed: Path, step: int) -> Path | None:
+    """A resume from checkpoint `step` of output_dir when it holds later ones: those (and the validation videos of
+    their steps) move into a set-aside folder, so `latest` cannot go back to them and the total limit cannot
+    delete the new branch's checkpoints in their favour. Returns that folder, or None when there was nothing."""
+    folder = Path(output_dir)
+    if resumed.resolve().parent != folder.resolve():
+        return None
+    later = [path for found_step, path in checkpoint_steps(folder) if found_step > step]
+    videos = [video for video in sorted((folder / "validation").glob("step-*.mp4"))
+              if int(VALIDATION_STEP.match(video.name)[1]) > step]
+    if not later:
+        return None
+    aside = folder / SET_ASIDE.format(step=step, stamp=time.strftime("%Y%m%d-%H%M%S"))
+    (aside / "validation").mkdir(parents=True)
+    for path in later:
+        os.replace(path, aside / path.name)
+    for video in videos:
+        os.replace(video, aside / "validation" / video.name)
+    logger.warning("resuming from step %d of %s, which holds later checkpoints (%s): moved them and their "
+                   "validation videos to %s, so this run's own checkpoints are the ones `latest` finds",
+                   step, folder, ", ".join(path.name for path in later), aside)
+    return aside
