@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from blueberry_video.errors import ConfigError
 from blueberry_video.config import checkpoint_folder
 from blueberry_video.training.file_modes import apply_umask
-from blueberry_video.training.lora import ADAPTER, lora_state_dict
+from blueberry_video.training.lora import ADAPTER, CHECKPOINT_ADAPTER_FILE, lora_state_dict
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
 FILES_MANIFEST = "checkpoint_files.json"
-LORA_FILE = "lora_adapter.safetensors"
+LORA_FILE = CHECKPOINT_ADAPTER_FILE
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -19,6 +19,8 @@ from blueberry_video.training.checkpointing import enable_gradient_checkpointing
 logger = logging.getLogger(__name__)
 
 ADAPTER = "default"
+# The adapter a LoRA run's checkpoint-N holds (checkpoints.py), in peft's key names.
+CHECKPOINT_ADAPTER_FILE = "lora_adapter.safetensors"
 
 
 def lora_targets(configured: list | None, family) -> list[str]:
@@ -42,12 +44,17 @@ def add_lora(transformer, config, family) -> None:
 
 
 def lora_file(path: str | Path) -> Path:
-    """The .safetensors file of a LoRA given as the file or the folder it was saved to."""
+    """The .safetensors file of a LoRA given as the file, the folder it was exported to, or a checkpoint-N."""
     path = Path(path)
-    file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"init_lora_weights={path}: no pytorch_lora_weights.safetensors there")
-    return file
+    if not path.is_dir():
+        if not path.is_file():
+            raise ConfigError(f"init_lora_weights={path}: no such file")
+        return path
+    for name in ("pytorch_lora_weights.safetensors", CHECKPOINT_ADAPTER_FILE):  # a run's output, a checkpoint
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(f"init_lora_weights={path}: no pytorch_lora_weights.safetensors (a run's output_dir) or "
+                      f"{CHECKPOINT_ADAPTER_FILE} (a LoRA run's checkpoint-N) there")
 
 
 def load_lora_into(transformer, path: str | Path) -> None:
