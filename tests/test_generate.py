@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from blueberry_video.cli import main
 from blueberry_video.data.decode import FrameSampling, decode_video
 from blueberry_video.errors import ConfigError, ModelLayoutError
-from blueberry_video.generate import FAMILY_VIDEO, load_pipeline, resolve_lora, video_settings
+from blueberry_video.generate import FAMILY_VIDEO, load_pipeline, video_settings
+from blueberry_video.trained_weights import resolve_lora
 from blueberry_video.models import load_family
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
