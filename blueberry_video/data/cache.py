@@ -2,17 +2,20 @@
 
 Results are stored with `datasets` (Arrow on disk) under a folder named by a fingerprint of everything that
 changes them: the model's VAE/text-encoder configs, frame sampling, dtypes and the dataset listing. Change
-any of them and a new cache is built; change nothing and the videos are not touched. Work is written in
-chunks, each renamed into place when complete, so an interrupted precompute resumes where it stopped, and
-each process of a multi-process launch encodes its own share of the chunks.
+any of them and a new cache is built; change nothing and the videos are not touched. A new cache takes the
+video latents of an older one of the same model and video settings for the videos whose files did not change, so
+a caption edit or an added video sends only what changed through the VAE. Work is written in chunks, each
+renamed into place when complete, so an interrupted precompute resumes where it stopped, and each process of a
+multi-process launch encodes its own share of the chunks. Two jobs that build the same cache at once (a sweep
+started together) take turns: the second waits for the first and reuses its cache.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,8 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
+from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
 from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
 from blueberry_video.data.formats import DatasetFormatError, DatasetListing, first_few, load_dataset_entries
+from blueberry_video.data.latent_dataset import NON_TENSOR_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +71,16 @@ class CacheReport:
     reused: bool = False
     # What was cached but may not be what the user meant: repeated frames, cut captions, unlisted videos.
     notes: list[str] = field(default_factory=list)
+    # Built in this call: how many videos' latents were taken from older caches (which) instead of the VAE.
+    num_reused_videos: int = 0
+    reused_videos_from: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"latent cache {self.path}: {self.num_cached} cached, {len(self.skipped)} skipped"
                  + (" (reused)" if self.reused else "")]
+        if self.num_reused_videos:
+            lines.append(f"  reused the video latents of {self.num_reused_videos} of {self.num_cached} videos from "
+                         + ", ".join(self.reused_videos_from))
         lines += [f"  skipped {item['source']}: {item['reason']}" for item in self.skipped]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -86,12 +98,12 @@ def _listing_key(root: Path, entries) -> list:
     return key
 
 
-def cache_fingerprint(family, root: Path, entries, settings: CacheSettings) -> str:
+def cache_fingerprint(family, listing_key: list, settings: CacheSettings) -> str:
     payload = {
         "version": CACHE_FORMAT_VERSION,
         "model": family.cache_key(),
         "settings": asdict(settings),
-        "entries": _listing_key(root, entries),
+        "entries": listing_key,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -122,7 +134,7 @@ def _features(example: dict[str, np.ndarray]) -> datasets.Features:
 def write_latent_table(path: Path, records: list[dict]) -> None:
     """Rows of {index, video, caption, <tensor name>: np.ndarray} saved as the Arrow table the cache holds
     (benchmarks write stand-in rows with it to time the real loader)."""
-    tensors = {name: value for name, value in records[0].items() if name not in ("index", "video", "caption")}
+    tensors = {name: value for name, value in records[0].items() if name not in NON_TENSOR_COLUMNS}
     with _quiet_datasets():
         datasets.Dataset.from_list(records, features=_features(tensors)).save_to_disk(str(path))
 
@@ -133,31 +145,59 @@ def _to_numpy(tensor: torch.Tensor, cache_dtype: str) -> np.ndarray:
     return tensor.detach().to("cpu", torch.int64).numpy()
 
 
-def _encode_chunk(family, encoders, entries, root: Path, settings: CacheSettings):
-    """The chunk's (entry, tensors) rows, its skipped videos and what to note about those encoded
-    (`_note_lines` says what)."""
-    rows, skipped, decoded = [], [], []
+@dataclass
+class _EncodedChunk:
+    rows: list[tuple]  # (entry, {tensor name: array}) in item order
+    skipped: list[dict]
+    notes: dict[str, list[dict]]  # what `_note_lines` turns into the report's notes
+    video_columns: list[str]
+    num_encoded: int = 0  # videos the VAE encoded
+    num_reused: int = 0  # videos whose latents came from `reused_from`
+    reused_from: str | None = None
+
+
+def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: CacheSettings,
+                  older: OlderCache | None = None) -> _EncodedChunk:
+    """Encode a chunk's videos and captions. `encoders()` loads the encoders on first use: a chunk that `older`
+    holds entirely (e.g. a video removed from the listing) loads none. Of a video `older` holds, the latents are
+    taken as they are, and so are the text embeddings where the caption is the same; an edited caption alone is
+    encoded again (text encoding costs little beside the VAE)."""
+    skipped, decoded, kept = [], [], []
     notes = {"low_frame_rate": [], "long_captions": []}
-    for entry in entries:
+    videos: dict[int, dict] = {}
+    text: dict[int, dict] = {}
+    for entry, key in zip(entries, keys, strict=True):
+        if older and (old := older.find(key)):
+            kept.append(entry)
+            videos[entry.index] = old.video
+            notes["low_frame_rate"] += old.notes["low_frame_rate"]
+            if old.caption == entry.caption:
+                text[entry.index] = old.text
+                notes["long_captions"] += old.notes["long_captions"]
+            continue
         try:
             info = probe_video(entry.video_path)
             decoded.append((entry, decode_video(entry.video_path, settings.sampling, info=info)))
+            kept.append(entry)
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "reason": error.reason})
             continue
         if repeats_frames(info, settings.sampling):
             notes["low_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
-    if not decoded:
-        return rows, skipped, notes
-    captions = [entry.caption for entry, _ in decoded]
-    notes["long_captions"] = _long_captions(family, encoders, [entry for entry, _ in decoded], root)
-    text = family.encode_prompts(encoders, captions)
-    for i, (entry, video) in enumerate(decoded):
-        latents = family.encode_videos(encoders, video.unsqueeze(0))
-        tensors = {name: _to_numpy(value[0], settings.cache_dtype) for name, value in latents.items()}
-        tensors.update({name: _to_numpy(value[i], settings.cache_dtype) for name, value in text.items()})
-        rows.append((entry, tensors))
-    return rows, skipped, notes
+    num_reused = len(videos)
+    if captioned := [entry for entry in kept if entry.index not in text]:
+        notes["long_captions"] += _long_captions(family, encoders(), captioned, root)
+        embeddings = family.encode_prompts(encoders(), [entry.caption for entry in captioned])
+        for i, entry in enumerate(captioned):
+            text[entry.index] = {name: _to_numpy(value[i], settings.cache_dtype) for name, value in embeddings.items()}
+    for entry, video in decoded:
+        latents = family.encode_videos(encoders(), video.unsqueeze(0))
+        videos[entry.index] = {name: _to_numpy(value[0], settings.cache_dtype) for name, value in latents.items()}
+    return _EncodedChunk(rows=[(entry, {**videos[entry.index], **text[entry.index]}) for entry in kept],
+                         skipped=skipped, notes=notes,
+                         video_columns=sorted(next(iter(videos.values()), {})),  # the names encode_videos gives
+                         num_encoded=len(decoded), num_reused=num_reused,
+                         reused_from=str(older.path) if older and num_reused else None)
 
 
 def _relative(entry, root: Path) -> str:
@@ -203,26 +243,30 @@ def _chunk_dir(cache_path: Path, start: int, stop: int) -> Path:
     return cache_path / "chunks" / f"{start:06d}-{stop:06d}"
 
 
-def _write_chunk(chunk_dir: Path, rows, skipped, notes: dict, root: Path, process_index: int) -> None:
-    tmp = chunk_dir.with_name(chunk_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_index: int) -> None:
+    tmp = unique_tmp(chunk_dir)
     tmp.mkdir(parents=True)
-    if rows:
+    if chunk.rows:
         write_latent_table(tmp / "data", [
             {"index": entry.index, "video": _relative(entry, root), "caption": entry.caption, **tensors}
-            for entry, tensors in rows
+            for entry, tensors in chunk.rows
         ])
-    (tmp / "skipped.json").write_text(json.dumps(skipped, indent=1))
-    (tmp / "notes.json").write_text(json.dumps(notes, indent=1))
-    (tmp / "process.json").write_text(json.dumps({"process_index": process_index, "num_encoded": len(rows)}))
-    os.replace(tmp, chunk_dir)
+    (tmp / "skipped.json").write_text(json.dumps(chunk.skipped, indent=1))
+    (tmp / "notes.json").write_text(json.dumps(chunk.notes, indent=1))
+    (tmp / "process.json").write_text(json.dumps({
+        "process_index": process_index, "num_encoded": chunk.num_encoded, "num_reused": chunk.num_reused,
+        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns}))
+    move_into_place(tmp, chunk_dir)
 
 
-def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict], listing_notes: list[str],
-           fps: float | None) -> CacheReport:
+def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list], listing_skipped: list[dict],
+           listing_notes: list[str], fps: float | None) -> CacheReport:
+    """Join the chunks into the cache; `listing_key` maps item index to its listing key, kept per row in
+    listing.json so that a later cache can tell which videos it shares."""
     parts, skipped = [], list(listing_skipped)
     notes = {"low_frame_rate": [], "long_captions": []}
     encoded_by_process: dict[str, int] = {}
+    num_reused, reused_from, video_columns = 0, [], []
     for chunk_dir in chunk_dirs:
         skipped += json.loads((chunk_dir / "skipped.json").read_text())
         for kind, items in json.loads((chunk_dir / "notes.json").read_text()).items():
@@ -230,6 +274,10 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]
         process = json.loads((chunk_dir / "process.json").read_text())
         key = str(process["process_index"])
         encoded_by_process[key] = encoded_by_process.get(key, 0) + process["num_encoded"]
+        num_reused += process["num_reused"]
+        if process["reused_from"] and process["reused_from"] not in reused_from:
+            reused_from.append(process["reused_from"])
+        video_columns = video_columns or process["video_columns"]
         if (chunk_dir / "data").exists():
             parts.append(datasets.load_from_disk(str(chunk_dir / "data")))
     if not parts:
@@ -237,22 +285,36 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_skipped: list[dict]
         raise EmptyCacheError(f"no video could be encoded into {cache_path} ({reasons})")
     # Chunks hold consecutive items and are listed in item order: concatenating keeps the index order.
     merged = datasets.concatenate_datasets(parts)
-    tmp = cache_path / "dataset.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = unique_tmp(cache_path / "dataset")
     with _quiet_datasets():
         merged.save_to_disk(str(tmp))
-    os.replace(tmp, cache_path / "dataset")
+    move_into_place(tmp, cache_path / "dataset")
     encoding_notes = _note_lines(notes, fps)
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped,
-                         notes=listing_notes + encoding_notes)
+                         notes=listing_notes + encoding_notes, num_reused_videos=num_reused,
+                         reused_videos_from=reused_from)
+    write_file(cache_path / "listing.json", json.dumps({
+        "video_columns": video_columns, "rows": [listing_key[index] for index in merged["index"]]}))
     # Which process encoded how many videos: shows that a multi-process precompute shared the work. The notes
-    # on the folder (unlisted videos) are not kept: they are looked up again on every use.
-    manifest = {"num_cached": report.num_cached, "skipped": skipped, "notes": encoding_notes,
-                "encoded_by_process": encoded_by_process, "complete": True}
-    (cache_path / "manifest.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(cache_path / "manifest.tmp", cache_path / "manifest.json")
-    shutil.rmtree(cache_path / "chunks", ignore_errors=True)
+    # on the folder (unlisted videos) are not kept: they are looked up again on every use. The notes' items, per
+    # video, go to the caches that take this one's latents.
+    manifest = {"num_cached": report.num_cached, "skipped": skipped, "notes": encoding_notes, "note_items": notes,
+                "encoded_by_process": encoded_by_process,
+                "reused_videos": {"count": num_reused, "from": reused_from}, "complete": True}
+    write_file(cache_path / "manifest.json", json.dumps(manifest, indent=1))
+    _remove_work_files(cache_path)
     return report
+
+
+def _remove_work_files(cache_path: Path) -> None:
+    """The chunks, and what killed writers left half-written. A job still writing one (another job building the
+    same cache where the filesystem has no locks) finds the manifest written and takes this cache."""
+    shutil.rmtree(cache_path / "chunks", ignore_errors=True)
+    for leftover in cache_path.glob("*.tmp*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _read_report(cache_path: Path, reused: bool, listing_notes: list[str]) -> CacheReport:
@@ -262,40 +324,37 @@ def _read_report(cache_path: Path, reused: bool, listing_notes: list[str]) -> Ca
                        notes=listing_notes + manifest.get("notes", []))
 
 
-def _settings_record(family, settings: CacheSettings) -> str:
-    """settings.json: what a cache was built with, for people and for `why_not_reused`."""
-    return json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, indent=1, default=str)
+def _reuse(cache_path: Path, strict: bool, listing_notes: list[str]) -> CacheReport:
+    report = _read_report(cache_path, reused=True, listing_notes=listing_notes)
+    # The cache was built without strict_data: what it skipped then is unusable now.
+    if strict and report.skipped:
+        first = report.skipped[0]
+        raise VideoDecodeError(Path(first["source"]), f"{first['reason']} (strict_data is set; the latent cache "
+                               f"{cache_path} skipped {len(report.skipped)} item(s) when it was built)")
+    return report
 
 
-def _flat(settings: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def why_not_reused(cache_root: Path, family, settings: CacheSettings) -> str | None:
-    """When `cache_root` holds complete caches of this family built with other settings (a `precompute` run
-    with other flags than the training's, say): how the nearest differs, so a silent re-encode is not a surprise."""
-    ours = _flat(json.loads(_settings_record(family, settings)))
-    differences = []
-    for other in sorted(cache_root.glob(f"{family.name}-*/settings.json")):
-        if not (other.parent / "manifest.json").exists():
-            continue
-        theirs = _flat(json.loads(other.read_text()))
-        differences.append(sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)))
-    if not differences:
-        return None
-    nearest = min(differences, key=len)
-    if not nearest:
-        return (f"{cache_root} holds a cache with these settings for another listing of the dataset (videos or "
-                "captions changed)")
-    return (f"{cache_root} holds {len(differences)} cache(s) for other settings; the nearest differs in "
-            f"{', '.join(nearest)} (model.* is the VAE/text encoder config, settings.* the training flags "
-            "mixed_precision, fps, cache_dtype, ...)")
+def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path], todo: list[int], root: Path,
+                   cache_path: Path, settings: CacheSettings, device, strict: bool, rank: int) -> None:
+    """This process's share of the chunks: each encoded, written and renamed into place."""
+    older = older_cache(cache_path.parent, cache_path, family, settings, [key for keys in chunk_keys for key in keys])
+    encoders = functools.cache(
+        lambda: family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling))
+    with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
+              disable=rank != 0) as progress:
+        for i in todo:
+            # Done meanwhile by another job building the same cache where the filesystem does not lock.
+            if chunk_dirs[i].exists() or (cache_path / "manifest.json").exists():
+                continue
+            chunk = _encode_chunk(family, encoders, chunks[i], chunk_keys[i], root, settings, older)
+            if strict and chunk.skipped:
+                raise VideoDecodeError(Path(chunk.skipped[0]["source"]),
+                                       chunk.skipped[0]["reason"] + " (strict_data is set)")
+            _write_chunk(chunk_dirs[i], chunk, root, rank)
+            progress.update(len(chunks[i]))
+    encoders.cache_clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the encoders' blocks (HunyuanVideo's Llama: 15 GB) back, before the transformer
 
 
 def precompute_latent_cache(
@@ -325,52 +384,55 @@ def precompute_latent_cache(
         raise DatasetFormatError(f"{root}: strict_data is set and {len(listing_skipped)} item(s) are unusable: "
                                  + "; ".join(f"{s['source']}: {s['reason']}" for s in listing_skipped[:5]))
     entries = list(listing.entries)
-    fingerprint = cache_fingerprint(family, root, entries, settings)
+    listing_key = _listing_key(root, entries)
+    fingerprint = cache_fingerprint(family, listing_key, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
-        report = _read_report(cache_path, reused=True, listing_notes=listing_notes)
-        # The cache was built without strict_data: what it skipped then is unusable now.
-        if strict and report.skipped:
-            first = report.skipped[0]
-            raise VideoDecodeError(Path(first["source"]), f"{first['reason']} (strict_data is set; the latent cache "
-                                   f"{cache_path} skipped {len(report.skipped)} item(s) when it was built)")
-        return report
+        return _reuse(cache_path, strict, listing_notes)
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
-    if is_main and (why := why_not_reused(Path(cache_root), family, settings)):
-        logger.warning("building a new latent cache in %s: %s", cache_path, why)
-    starts = range(0, len(entries), chunk_size)
-    chunks = [entries[start : start + chunk_size] for start in starts]
-    chunk_dirs = [_chunk_dir(cache_path, start, start + len(chunk)) for start, chunk in zip(starts, chunks)]
-    mine = [i for i in range(len(chunks)) if i % world == rank]
-    todo = [i for i in mine if not chunk_dirs[i].exists()]
-    if is_main:
-        (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
-        (cache_path / "settings.json").write_text(_settings_record(family, settings))
-    if accelerator:
-        accelerator.wait_for_everyone()
-    if todo:
-        device = device or (accelerator.device if accelerator else "cpu")
-        encoders = family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling)
-        with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
-                  disable=not is_main) as progress:
-            for i in todo:
-                rows, skipped, notes = _encode_chunk(family, encoders, chunks[i], root, settings)
-                if strict and skipped:
-                    raise VideoDecodeError(Path(skipped[0]["source"]), skipped[0]["reason"] + " (strict_data is set)")
-                _write_chunk(chunk_dirs[i], rows, skipped, notes, root, rank)
-                progress.update(len(chunks[i]))
-        del encoders
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the encoders' blocks (HunyuanVideo's Llama: 15 GB) back, before the transformer
-    if accelerator:
-        accelerator.wait_for_everyone()
-    if is_main:
-        report = _merge(cache_path, chunk_dirs, listing_skipped, listing_notes, settings.sampling.fps)
-        logger.info(report.summary())
-    if accelerator:
-        accelerator.wait_for_everyone()
+    cache_path.mkdir(parents=True, exist_ok=True)
+    with building(cache_path, accelerator) as built_meanwhile:
+        if built_meanwhile:
+            return _reuse(cache_path, strict, listing_notes)
+        if is_main and (why := why_not_reused(Path(cache_root), family, settings)):
+            logger.warning("building a new latent cache in %s: %s", cache_path, why)
+        starts = range(0, len(entries), chunk_size)
+        chunks = [entries[start : start + chunk_size] for start in starts]
+        chunk_keys = [listing_key[start : start + chunk_size] for start in starts]
+        chunk_dirs = [_chunk_dir(cache_path, start, start + len(chunk)) for start, chunk in zip(starts, chunks)]
+        todo = [i for i in range(len(chunks)) if i % world == rank and not chunk_dirs[i].exists()]
+        if is_main:
+            (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
+            write_file(cache_path / "settings.json", settings_record(family, settings))
+        if accelerator:
+            accelerator.wait_for_everyone()
+        if todo:
+            _encode_chunks(family, chunks, chunk_keys, chunk_dirs, todo, root, cache_path, settings,
+                           device or (accelerator.device if accelerator else "cpu"), strict, rank)
+        if accelerator:
+            accelerator.wait_for_everyone()
+        if is_main:
+            report = _merge_or_take_theirs(cache_path, chunk_dirs, dict(zip((e.index for e in entries), listing_key)),
+                                           listing_skipped, listing_notes, settings.sampling.fps)
+            logger.info(report.summary())
+        if accelerator:
+            accelerator.wait_for_everyone()
     # The other processes read what the main one merged: built in this call, not reused.
     return report if is_main else _read_report(cache_path, reused=False, listing_notes=listing_notes)
+
+
+def _merge_or_take_theirs(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list],
+                          listing_skipped: list[dict], listing_notes: list[str], fps: float | None) -> CacheReport:
+    """Merge the chunks, unless another job building the same cache without the lock (a filesystem that does not
+    lock) completed it meanwhile: then take theirs, and drop the chunks this job wrote after it did."""
+    try:
+        if not (cache_path / "manifest.json").exists():
+            return _merge(cache_path, chunk_dirs, listing_key, listing_skipped, listing_notes, fps)
+    except FileNotFoundError:  # the other job's merge removed the chunks
+        if not (cache_path / "manifest.json").exists():
+            raise
+    _remove_work_files(cache_path)
+    return _read_report(cache_path, reused=True, listing_notes=listing_notes)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -194,6 +198,153 @@ def test_a_changed_file_builds_a_new_cache(change, one_video_dataset_dir, tiny_c
     change(data, model)
     after = precompute_latent_cache(CogVideoXFamily(model), data, cache_root, SETTINGS)
     assert after.path != before.path and not after.reused
+
+
+def _count_calls(monkeypatch, family, method: str) -> list:
+    """What the family's `method` (encode_videos, encode_prompts) is called with, the real method still running."""
+    real, calls = getattr(family, method), []
+
+    def counted(encoders, batch):
+        calls.append(batch)
+        return real(encoders, batch)
+
+    monkeypatch.setattr(family, method, counted)
+    return calls
+
+
+def _arrays(report) -> dict:
+    """The cache's columns, each as one numpy array."""
+    return cached_table(report).with_format("numpy")[:]
+
+
+def _edit_one_caption(data: Path):
+    records = metadata(data)
+    records[1]["caption"] = "a red kite over a grey sea at dusk"
+    (data / "metadata.json").write_text(json.dumps(records))
+    return SETTINGS, [1]
+
+
+def _add_id_token(data: Path):
+    return dataclasses.replace(SETTINGS, id_token="sks"), [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("change", [_edit_one_caption, _add_id_token], ids=["caption", "id_token"])
+def test_a_caption_change_encodes_only_the_changed_text(change, family, sample_dataset_dir, tiny_cogvideox_dir,
+                                                       tmp_path, monkeypatch, caplog):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data")
+    old = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    settings, changed = change(data)
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    prompts = _count_calls(monkeypatch, family, "encode_prompts")
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        new = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    assert new.path != old.path and not new.reused
+    captions = cached_table(new)["caption"]
+    assert videos == [] and prompts == [[captions[i] for i in changed]]
+    assert new.num_reused_videos == 4 and new.reused_videos_from == [str(old.path)]
+    assert f"reused the video latents of 4 of 4 videos from {old.path}" in new.summary()
+    for name in ("latent_mean", "latent_std"):
+        assert _arrays(new)[name].tobytes() == _arrays(old)[name].tobytes()
+
+    # What training reads: the changed captions' embeddings as the pipeline computes them, the others as they were.
+    pipe = CogVideoXPipeline.from_pretrained(tiny_cogvideox_dir, dtype=torch.float32)
+    trained, before = LatentCacheDataset(new.path), LatentCacheDataset(old.path)
+    for i in range(4):
+        if i in changed:
+            with torch.no_grad():
+                expected, _ = pipe.encode_prompt(captions[i], do_classifier_free_guidance=False,
+                                                 max_sequence_length=pipe.transformer.config.max_text_seq_length)
+            torch.testing.assert_close(trained[i]["prompt_embeds"], expected[0], rtol=0, atol=1e-5)
+            assert not torch.equal(trained[i]["prompt_embeds"], before[i]["prompt_embeds"])
+        else:
+            assert torch.equal(trained[i]["prompt_embeds"], before[i]["prompt_embeds"])
+    # The old folder is not read any more: the warning says so, and how much space deleting it frees.
+    assert re.search(rf"delete them if no other run .*: {re.escape(str(old.path))} \(\d+\.\d MiB\)", caplog.text)
+
+
+def test_an_added_video_alone_goes_through_the_vae(family, sample_dataset_dir, sample_cache, tmp_path, monkeypatch):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data", count=3)
+    old = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    records = metadata(sample_dataset_dir)
+    shutil.copy(sample_dataset_dir / records[3]["file"], data / records[3]["file"])
+    (data / "metadata.json").write_text(json.dumps(records))
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    prompts = _count_calls(monkeypatch, family, "encode_prompts")
+    new = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    assert len(videos) == 1 and prompts == [[records[3]["caption"]]]
+    assert f"reused the video latents of 3 of 4 videos from {old.path}" in new.summary()
+    for name in ("latent_mean", "latent_std", "prompt_embeds"):
+        assert _arrays(new)[name][:3].tobytes() == _arrays(old)[name].tobytes()
+    built, reference = LatentCacheDataset(new.path), LatentCacheDataset(sample_cache.path)
+    for name in ("latent_mean", "latent_std", "prompt_embeds"):
+        torch.testing.assert_close(built[3][name], reference[3][name], rtol=0, atol=1e-6)
+
+
+def _cache_dtype(data: Path, model: Path):
+    return dataclasses.replace(SETTINGS, cache_dtype="float16")
+
+
+@pytest.mark.parametrize("change", [_replace_video, _touch_vae_weights, _cache_dtype],
+                         ids=["video_file", "vae_touched", "cache_dtype"])
+def test_video_latents_are_not_taken_from_a_cache_of_another_file_model_or_setting(
+        change, one_video_dataset_dir, tiny_cogvideox_dir, tmp_path, monkeypatch):
+    data = copy_dataset(one_video_dataset_dir, tmp_path / "data")
+    model = Path(shutil.copytree(tiny_cogvideox_dir, tmp_path / "model"))
+    precompute_latent_cache(CogVideoXFamily(model), data, tmp_path / "cache", SETTINGS)
+    settings = change(data, model) or SETTINGS
+    family = CogVideoXFamily(model)
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    report = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    assert len(videos) == 1 and report.num_reused_videos == 0 and "reused the video" not in report.summary()
+
+
+@pytest.mark.parametrize("other_job_stops_at", [3, None],
+                         ids=["other_job_finished_a_chunk_first", "other_job_finished_the_cache_first"])
+def test_a_job_whose_work_another_job_did_meanwhile_keeps_theirs(other_job_stops_at, family, sample_dataset_dir,
+                                                                sample_cache, tmp_path, monkeypatch, caplog):
+    # Where the filesystem has no locks, two jobs started together both build: the one that finishes a chunk (or
+    # the whole cache) second must not fail on the first one's folders. The other job runs in the middle of this
+    # one's first chunk, and is stopped at its third video or runs to the end.
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    encode_videos = family.encode_videos
+    other = {"running": False, "ran": False, "calls": 0}
+
+    def other_job():
+        other.update(running=True, ran=True)
+        try:
+            return precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=2)
+        finally:
+            other["running"] = False
+
+    def interleaved(encoders, videos):
+        if other["running"]:
+            other["calls"] += 1
+            if other["calls"] == other_job_stops_at:
+                raise RuntimeError("the other job was stopped")
+        elif not other["ran"]:
+            if other_job_stops_at:
+                with pytest.raises(RuntimeError, match="the other job was stopped"):
+                    other_job()
+            else:
+                assert other_job().num_cached == 4
+        return encode_videos(encoders, videos)
+
+    monkeypatch.setattr(family, "encode_videos", interleaved)
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        report = precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=2)
+    assert "could not lock it" in caplog.text
+    assert report.path == tmp_path / sample_cache.path.name and report.num_cached == 4
+    assert report.reused == (other_job_stops_at is None)
+    assert sorted(path.name for path in report.path.iterdir()) == [
+        "build.lock", "dataset", "listing.json", "manifest.json", "settings.json"]
+    assert cached_table(report)["index"] == [0, 1, 2, 3]
+    built, reference = LatentCacheDataset(report.path), LatentCacheDataset(sample_cache.path)
+    for i in range(4):
+        for name in ("latent_mean", "latent_std", "prompt_embeds"):
+            torch.testing.assert_close(built[i][name], reference[i][name], rtol=0, atol=1e-6)
 
 
 def test_interrupted_precompute_resumes_without_redoing_chunks(family, sample_dataset_dir, sample_cache,
@@ -440,7 +591,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> subprocess.CompletedProcess:
+def _precompute_launch(model: Path, data: Path, out: Path, use_cpu: bool) -> tuple[list[str], dict]:
+    """The command and environment of a two-process `precompute` with the flags that key the cache as SETTINGS."""
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "WORLD_SIZE", "RANK")}
     env["OMP_NUM_THREADS"] = "1"
     if use_cpu:
@@ -449,6 +601,11 @@ def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> sub
                "--main_process_port", str(_free_port()), "-m", "blueberry_video.cli", "precompute",
                "--model", str(model), "--data", str(data), "--out", str(out),
                "--height", "96", "--width", "160", "--num-frames", "9", "--dtype", "float32", "--chunk-size", "1"]
+    return command, env
+
+
+def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> subprocess.CompletedProcess:
+    command, env = _precompute_launch(model, data, out, use_cpu)
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -476,3 +633,92 @@ def test_two_processes_that_each_think_they_are_alone_are_refused(tiny_cogvideox
     assert "error: WORLD_SIZE=2" in output
     assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu" in output
     assert not list(tmp_path.glob("*/manifest.json"))
+
+
+# A job of a sweep: builds the cache of the sample videos with SETTINGS; with a gate folder, it holds still in its
+# first video until the test opens the gate, so that the other job surely starts while this one builds.
+JOB = """
+import json, sys, time
+from pathlib import Path
+from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
+from blueberry_video.data.decode import FrameSampling
+from blueberry_video.models.cogvideox import CogVideoXFamily
+
+model, data, cache, gate = sys.argv[1:]
+family = CogVideoXFamily(model)
+if gate:
+    encode_videos = family.encode_videos
+    def gated(encoders, videos):
+        Path(gate, "encoding").touch()
+        while not Path(gate, "open").exists():
+            time.sleep(0.05)
+        return encode_videos(encoders, videos)
+    family.encode_videos = gated
+report = precompute_latent_cache(family, data, cache, CacheSettings(FrameSampling(num_frames=9, height=96, width=160)))
+print(json.dumps({"path": str(report.path), "reused": report.reused}))
+"""
+
+
+def _start_job(model: Path, data: Path, cache: Path, gate: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", JOB, str(model), str(data), str(cache), gate], cwd=REPO_ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=out, text=True)
+
+
+def _wait_until(condition, job: subprocess.Popen, log: Path, what: str):
+    deadline = time.monotonic() + 300  # against a hang only
+    while not condition():
+        assert job.poll() is None, f"the job ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after 300 s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_two_jobs_building_the_same_cache_at_once_take_turns(tiny_cogvideox_dir, sample_dataset_dir, sample_cache,
+                                                              tmp_path):
+    gate, cache = tmp_path / "gate", tmp_path / "cache"
+    gate.mkdir()
+    first = _start_job(tiny_cogvideox_dir, sample_dataset_dir, cache, str(gate), tmp_path / "first.log")
+    _wait_until((gate / "encoding").exists, first, tmp_path / "first.log", "encoding")
+    second = _start_job(tiny_cogvideox_dir, sample_dataset_dir, cache, "", tmp_path / "second.log")
+    waiting = f"another process is building this cache ({cache / sample_cache.path.name}); waiting"
+    _wait_until(lambda: waiting in (tmp_path / "second.log").read_text(), second, tmp_path / "second.log",
+                "message that it waits for the first job")
+    (gate / "open").touch()
+    results = []
+    for job, log in ((first, "first.log"), (second, "second.log")):
+        stdout, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, (tmp_path / log).read_text()[-3000:]
+        results.append(json.loads(stdout.splitlines()[-1]))
+    cache_path = cache / sample_cache.path.name
+    assert [result["path"] for result in results] == [str(cache_path)] * 2
+    assert [result["reused"] for result in results] == [False, True]  # the second waited and encoded nothing
+    manifest = json.loads((cache_path / "manifest.json").read_text())
+    assert manifest["num_cached"] == 4 and manifest["encoded_by_process"] == {"0": 4}
+    built, reference = LatentCacheDataset(cache_path), LatentCacheDataset(sample_cache.path)
+    for i in range(4):
+        for name in ("latent_mean", "latent_std", "prompt_embeds"):
+            torch.testing.assert_close(built[i][name], reference[i][name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_two_process_job_waits_for_another_jobs_build_then_builds(tiny_cogvideox_dir, sample_dataset_dir,
+                                                                     sample_cache, tmp_path):
+    # Only the job's main process waits on the lock; the other must wait with it, not fail or hang on a barrier.
+    cache_path = tmp_path / "cache" / sample_cache.path.name
+    cache_path.mkdir(parents=True)
+    other_job = open(cache_path / "build.lock", "a+")
+    fcntl.flock(other_job, fcntl.LOCK_EX)
+    command, env = _precompute_launch(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "cache", use_cpu=True)
+    log = tmp_path / "job.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until(lambda: f"another process is building this cache ({cache_path}); waiting" in log.read_text(),
+                    job, log, "message that it waits")
+    finally:
+        other_job.close()  # the other job ends without a cache (it was stopped): this one builds it
+    assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+    manifest = json.loads((cache_path / "manifest.json").read_text())
+    assert manifest["num_cached"] == 4 and manifest["encoded_by_process"] == {"0": 2, "1": 2}
