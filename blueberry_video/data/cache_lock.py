@@ -5,17 +5,17 @@ not lock, neither job removes or renames the other's work."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import secrets
 import shutil
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
+
+from blueberry_video.file_lock import holder, try_lock
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +26,10 @@ LOCK_POLL_SECONDS = 2.0
 
 def lock_state(handle, cache_path: Path) -> str:
     """"build" once this process holds the lock and the cache is still to build, "built" where another job
-    completed it meanwhile, "wait" while another job holds the lock."""
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    completed it meanwhile, "wait" while another job holds the lock. Where the filesystem does not lock, the
+    unique temporary names still keep two builders apart (both encode the same videos)."""
+    if not try_lock(handle, str(cache_path)):
         return "wait"
-    except OSError as error:  # some network filesystems do not lock: the unique temporary names still keep it safe
-        logger.warning("%s: could not lock it (%s); another job building this cache at once encodes the same "
-                       "videos again", cache_path, error)
-    else:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
     return "built" if (cache_path / "manifest.json").exists() else "build"
 
 
@@ -61,9 +52,8 @@ def building(cache_path: Path, accelerator):
             if state != "wait":
                 break
             if handle and not waited:
-                handle.seek(0)
                 logger.warning("another process is building this cache (%s); waiting (it is held by %s)",
-                               cache_path, handle.read() or "a process that is starting")
+                               cache_path, holder(handle))
             waited = True
             time.sleep(LOCK_POLL_SECONDS)
         yield state == "built"

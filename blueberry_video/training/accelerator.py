@@ -16,7 +16,7 @@ from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
 from blueberry_video.training.export import LORA_WEIGHTS
-from blueberry_video.training.run_folder import LOCK_FILE
+from blueberry_video.training.run_folder import LEFTOVER_FOLDERS, LOCK_FILE, SET_ASIDE_FOLDERS
 from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ RUN_OUTPUT_NAMES = frozenset({"config.yaml", "run_info.json", "metrics.jsonl", "
 # checkpoint-N and the checkpoint-N.tmp a killed save leaves (checkpoints.py); the tempfile folder export.py
 # writes the weights in before moving them into place, left behind if the export was killed; the checkpoints a
 # resume from an earlier one set aside (run_folder.py).
-RUN_OUTPUT_PATTERN = re.compile(r"checkpoint-\d+(\.tmp)?|tmp[a-z0-9_]{8}|set-aside-after-step-\d+-[\d-]+")
+RUN_OUTPUT_PATTERN = re.compile(rf"checkpoint-\d+|{LEFTOVER_FOLDERS.pattern}|{SET_ASIDE_FOLDERS.pattern}")
 
 
 def is_run_output(path: Path) -> bool:

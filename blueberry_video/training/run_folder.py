@@ -6,17 +6,15 @@ and `checkpoints_total_limit` follow the branch being trained and the abandoned 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.file_lock import holder, try_lock
 from blueberry_video.training.checkpoints import checkpoint_steps
 
 logger = logging.getLogger(__name__)
@@ -27,6 +25,7 @@ LOCK_FILE = ".blueberry-run.lock"
 LEFTOVER_FOLDERS = re.compile(r"checkpoint-\d+\.tmp|tmp[a-z0-9_]{8}")
 LEFTOVER_VIDEOS = "validation/.*.tmp.mp4"
 SET_ASIDE = "set-aside-after-step-{step}-{stamp}"
+SET_ASIDE_FOLDERS = re.compile(r"set-aside-after-step-\d+-[\d-]+")
 VALIDATION_STEP = re.compile(r"step-(\d+)-")
 
 
@@ -41,21 +40,10 @@ def hold_output_dir(accelerator, output_dir):
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK_FILE, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(f"output_dir={folder} is in use by another training run ({holder}): two runs would "
-                              f"overwrite each other's checkpoints and records. Wait for it to end (or stop it), or "
-                              f"pick another --output_dir") from None
-        except OSError as error:  # some network filesystems do not lock
-            logger.warning("output_dir=%s: could not lock it (%s); make sure no other run uses it", folder, error)
-        else:
-            handle.truncate(0)
-            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
-            handle.flush()
+        if not try_lock(handle, f"output_dir={folder}"):
+            raise ConfigError(f"output_dir={folder} is in use by another training run ({holder(handle)}): two runs "
+                              f"would overwrite each other's checkpoints and records. Wait for it to end (or stop "
+                              f"it), or pick another --output_dir")
         yield
     finally:
         handle.close()

@@ -111,13 +111,14 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
 def _train_holding_output_dir(config, family, accelerator, resume_path: Path | None, stop_after_step) -> TrainResult:
     resume_requested = config.resume_from_checkpoint is not None
+    resume_step = checkpoint_step(resume_path) if resume_path else None
     clear_earlier_run(accelerator, config, resuming=resume_path is not None)
     if accelerator.is_main_process:
         remove_leftovers(config.output_dir)
         if resume_path is not None:
-            set_aside_later_checkpoints(config.output_dir, resume_path, checkpoint_step(resume_path))
+            set_aside_later_checkpoints(config.output_dir, resume_path, resume_step)
     accelerator.wait_for_everyone()
-    start_trackers(accelerator, config, resume_step=checkpoint_step(resume_path) if resume_path else None)
+    start_trackers(accelerator, config, resume_step)
     output_dir = Path(config.output_dir)
     family.check_video_shape(config.max_num_frames, config.height, config.width)
     if config.validation_prompt:
