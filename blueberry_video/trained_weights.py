@@ -18,8 +18,8 @@ from blueberry_video.errors import ConfigError, ModelLayoutError
 from blueberry_video.models import family_names, get_family_class
 from blueberry_video.training.checkpoints import LORA_FILE, STATE_FILE, checkpoint_steps
 from blueberry_video.training.export import LORA_WEIGHTS
-
-RUN_CONFIG, RUN_INFO = "config.yaml", "run_info.json"  # written into every run's output_dir (training/records.py)
+from blueberry_video.training.lora import lora_file_in_folder
+from blueberry_video.training.records import RUN_CONFIG, RUN_INFO
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,8 @@ def resolve_lora(family, given: str | Path) -> LoraWeights:
 
 def lora_file_in(folder: Path) -> Path:
     """The exported LoRA of a run's output_dir, or the adapter of one of its checkpoint-N folders."""
-    for name in (LORA_WEIGHTS, LORA_FILE):
-        if (folder / name).is_file():
-            return folder / name
+    if (found := lora_file_in_folder(folder)) is not None:
+        return found
     if (folder / "model_index.json").is_file():
         raise ConfigError(f"--lora {folder}: this is a whole pipeline (model_index.json), not a LoRA; give it as "
                           f"--model")

@@ -12,9 +12,9 @@ from accelerate import init_empty_weights
 
 from blueberry_video.models.base import model_class
 from blueberry_video.training.file_modes import apply_umask
-from blueberry_video.training.lora import lora_metadata, lora_state_dict
+from blueberry_video.training.lora import LORA_FILE_NAMES, lora_metadata, lora_state_dict
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_WEIGHTS = LORA_FILE_NAMES[0]
 
 
 def export_trained_weights(accelerator, family, transformer, output_dir, training_mode: str, dtype: torch.dtype) -> Path:

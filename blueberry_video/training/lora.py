@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 ADAPTER = "default"
 # The adapter a LoRA run's checkpoint-N holds (checkpoints.py), in peft's key names.
 CHECKPOINT_ADAPTER_FILE = "lora_adapter.safetensors"
+# Where a folder's LoRA is, in order: a run's export (training/export.py), a checkpoint's adapter.
+LORA_FILE_NAMES = ("pytorch_lora_weights.safetensors", CHECKPOINT_ADAPTER_FILE)
 
 
 def lora_targets(configured: list | None, family) -> list[str]:
@@ -43,6 +45,11 @@ def add_lora(transformer, config, family) -> None:
         load_lora_into(transformer, config.init_lora_weights)
 
 
+def lora_file_in_folder(folder: Path) -> Path | None:
+    """The LoRA a folder holds: a run's export, else a LoRA checkpoint's adapter; None when neither is there."""
+    return next((folder / name for name in LORA_FILE_NAMES if (folder / name).is_file()), None)
+
+
 def lora_file(path: str | Path) -> Path:
     """The .safetensors file of a LoRA given as the file, the folder it was exported to, or a checkpoint-N."""
     path = Path(path)
@@ -50,11 +57,10 @@ def lora_file(path: str | Path) -> Path:
         if not path.is_file():
             raise ConfigError(f"init_lora_weights={path}: no such file")
         return path
-    for name in ("pytorch_lora_weights.safetensors", CHECKPOINT_ADAPTER_FILE):  # a run's output, a checkpoint
-        if (path / name).is_file():
-            return path / name
-    raise ConfigError(f"init_lora_weights={path}: no pytorch_lora_weights.safetensors (a run's output_dir) or "
-                      f"{CHECKPOINT_ADAPTER_FILE} (a LoRA run's checkpoint-N) there")
+    if (found := lora_file_in_folder(path)) is None:
+        raise ConfigError(f"init_lora_weights={path}: no {LORA_FILE_NAMES[0]} (a run's output_dir) or "
+                          f"{CHECKPOINT_ADAPTER_FILE} (a LoRA run's checkpoint-N) there")
+    return found
 
 
 def load_lora_into(transformer, path: str | Path) -> None:

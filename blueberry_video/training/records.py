@@ -20,6 +20,9 @@ MODEL_CARD_MARK = "Trained with blueberry-video."
 # Where the card goes when output_dir holds the user's README.md.
 MODEL_CARD_BESIDE_README = "MODEL_CARD.md"
 
+# What every run writes into its output_dir when it starts: its settings, and how and where it ran.
+RUN_CONFIG, RUN_INFO = "config.yaml", "run_info.json"
+
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "datasets", "blueberry-video")
 
 
@@ -53,16 +56,16 @@ def write_run_info(output_dir, config, family_name: str, num_processes: int, eng
     segments = []
     if resumed_from is not None:
         earlier_run = Path(resumed_from).parent
-        segment.update(resumed_from=str(resumed_from), changed=changed_settings(earlier_run / "config.yaml", config))
+        segment.update(resumed_from=str(resumed_from), changed=changed_settings(earlier_run / RUN_CONFIG, config))
         # The earlier starts of the run resumed (another output_dir's, when branched into a new one), up to its step.
-        earlier_info = earlier_run / "run_info.json"
+        earlier_info = earlier_run / RUN_INFO
         if earlier_info.is_file():
             segments = [s for s in json.loads(earlier_info.read_text()).get("segments", [])
                         if s["from_step"] < resumed_step]
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (output_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     info = {"family": family_name, "num_processes": num_processes, "engine": engine, "versions": package_versions(),
             "git_commit": git_commit(), "segments": segments + [segment]}
-    (output_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+    (output_dir / RUN_INFO).write_text(json.dumps(info, indent=1))
 
 
 # Settings that say how a run was started, not how it trains.
