@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ class Entry:
     target: str  # which figure of docs/performance.md it gives
     module: str  # benchmarks.<module>
     args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # set for this entry's process only
 
     def command(self, tiny: bool = False) -> list[str]:
         args = list(self.args)
@@ -56,9 +58,35 @@ def _train(preset, *flags, steps=10, warmup=3, frames=None):
     return ("--preset", preset, *shape, "--batch", "1", *flags, "--steps", str(steps), "--warmup", str(warmup))
 
 
-# Most important first. The first GPU session (an H200, 2026-11-26; results in benchmarks/results/) measured
-# the entries from `2b-lora` on; the ones it had no time for, and those its figures called for, lead.
+# An 80 GB H100 leaves about 78.5 GiB to tensors after the CUDA context; train_step holds the allocator to it.
+LIMIT_80GB = ("--memory-limit-gib", "78.5")
+EXPANDABLE_SEGMENTS = (("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)
+
+
+def _hunyuan_frames(frames, *flags):
+    """One HunyuanVideo LoRA step at this frame count: memory only."""
+    return _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", *flags, steps=1,
+                  warmup=0, frames=frames)
+
+
+# Most important first. Two H200 sessions (2026-11-26; results in benchmarks/results/) measured every entry from
+# `hunyuan-173f` on but `2b-overhead`'s GPU figure in the second; what their figures left open leads. At 173
+# frames HunyuanVideo allocated 73.4 GiB but the H200's allocator, never short of memory, reserved 83.5: only
+# an allocator held to an 80 GB card's size says which frame counts fit one.
 SUITE = (
+    Entry("hunyuan-177f-80gb", "HunyuanVideo at 177 frames, allocator held to an 80 GB card's 78.5 GiB: the "
+          "largest frame count (estimated 75.07 GiB allocated)", "train_step", _hunyuan_frames(177, *LIMIT_80GB)),
+    Entry("hunyuan-181f-80gb", "the same at 181 frames (estimated 76.18 GiB)", "train_step",
+          _hunyuan_frames(181, *LIMIT_80GB)),
+    Entry("hunyuan-181f-80gb-expandable", "181 frames held to 78.5 GiB with expandable segments (less "
+          "fragmentation): what fits when the default allocator does not", "train_step",
+          _hunyuan_frames(181, *LIMIT_80GB), env=EXPANDABLE_SEGMENTS),
+    Entry("hunyuan-33f-gc-0.65-80gb", "the least-recomputation HunyuanVideo run (73.8 GiB allocated, 83.4 reserved "
+          "on the H200) held to 78.5 GiB: does it still run, and as fast?", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
+                 "--gradient-checkpointing-ratio", "0.65", *LIMIT_80GB, steps=3, warmup=2)),
+    Entry("hunyuan-173f-80gb", "173 frames (73.4 GiB allocated on the H200) held to 78.5 GiB", "train_step",
+          _hunyuan_frames(173, *LIMIT_80GB)),
     Entry("hunyuan-173f", "HunyuanVideo: the estimated largest frame count fits (memory only)", "train_step",
           _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
                  steps=1, warmup=0, frames=173)),
@@ -117,9 +145,9 @@ SUITE = (
 )
 ENTRIES = {entry.name: entry for entry in SUITE}
 # The figures docs/performance.md's target table names, most important first: on a card with none yet (the
-# targets name an H100; the first session had an H200), these come before the rest.
-TARGETS = ("2b-full-8bit-mfu", "2b-full-8bit-compile-mfu", "2b-lora", "2b-lora-diffusers-layout", "5b-lora-24gb",
-           "hunyuan-33f", "hunyuan-173f", "2b-overhead")
+# targets name an H100; both sessions so far had an H200), these come before the rest.
+TARGETS = ("2b-full-8bit-compile-mfu", "2b-full-8bit-mfu", "2b-lora", "2b-lora-diffusers-layout", "5b-lora-24gb",
+           "hunyuan-33f", "hunyuan-177f-80gb", "hunyuan-181f-80gb", "2b-overhead")
 MIN_SECONDS_TO_START = 45  # below this an entry is left for the next call rather than cut off
 LOG_TAIL_CHARS = 3000
 
@@ -127,10 +155,12 @@ LOG_TAIL_CHARS = 3000
 def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
     command = entry.command(tiny)
     record = {"name": entry.name, "target": entry.target,
-              "command": " ".join(["python", "-m", *command[2:]]), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "command": " ".join([*(f"{name}={value}" for name, value in entry.env), "python", "-m", *command[2:]]),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit)
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit,
+                              env={**os.environ, **dict(entry.env)})
         stdout, log = done.stdout, done.stderr
     except subprocess.TimeoutExpired as expired:
         stdout, log, done = "", _text(expired.stderr), None
@@ -228,8 +258,8 @@ def _other_figures(record: dict) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     """One row per entry: the figures docs/performance.md records, then the command that gave each."""
-    rows = ["| entry | device | seconds per step/render/batch | MFU | peak GiB | estimate GiB | attention kernel "
-            "| other | status |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| entry | device | seconds per step/render/batch | MFU | peak allocated GiB | peak reserved GiB "
+            "| estimate GiB | attention kernel | other | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for record in records:
         result = record.get("result", {})
         mfu = result.get("mfu")
@@ -238,7 +268,7 @@ def markdown_table(records: list[dict]) -> str:
                     None)
         rows.append("| " + " | ".join([
             f"`{record['name']}`", result.get("device", ""), f"{step:.3f}" if step else "",
-            f"{mfu:.1%}" if mfu else "", _gib(result.get("peak_memory_gb")),
+            f"{mfu:.1%}" if mfu else "", _gib(result.get("peak_memory_gb")), _gib(result.get("peak_reserved_gb")),
             _gib(result.get("estimated_peak_memory_gb")), kernels[0] if kernels else "",
             _other_figures(record).replace("|", "/"), record["status"]]) + " |")
     commands = [f"- `{r['name']}` ({r.get('started', '')}): `{r['command']}`" for r in records if "command" in r]
@@ -258,7 +288,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.list:
         for entry in SUITE:
-            print(f"{entry.name}: {entry.target}\n    python -m {' '.join(entry.command(args.tiny)[2:])}")
+            environment_flags = "".join(f"{name}={value} " for name, value in entry.env)
+            print(f"{entry.name}: {entry.target}\n    {environment_flags}python -m "
+                  f"{' '.join(entry.command(args.tiny)[2:])}")
         return None
     if args.table:
         print(markdown_table(json.loads((Path(args.table) / "summary.json").read_text())))

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --preset cogvideox-2b --mode lora --frames 49 --height 480 --width 720 \
         --batch 1 --gradient-checkpointing [--8bit-adam] [--layerwise-casting] [--compile] [--profile] \
-        [--resident-encoders] [--estimate] [--json]
+        [--resident-encoders] [--estimate] [--memory-limit-gib G] [--json]
     python benchmarks/train_step.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # runs on CPU
 
 Real-size presets (cogvideox-2b, cogvideox-5b, hunyuan-video) build the transformer with random weights from
@@ -14,6 +14,7 @@ benchmarks/model_flops.py says, and docs/performance.md), and peak GPU memory.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -71,8 +72,21 @@ def parse_args(argv=None):
                              "(random weights; their per-step prompt encoding is not run)")
     parser.add_argument("--estimate", action="store_true",
                         help="also report `blueberry-video estimate-memory`'s peak for these settings, to check it")
+    parser.add_argument("--memory-limit-gib", type=float,
+                        help="cap the caching allocator at this many GiB, as a smaller card would (CUDA only): an "
+                             "H200 then answers whether a run fits an 80 GB H100, which leaves about 78.5 GiB to "
+                             "tensors after the CUDA context")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
+
+
+def limit_device_memory(limit_gib: float, device: torch.device) -> None:
+    """Past the limit the allocator first frees its cached blocks and retries, then raises out-of-memory: what it
+    does on a card of that size, fragmentation included, which the allocated peak alone does not show."""
+    if device.type != "cuda":
+        raise SystemExit("--memory-limit-gib needs a CUDA device")
+    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib / total_gib), device)
 
 
 def estimated_peak_gib(args, family, mixed_precision: str) -> float:
@@ -102,6 +116,8 @@ def secondary(what: str, measure) -> dict:
 def run(args) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     device = accelerator.device
+    if args.memory_limit_gib:
+        limit_device_memory(args.memory_limit_gib, device)
     weight_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     workdir = temporary_workdir()
     try:
@@ -171,6 +187,8 @@ def run(args) -> dict:
             "peak_memory_gb": peak_allocated,
             # What the caching allocator held: the figure to set against a card's size.
             "peak_reserved_gb": peak_reserved,
+            "memory_limit_gib": args.memory_limit_gib,
+            "allocator_config": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         }
         if breakdown is not None:
             result.update(breakdown)

@@ -249,6 +249,21 @@ def test_gpu_suite_keeps_each_entrys_result_and_error_and_tabulates_them(tmp_pat
     assert late[0]["status"] == "not started (time)"
 
 
+def test_gpu_suite_entry_runs_with_its_environment_and_the_memory_limit_needs_cuda(tmp_path):
+    from benchmarks import gpu_suite
+
+    entry = gpu_suite.Entry("tiny-expandable", "", "train_step",
+                            gpu_suite._train("cogvideox-2b", "--mode", "lora", "--rank", "4", steps=1, warmup=0),
+                            env=gpu_suite.EXPANDABLE_SEGMENTS)
+    record = gpu_suite.run_entry(entry, tmp_path, 300, tiny=True)
+    assert record["status"] == "ok", record.get("log_tail")
+    assert record["result"]["allocator_config"] == "expandable_segments:True"
+    assert record["command"].startswith("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m ")
+
+    limited = gpu_suite.main(["--tiny", "--out", str(tmp_path / "limited"), "--only", "hunyuan-177f-80gb"])
+    assert limited[0]["error"] == "--memory-limit-gib needs a CUDA device"
+
+
 def test_gpu_suite_entries_run_real_presets_at_the_target_shapes():
     from benchmarks import gpu_suite
 

@@ -47,6 +47,15 @@ def build_accelerator(config) -> Accelerator:
     return accelerator
 
 
+def release_process_group() -> None:
+    """End a multi-process run's process group before the interpreter exits. Left to the interpreter's
+    teardown, a rank of a finished CPU (gloo) run now and then aborted with "terminate called without an active
+    exception" (a group's thread destroyed while still running), turning a good run's exit status into a
+    failure; NCCL warns about the same."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def check_layerwise_casting(accelerator: Accelerator, config) -> None:
     """float8 storage of frozen weights is for one GPU's memory; the engines that shard the weights gather them
     in one dtype and fail on float8 (on CPU processes FSDP1 refuses mixed dtypes when it wraps the model, FSDP2

@@ -26,6 +26,7 @@ from blueberry_video.training.accelerator import (
     clear_earlier_run,
     engine_name,
     fit_fsdp_wrap_classes,
+    release_process_group,
     transformer_load_dtype,
     weight_dtype,
 )
@@ -90,9 +91,12 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
 
     config = parse_config(argv, description=description)
     try:
-        return train(config, family_class.from_config(config))
+        result = train(config, family_class.from_config(config))
     except torch.OutOfMemoryError as error:
         raise OutOfMemoryHelp(out_of_memory_message(config, str(error).splitlines()[0])) from error
+    # Only after a finished run: a rank that failed must not wait here on a group its peers still use.
+    release_process_group()
+    return result
 
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
