@@ -5,7 +5,6 @@ the run's own rank and lora_alpha. Unset video settings come from the training r
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 
 from blueberry_video.data.video_writer import write_mp4
 from blueberry_video.models import load_family
+from blueberry_video.models.base import VideoSettings
 from blueberry_video.trained_weights import (
     RUN_CONFIG,
     LoraWeights,
@@ -25,25 +25,11 @@ from blueberry_video.training.attention import NATIVE, apply_attention_backend, 
 from blueberry_video.training.lora import ADAPTER, add_lora
 
 
-@dataclass(frozen=True)
-class VideoSettings:
-    num_frames: int
-    height: int
-    width: int
-    fps: float
-
-
-# Without a training run to take them from: the shape and frame rate each family's models are usually sampled
-# at (CogVideoX-2b/5b's 49x480x720 at 8 fps; HunyuanVideo as diffusers' docs sample and export it).
-FAMILY_VIDEO = {"cogvideox": VideoSettings(49, 480, 720, 8), "hunyuan_video": VideoSettings(61, 320, 512, 15)}
-DEFAULT_VIDEO = FAMILY_VIDEO["cogvideox"]
-
-
 def video_settings(family, run: TrainingRun | None, **given) -> tuple[VideoSettings, str]:
     """The video to make from `given` (num_frames, height, width, fps; None where unset): unset ones as the
     training run trained (and saved its validation videos), else the family's usual. Also a line saying so."""
     trained = run.trained_video if run is not None else {}
-    usual = dataclasses.asdict(FAMILY_VIDEO.get(family.name, DEFAULT_VIDEO))
+    usual = dataclasses.asdict(family.usual_video)
     values, origins = {}, {}
     for name, value in given.items():
         if value is None and trained.get(name) is not None:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from blueberry_video.cli import main
 from blueberry_video.data.decode import FrameSampling, decode_video
 from blueberry_video.errors import ConfigError, ModelLayoutError
-from blueberry_video.generate import FAMILY_VIDEO, load_pipeline, video_settings
+from blueberry_video.generate import load_pipeline, video_settings
 from blueberry_video.trained_weights import resolve_lora
 from blueberry_video.models import load_family
 from blueberry_video.models.cogvideox import CogVideoXFamily
@@ -114,7 +114,7 @@ def test_video_settings_default_to_the_runs_then_to_the_familys(tmp_path, tiny_c
     # An unset shape is the family's usual too (not CogVideoX's 49x480x720 for every family).
     hunyuan = load_family("hunyuan_video", tiny_hunyuan_video_dir)
     settings, _ = video_settings(hunyuan, None, num_frames=None, height=None, width=None, fps=None)
-    assert settings == FAMILY_VIDEO["hunyuan_video"] and (settings.num_frames, settings.height) == (61, 320)
+    assert settings == HunyuanVideoFamily.usual_video and (settings.num_frames, settings.height) == (61, 320)
 
 
 def generate_refused(model: Path, out: Path, *flags: str, match: str, error=ConfigError) -> None:
@@ -170,7 +170,7 @@ def test_generate_help_shows_what_each_option_defaults_to(capsys):
                  "--fps FPS frame rate of the .mp4 (default: the run's validation_fps or fps, else the family's "
                  "usual)"):
         assert line in text
-    for usual, name in ((FAMILY_VIDEO["cogvideox"], "CogVideoX"), (FAMILY_VIDEO["hunyuan_video"], "HunyuanVideo")):
+    for usual, name in ((CogVideoXFamily.usual_video, "CogVideoX"), (HunyuanVideoFamily.usual_video, "HunyuanVideo")):
         assert f"{name} {usual.num_frames} frames at {usual.height}x{usual.width}, {usual.fps:g} fps" in text
     with pytest.raises(SystemExit):
         main(["create-sample-videos", "--help"])

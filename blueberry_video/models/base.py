@@ -35,6 +35,14 @@ class PromptLengths:
     counts: list[int]
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+
+
 class ModelFamily(ABC):
     """How one model family loads, encodes, computes its training loss and builds its pipeline."""
 
@@ -53,6 +61,9 @@ class ModelFamily(ABC):
     attention_takes_mask: ClassVar[bool] = False
     # Whether the objective is flow matching, which reads the weighting_scheme / flow_shift settings.
     trains_with_flow_matching: ClassVar[bool] = False
+    # The video `generate` makes without a training run to take its shape and frame rate from: the family's
+    # published models' usual.
+    usual_video: ClassVar[VideoSettings]
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)

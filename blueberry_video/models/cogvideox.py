@@ -14,6 +14,7 @@ from blueberry_video.models.base import (
     Encoders,
     ModelFamily,
     PromptLengths,
+    VideoSettings,
     nearest_valid,
     unwrap_model,
     vae_latent_distribution,
@@ -29,6 +30,7 @@ class CogVideoXFamily(ModelFamily):
     required_subfolders = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     default_lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
     block_class_names = ("CogVideoXBlock",)
+    usual_video = VideoSettings(num_frames=49, height=480, width=720, fps=8)  # CogVideoX-2b/5b's
     # diffusers' CogVideoX attention processor calls torch's SDPA itself, without a mask.
     uses_attention_dispatch = False
 

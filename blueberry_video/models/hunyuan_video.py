@@ -14,6 +14,7 @@ from blueberry_video.models.base import (
     Encoders,
     ModelFamily,
     PromptLengths,
+    VideoSettings,
     unwrap_model,
     vae_latent_distribution,
 )
@@ -45,6 +46,7 @@ class HunyuanVideoFamily(ModelFamily):
     uses_attention_dispatch = True
     attention_takes_mask = True  # the padding of the text tokens, masked as keys
     trains_with_flow_matching = True
+    usual_video = VideoSettings(num_frames=61, height=320, width=512, fps=15)  # as diffusers' docs sample it
 
     def __init__(
         self,
