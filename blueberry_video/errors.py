@@ -24,6 +24,15 @@ class OutOfMemoryHelp(BlueberryError, MemoryError):
     """The GPU ran out of memory; the message lists this recipe's memory options."""
 
 
+class StoppedBySignal(BlueberryError):
+    """SIGTERM or Ctrl-C stopped work outside the training loop; the message says what was kept. The exit
+    status is the shell's for that signal (143, 130), which schedulers read as "stopped", not "failed"."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
 def exit_on_error(entry_point, *args):
     """Run a script's entry point: the toolkit's own errors (a setting, a file, a launch to fix) print as one
     `error: ...` line on stderr and exit with status 1, where a traceback would bury the message under lines of
@@ -34,7 +43,7 @@ def exit_on_error(entry_point, *args):
         if os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(getattr(error, "exit_status", 1)) from None
 
 
 def out_of_memory_message(config, detail: str) -> str:

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
+from blueberry_video.stop_signals import stop_with_message
 from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
 from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
 from blueberry_video.data.formats import DatasetFormatError, DatasetListing, first_few, load_dataset_entries
@@ -340,8 +341,14 @@ def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path
     older = older_cache(cache_path.parent, cache_path, family, settings, [key for keys in chunk_keys for key in keys])
     encoders = functools.cache(
         lambda: family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling))
-    with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
-              disable=rank != 0) as progress:
+    def kept() -> str:
+        encoded = sum(len(chunk) for chunk, folder in zip(chunks, chunk_dirs) if folder.exists())
+        return (f"stopped while encoding the latent cache {cache_path}: {encoded} of "
+                f"{sum(len(chunk) for chunk in chunks)} videos are encoded and kept (whole chunks of {len(chunks[0])}); "
+                "run the same command again to continue from them")
+
+    with stop_with_message(kept), tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos",
+                                        unit="video", disable=rank != 0) as progress:
         for i in todo:
             # Done meanwhile by another job building the same cache where the filesystem does not lock.
             if chunk_dirs[i].exists() or (cache_path / "manifest.json").exists():

@@ -722,3 +722,38 @@ def test_a_two_process_job_waits_for_another_jobs_build_then_builds(tiny_cogvide
     assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
     manifest = json.loads((cache_path / "manifest.json").read_text())
     assert manifest["num_cached"] == 4 and manifest["encoded_by_process"] == {"0": 2, "1": 2}
+
+
+@pytest.mark.slow
+def test_sigterm_while_encoding_says_what_is_kept_and_the_next_run_encodes_only_the_rest(tiny_cogvideox_dir,
+                                                                                          tmp_path):
+    import signal
+
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    def finished_chunks():  # not the .tmp folders being written
+        return [p for p in (tmp_path / "cache").glob("*/chunks/*") if re.fullmatch(r"\d{6}-\d{6}", p.name)]
+
+    data = tmp_path / "videos"
+    create_sample_videos(data, num=12)
+    command = [sys.executable, "-m", "blueberry_video.cli", "precompute", "--model", str(tiny_cogvideox_dir),
+               "--data", str(data), "--out", str(tmp_path / "cache"), "--height", "96", "--width", "160",
+               "--num-frames", "9", "--chunk-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not finished_chunks():
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    kept = re.search(r"error: SIGTERM: stopped while encoding the latent cache .*: (\d+) of 12 videos are encoded "
+                     r"and kept .*run the same command again", stderr)
+    assert kept and "Traceback" not in stderr, stderr[-2000:]
+    assert 1 <= int(kept.group(1)) < 12
+
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    remaining = 12 - int(kept.group(1))
+    assert f"| {remaining}/{remaining} " in again.stderr  # only the videos not kept went through the encoders
+    assert "12 cached" in again.stdout

@@ -1,0 +1,34 @@
+"""SIGTERM (what SLURM and Kubernetes send before they kill a job) and Ctrl-C during long work outside the
+training loop, such as encoding the latent cache: stop at once, as those signals do, but with a line saying
+what was kept instead of a bare "Terminated" or a traceback. The training loop has its own handling (a
+checkpoint first: training/preemption.py)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from blueberry_video.errors import StoppedBySignal
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def stop_with_message(message: Callable[[], str]):
+    """Within the block, SIGTERM and SIGINT raise StoppedBySignal with `message()`, asked when the signal comes
+    so that it can count the work done by then."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        raise StoppedBySignal(f"{signal.Signals(signum).name}: {message()}", signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
