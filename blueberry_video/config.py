@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import math
 import types
 import warnings
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.training.trackers import trackers_to_start
 
 
 def checkpoint_folder(output_dir, resume_from_checkpoint: str) -> Path:
@@ -123,7 +123,8 @@ class TrainConfig:
     guidance_scale: float = _opt(6.0, "classifier-free guidance scale for validation videos")
     validation_fps: float | None = _opt(None, "frame rate of the saved validation .mp4 files (default: fps, the rate "
                                               "training clips were sampled at, so motion plays at its speed; else 8)")
-    report_to: str = _opt("none", "trackers", ["none", "tensorboard", "wandb", "all"])
+    report_to: str = _opt("none", "trackers (all: tensorboard and wandb, those installed)",
+                          ["none", "tensorboard", "wandb", "all"])
     tracker_project_name: str = _opt("blueberry-video", "tracker project/run group name")
     logging_steps: int = _opt(1, "log metrics every N steps")
 
@@ -287,12 +288,11 @@ def validate(config: TrainConfig) -> None:
     if config.gradient_checkpointing_ratio < 1 and not config.gradient_checkpointing:
         raise ConfigError(f"gradient_checkpointing_ratio={config.gradient_checkpointing_ratio} only applies with "
                           "gradient_checkpointing: add --gradient_checkpointing, or drop the ratio")
-    tracker_packages = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
-    if config.report_to in tracker_packages and not any(importlib.util.find_spec(package)
-                                                        for package in tracker_packages[config.report_to]):
+    if config.report_to != "none" and not trackers_to_start(config.report_to):
         # accelerate would only warn, and the run would log nowhere.
-        raise ConfigError(f"report_to={config.report_to}: the {config.report_to} package is not installed; "
-                          f"pip install {config.report_to}, or --report_to none")
+        wanted = "tensorboard or wandb" if config.report_to == "all" else config.report_to
+        raise ConfigError(f"report_to={config.report_to}: the {wanted} package is not installed; "
+                          f"pip install {wanted.replace(' or ', ' / ')}, or --report_to none")
     if config.validation_fps is not None and config.validation_fps <= 0:
         raise ConfigError(f"validation_fps={config.validation_fps}: must be positive, or unset to save at fps")
     if config.fps is not None and config.fps <= 0:

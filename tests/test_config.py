@@ -212,3 +212,20 @@ def test_a_tracker_that_is_not_installed_is_refused(tmp_path, monkeypatch):
         parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", "--report_to", "wandb"])
     assert parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data",
                          "--report_to", "tensorboard"]).report_to == "tensorboard"
+
+
+def test_report_to_all_means_the_trackers_set_up_here_and_needs_one_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from blueberry_video.training.trackers import trackers_to_start
+
+    real_find_spec = importlib.util.find_spec
+    # accelerate's "all" would also start MLflow, Comet, Aim... wherever installed, writing where they default to.
+    assert trackers_to_start("all") == [name for name in ("tensorboard", "wandb")
+                                        if real_find_spec(name) or (name == "tensorboard" and real_find_spec("tensorboardX"))]
+    missing = {"wandb", "tensorboard", "tensorboardX"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="report_to=all: the tensorboard or wandb package is not installed"):
+        parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", "--report_to", "all"])
+    missing.remove("tensorboard")
+    assert trackers_to_start("all") == ["tensorboard"]

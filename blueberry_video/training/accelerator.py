@@ -18,12 +18,13 @@ from blueberry_video.errors import ConfigError, LaunchError
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.run_folder import LEFTOVER_FOLDERS, LOCK_FILE, SET_ASIDE_FOLDERS
 from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
+from blueberry_video.training.trackers import trackers_to_start
 
 logger = logging.getLogger(__name__)
 
 
 def build_accelerator(config) -> Accelerator:
-    trackers = None if config.report_to == "none" else config.report_to
+    trackers = trackers_to_start(config.report_to)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,

@@ -14,6 +14,19 @@ from blueberry_video.errors import ConfigError
 # The id of the run's wandb run, kept beside the tracker files so that a resume finds it (and
 # --overwrite_output_dir, which removes logs/, forgets it).
 WANDB_RUN_ID_FILE = "wandb_run_id"
+# The trackers whose files and resume this module sets up, and the packages that provide each.
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+SUPPORTED_TRACKERS = tuple(TRACKER_PACKAGES)
+
+
+def trackers_to_start(report_to: str) -> list[str] | None:
+    """`log_with` for the Accelerator. accelerate's own "all" starts every tracker package it finds installed
+    (MLflow, Comet, Aim, ...), each writing where its defaults say, such as ./mlruns in the folder the job
+    started from; ours means the trackers set up here. Only those installed: the config refuses an empty list."""
+    if report_to == "none":
+        return None
+    names = SUPPORTED_TRACKERS if report_to == "all" else (report_to,)
+    return [name for name in names if any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name])]
 
 
 def tracker_init_kwargs(config, logging_dir: Path, resume_step: int | None) -> dict:
