@@ -122,15 +122,15 @@ class TrainConfig:
     num_inference_steps: int = _opt(50, "denoising steps for validation videos")
     guidance_scale: float = _opt(6.0, "classifier-free guidance scale for validation videos")
     validation_fps: float | None = _opt(None, "frame rate of the saved validation .mp4 files (default: fps, the rate "
-                                              "training clips were sampled at, so motion plays at its speed; else 8)")
+                                              "training clips were sampled at, so motion plays at its speed; else the "
+                                              "model family's usual: 8 for CogVideoX, 15 for HunyuanVideo)")
     report_to: str = _opt("none", "trackers (all: tensorboard and wandb, those installed)",
                           ["none", "tensorboard", "wandb", "all"])
     tracker_project_name: str = _opt("blueberry-video", "tracker project/run group name")
     logging_steps: int = _opt(1, "log metrics every N steps")
 
-    @property
-    def resolved_validation_fps(self) -> float:
-        return self.validation_fps or self.fps or 8
+    def resolved_validation_fps(self, family) -> float:
+        return self.validation_fps or self.fps or family.usual_video.fps
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -183,7 +183,7 @@ def usage_code(output_dir: Path, config, family) -> str:
     torch_import = "import torch\n" if dtype else ""
     return (f"{torch_import}{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
             f"video = pipe({prompt!r}{arguments}).frames[0]\n"
-            f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps:g})")
+            f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps(family):g})")
 
 
 def non_default_call_arguments(family, config) -> dict:

@@ -139,7 +139,7 @@ def run_validation(accelerator, family, transformer, config, step: int, dtype: t
             for j, clip in enumerate(clips):
                 frames = (np.clip(clip, 0, 1) * 255).round().astype(np.uint8)
                 path = _unique(out_dir / f"step-{step:06d}-prompt{i}-{j}.mp4")
-                write_mp4(frames, path, fps=config.resolved_validation_fps)
+                write_mp4(frames, path, fps=config.resolved_validation_fps(family))
                 rendered.append((i, j, str(path), frames[[0, len(frames) // 2, -1]]))
         del pipe
     model.train(was_training)

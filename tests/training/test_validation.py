@@ -70,17 +70,20 @@ def test_validation_denoises_under_autocast_and_decodes_outside_it(family_name, 
     assert decoders and not any(decoders.values()), autocast_during
 
 
-@pytest.mark.parametrize("fps, validation_fps, saved_at", [(24.0, None, 24.0), (24.0, 10.0, 10.0), (None, None, 8.0)])
-def test_validation_videos_play_at_the_rate_training_clips_were_sampled_at(fps, validation_fps, saved_at,
-                                                                            tiny_cogvideox_dir, tmp_path,
-                                                                            fresh_accelerate_state):
+@pytest.mark.parametrize("family_name, fps, validation_fps, saved_at", [
+    ("cogvideox", 24.0, None, 24.0), ("cogvideox", 24.0, 10.0, 10.0),
+    # consecutive source frames (no fps): the family's usual rate
+    ("cogvideox", None, None, 8.0), ("hunyuan_video", None, None, 15.0)])
+def test_validation_videos_play_at_the_rate_training_clips_were_sampled_at(family_name, fps, validation_fps, saved_at,
+                                                                            request, tmp_path, fresh_accelerate_state):
     import imageio.v3 as iio
     from accelerate import Accelerator
 
     from blueberry_video.training.validation import run_validation
 
-    family = get_family_class("cogvideox")(tiny_cogvideox_dir)
-    config = TrainConfig(pretrained_model_name_or_path=str(tiny_cogvideox_dir), dummy_data=True, max_num_frames=9,
+    model_dir = request.getfixturevalue(f"tiny_{family_name}_dir")
+    family = get_family_class(family_name)(model_dir)
+    config = TrainConfig(pretrained_model_name_or_path=str(model_dir), dummy_data=True, max_num_frames=9,
                          height=96, width=160, num_inference_steps=1, validation_prompt=["a red ball"],
                          output_dir=str(tmp_path), fps=fps, validation_fps=validation_fps)
     videos = run_validation(Accelerator(cpu=True), family, family.load_transformer(dtype=torch.float32), config,
