@@ -185,9 +185,9 @@ def _print_memory_estimate(args, config, family_name):
 def _new_experiment(args):
     from blueberry_video.experiments import new_experiment
 
-    path = new_experiment(args.name, base_dir=args.dir, from_config=args.from_config)
+    path = new_experiment(args.name, base_dir=args.dir, from_config=args.from_config, family=args.family)
     print(f"experiment created in {path}: write the question and hypothesis in {path / 'README.md'}, "
-          f"then run {path / 'config.yaml'} with `blueberry-video train --config`")
+          f"then run it as its 'How to run' says")
 
 
 def _report(args):
@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="folder name, e.g. lr-sweep")
     p.add_argument("--from", dest="from_config", help="start from this config instead of the template's")
     p.add_argument("--dir", default="experiments", help="folder the experiment goes in")
+    p.add_argument("--family", choices=family_names(),
+                   help="model family its commands train (default: the --from config's model folder's, else the one "
+                        "its file name names; cogvideox for the template)")
     p.set_defaults(run=_new_experiment)
 
     p = verbs.add_parser("report", help="compare runs: the settings that differ, their losses, one loss plot")

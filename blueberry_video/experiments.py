@@ -8,10 +8,13 @@ from pathlib import Path
 
 from blueberry_video.config import load_yaml
 from blueberry_video.errors import ConfigError
+from blueberry_video.models import family_for_model_dir, family_names
 
 # The template lives in the repository, next to the experiments made from it, not inside the package.
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "experiments" / "exp_template"
+TEMPLATE_FAMILY = "cogvideox"  # the template's config trains the CogVideoX demo
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+OUTPUT_DIR_LINE = re.compile(r"^output_dir:.*$", re.MULTILINE)
 
 
 def check_experiment_name(name: str) -> None:
@@ -20,9 +23,25 @@ def check_experiment_name(name: str) -> None:
                           f"letter or digit (and not {TEMPLATE_DIR.name!r}), e.g. lr-sweep")
 
 
+def config_family(config_path: Path, settings: dict) -> str:
+    """The model family a config trains: its model folder's, else the one its file name names (the shipped
+    recipe configs are named after their model: hunyuan-video_lora.yaml)."""
+    model = settings.get("pretrained_model_name_or_path")
+    if model and Path(model).is_dir():
+        return family_for_model_dir(model)
+    squashed = re.sub(r"[-_]", "", config_path.stem.lower())
+    named = [name for name in family_names() if name.replace("_", "") in squashed]
+    if len(named) != 1:
+        raise ConfigError(f"{config_path}: cannot tell which model family it trains (it names no model folder "
+                          f"here, and its file name names {'no' if not named else 'more than one'} family): pass "
+                          f"--family ({', '.join(family_names())})")
+    return named[0]
+
+
 def new_experiment(name: str, base_dir: str | Path = "experiments", from_config: str | Path | None = None,
-                   template: str | Path = TEMPLATE_DIR) -> Path:
-    """Copy the template to `base_dir/name` with `{{name}}` filled in; `from_config` replaces its config.yaml."""
+                   template: str | Path = TEMPLATE_DIR, family: str | None = None) -> Path:
+    """Copy the template to `base_dir/name` with `{{name}}`, `{{family}}` and `{{recipe}}` filled in;
+    `from_config` replaces its config.yaml, with output_dir set to the experiment's own outputs/<name>."""
     check_experiment_name(name)
     template, target = Path(template), Path(base_dir) / name
     if not (template / "README.md").is_file():
@@ -31,11 +50,30 @@ def new_experiment(name: str, base_dir: str | Path = "experiments", from_config:
     if target.exists():
         raise ConfigError(f"{target} already exists: pick another experiment name, or delete that folder first")
     if from_config is not None:
-        load_yaml(from_config)  # refuse a config the run would refuse, before anything is written
+        from_config = Path(from_config)
+        settings = load_yaml(from_config)  # refuse a config the run would refuse, before anything is written
+        family = family or config_family(from_config, settings)
+    elif family not in (None, TEMPLATE_FAMILY):
+        raise ConfigError(f"the template's config trains the {TEMPLATE_FAMILY} demo: start a {family} experiment "
+                          f"from a {family} config with --from (e.g. one in recipes/configs/)")
+    family = family or TEMPLATE_FAMILY
     shutil.copytree(template, target)
+    fills = {"{{name}}": name, "{{family}}": family, "{{recipe}}": f"recipes/train_{family}.py"}
     for path in target.rglob("*"):
         if path.is_file() and path.suffix in (".md", ".yaml"):
-            path.write_text(path.read_text(encoding="utf-8").replace("{{name}}", name), encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
+            for placeholder, value in fills.items():
+                text = text.replace(placeholder, value)
+            path.write_text(text, encoding="utf-8")
     if from_config is not None:
-        shutil.copyfile(from_config, target / "config.yaml")
+        (target / "config.yaml").write_text(_with_own_output_dir(from_config.read_text(encoding="utf-8"), name),
+                                            encoding="utf-8")
     return target
+
+
+def _with_own_output_dir(config_text: str, name: str) -> str:
+    """Two experiments started from one config must not write into the same folder."""
+    line = f"output_dir: outputs/{name}"
+    if OUTPUT_DIR_LINE.search(config_text):
+        return OUTPUT_DIR_LINE.sub(line, config_text, count=1)
+    return config_text.rstrip("\n") + f"\n{line}\n"

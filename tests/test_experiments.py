@@ -14,6 +14,7 @@ from blueberry_video.demo import demo_config_path
 from blueberry_video.errors import ConfigError
 from blueberry_video.experiments import TEMPLATE_DIR, new_experiment
 from blueberry_video.report import RunRecordsError, compare_runs
+from tests.conftest import REPO_ROOT
 
 COMMENTED_SETTING = re.compile(r"^# ([a-z][a-z0-9_]*): ", re.MULTILINE)
 
@@ -62,8 +63,8 @@ def test_new_experiment_refuses_an_invalid_name(name, tmp_path):
 def test_new_experiment_from_a_config_copies_it(tmp_path):
     source = tmp_path / "base.yaml"
     source.write_text("rank: 64\nlearning_rate: 3.0e-4\n")
-    path = new_experiment("rank-64", base_dir=tmp_path / "experiments", from_config=source)
-    assert (path / "config.yaml").read_text() == source.read_text()
+    path = new_experiment("rank-64", base_dir=tmp_path / "experiments", from_config=source, family="cogvideox")
+    assert (path / "config.yaml").read_text() == source.read_text() + "output_dir: outputs/rank-64\n"
     assert "rank-64" in (path / "README.md").read_text()
 
 
@@ -204,3 +205,28 @@ def test_train_verb_refuses_an_unknown_flag(experiment):
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         cli.main(["train", "--config", str(experiment / "config.yaml"), "--learning_rat", "1e-3"])
 
+
+
+def test_new_experiment_from_a_recipe_config_runs_its_family_and_writes_its_own_outputs(tmp_path):
+    source = REPO_ROOT / "recipes" / "configs" / "hunyuan-video_lora.yaml"
+    path = new_experiment("hy-rank", base_dir=tmp_path, from_config=source)
+    readme = (path / "README.md").read_text()
+    assert "--family hunyuan_video --config experiments/hy-rank/config.yaml" in readme
+    assert "accelerate launch recipes/train_hunyuan_video.py" in readme
+    assert "--family cogvideox" not in readme and "train_cogvideox" not in readme
+    assert (REPO_ROOT / "recipes" / "train_hunyuan_video.py").is_file()
+    copied = load_yaml(path / "config.yaml")
+    assert copied["output_dir"] == "outputs/hy-rank"  # not the recipe's, which a second experiment would share
+    assert {k: v for k, v in copied.items() if k != "output_dir"} == {
+        k: v for k, v in load_yaml(source).items() if k != "output_dir"}
+    assert "# compile: true" in (path / "config.yaml").read_text()  # the config's comments are kept
+
+    unnamed = tmp_path / "mine.yaml"
+    unnamed.write_text("rank: 8\n")
+    with pytest.raises(ConfigError, match="cannot tell which model family .* pass --family"):
+        new_experiment("x", base_dir=tmp_path, from_config=unnamed)
+    assert "--family hunyuan_video" in (new_experiment("y", base_dir=tmp_path, from_config=unnamed,
+                                                       family="hunyuan_video") / "README.md").read_text()
+    assert load_yaml(tmp_path / "y" / "config.yaml")["output_dir"] == "outputs/y"
+    with pytest.raises(ConfigError, match="trains the cogvideox demo"):
+        new_experiment("z", base_dir=tmp_path, family="hunyuan_video")

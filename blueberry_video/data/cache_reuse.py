@@ -125,6 +125,5 @@ def why_not_reused(cache_root: Path, family, settings: CacheSettings) -> str | N
         why = (f"{cache_root} holds {len(differences)} cache(s) for other settings; the nearest differs in "
                f"{', '.join(nearest)} (model.* is the VAE/text encoder config, settings.* the training flags "
                "mixed_precision, fps, cache_dtype, ...)")
-    return (f"{why}. Once it is built, this run no longer needs the older cache folder(s) (the video latents it "
-            f"takes from them are copied): delete them if no other run (other settings, the old listing) needs them: "
-            f"{first_few(folders)}")
+    return (f"{why}. This run does not read those folders once its own cache is built (any video latents it "
+            f"reuses from them are copied), but runs with their settings do: {first_few(folders)}")

@@ -259,7 +259,7 @@ def test_a_caption_change_encodes_only_the_changed_text(change, family, sample_d
         else:
             assert torch.equal(trained[i]["prompt_embeds"], before[i]["prompt_embeds"])
     # The old folder is not read any more: the warning says so, and how much space deleting it frees.
-    assert re.search(rf"delete them if no other run .*: {re.escape(str(old.path))} \(\d+\.\d MiB\)", caplog.text)
+    assert re.search(rf"runs with their settings do: {re.escape(str(old.path))} \(\d+\.\d MiB\)", caplog.text)
 
 
 def test_an_added_video_alone_goes_through_the_vae(family, sample_dataset_dir, sample_cache, tmp_path, monkeypatch):
