@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from blueberry_video.errors import exit_on_error
 from blueberry_video.models import DEFAULT_FAMILY, family_names
@@ -101,8 +102,10 @@ def _train(args, extra):
     from blueberry_video.training.trainer import run_recipe
 
     argv = (["--config", args.config] if args.config else []) + extra
-    # Without --family the config is read here for its model directory; the recipe parses it again.
-    family_name = args.family or family_for_model_dir(parse_config(argv).pretrained_model_name_or_path)
+    # Without --family the config is read here for its model directory; the recipe parses it again (and warns).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        family_name = args.family or family_for_model_dir(parse_config(argv).pretrained_model_name_or_path)
     print_train_result(run_recipe(get_family_class(family_name), argv))
 
 

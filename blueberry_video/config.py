@@ -212,18 +212,51 @@ def load_yaml(path: str | Path) -> dict:
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
 
+# A flag's value that unsets a setting the YAML file set (`--max_train_steps none` to train by epochs).
+UNSET = "none"
+UNSET_WORDS = ("none", "null")
+
+
+class _Unset:
+    """What a flag's type returns for `none`: distinct from argparse's None, which means "flag not given"."""
+
+    def __repr__(self):
+        return UNSET
+
+
+_UNSET_VALUE = _Unset()
+
+
+def _may_be_unset(name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[name])
+
+
+def _flag_type(kind, may_be_unset: bool):
+    if not may_be_unset:
+        return kind
+
+    def convert(text: str):
+        return _UNSET_VALUE if text.lower() in UNSET_WORDS else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"A setting whose default is None can be unset again by a flag: --NAME {UNSET} (e.g. --fps {UNSET} "
+               f"for consecutive frames, --max_train_steps {UNSET} to train num_train_epochs).")
     parser.add_argument("--config", help="YAML file of settings; flags given here override it")
     for name, f in FIELDS.items():
         kind = _base_type(name)
-        help_text = f.metadata["help"]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind is list:
-            parser.add_argument(f"--{name}", type=str, default=None, help=help_text)
         else:
-            parser.add_argument(f"--{name}", type=kind, default=None, choices=f.metadata["choices"], help=help_text)
+            parser.add_argument(f"--{name}", type=_flag_type(str if kind is list else kind, _may_be_unset(name)),
+                                default=None, choices=f.metadata["choices"], help=help_text)
     return parser
 
 
@@ -231,6 +264,10 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     """Defaults < `defaults` (the recipe's) < YAML file < flags."""
     parser = build_parser(description)
     args, unknown = parser.parse_known_args(argv)
+    if unknown and not unknown[0].startswith("-"):
+        raise ConfigError(f"unexpected value {unknown[0]!r} on the command line: put a value with spaces in quotes "
+                          f"(--validation_prompt \"a red cat\"), and give on/off settings no value "
+                          f"(--gradient_checkpointing, --no-gradient_checkpointing)")
     if unknown:
         flag = unknown[0].split("=")[0]
         raise ConfigError(f"unknown flag {flag}{_suggest(flag.lstrip('-'))}; see --help")
@@ -239,7 +276,9 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
         values.update(load_yaml(args.config))
     for name in FIELDS:
         value = getattr(args, name)
-        if value is not None:
+        if value is _UNSET_VALUE:
+            values[name] = None
+        elif value is not None:
             values[name] = _coerce(name, value, f"--{name}")
     config = TrainConfig(**values)
     validate(config)
@@ -248,6 +287,14 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data: types, ranges and combinations."""
+    if config.max_train_steps is not None and config.num_train_epochs != FIELDS["num_train_epochs"].default:
+        warnings.warn(f"num_train_epochs={config.num_train_epochs} has no effect: max_train_steps="
+                      f"{config.max_train_steps} sets the run's length (--max_train_steps none to train by epochs)",
+                      UserWarning, stacklevel=3)
+    if config.init_lora_weights and config.training_mode != "lora":
+        raise ConfigError(f"init_lora_weights={config.init_lora_weights} only applies with training_mode=lora (a "
+                          f"full fine-tune starts from the base model's weights): drop --init_lora_weights, or train "
+                          f"--training_mode lora")
     if config.mixed_precision == "fp16":
         warnings.warn("mixed_precision=fp16: fp16 training of video transformers often produces NaN losses; "
                       "bf16 is the safe choice", UserWarning, stacklevel=3)

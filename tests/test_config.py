@@ -229,3 +229,41 @@ def test_report_to_all_means_the_trackers_set_up_here_and_needs_one_installed(tm
         parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", "--report_to", "all"])
     missing.remove("tensorboard")
     assert trackers_to_start("all") == ["tensorboard"]
+
+
+def test_settings_a_full_fine_tune_would_ignore_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="init_lora_weights=.* only applies with training_mode=lora"):
+        parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", "--training_mode", "full",
+                      "--init_lora_weights", str(tmp_path)])
+
+
+def test_fp16_on_the_cpu_is_refused_before_any_work(tmp_path, fresh_accelerate_state):
+    from blueberry_video.training.accelerator import build_accelerator
+
+    with pytest.warns(UserWarning, match="fp16"):
+        config = parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data",
+                               "--output_dir", str(tmp_path / "out"), "--mixed_precision", "fp16"])
+    with pytest.raises(ConfigError, match="mixed_precision=fp16 needs a GPU, and this run is on the CPU"):
+        build_accelerator(config)
+
+
+def test_a_flag_can_unset_what_the_yaml_file_set(tmp_path):
+    path = write_yaml(tmp_path, "fps: 8\nmax_train_steps: 100\nvalidation_steps: 5\nresume_from_checkpoint: latest\n")
+    base = ["--config", str(path), "--pretrained_model_name_or_path", str(tmp_path), "--dummy_data"]
+    config = parse_config([*base, "--fps", "none", "--max_train_steps", "null", "--num_train_epochs", "3",
+                           "--validation_steps", "None", "--resume_from_checkpoint", "none"])
+    assert (config.fps, config.max_train_steps, config.num_train_epochs) == (None, None, 3)
+    assert config.validation_steps is None and config.resume_from_checkpoint is None
+    assert parse_config(base).fps == 8.0
+    with pytest.raises(SystemExit):  # a setting that may not be unset keeps its type check
+        parse_config([*base, "--rank", "none"])
+    with pytest.warns(UserWarning, match="num_train_epochs=3 has no effect: max_train_steps=100"):
+        parse_config([*base, "--num_train_epochs", "3"])
+
+
+def test_a_stray_value_is_named_as_a_value_not_as_a_flag(tmp_path):
+    base = ["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data"]
+    with pytest.raises(ConfigError, match="unexpected value 'red' on the command line: put a value with spaces in quotes"):
+        parse_config([*base, "--validation_prompt", "a", "red", "cat"])
+    with pytest.raises(ConfigError, match="give on/off settings no value"):
+        parse_config([*base, "--gradient_checkpointing", "true"])

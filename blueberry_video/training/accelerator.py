@@ -39,6 +39,10 @@ def build_accelerator(config) -> Accelerator:
                                                   non_blocking=torch.cuda.is_available()),
     )
     check_launch(accelerator)
+    if accelerator.device.type == "cpu" and config.mixed_precision == "fp16":
+        # accelerate runs fp16 on the CPU without autocast, so the float16 frozen weights meet float32 inputs.
+        raise ConfigError("mixed_precision=fp16 needs a GPU, and this run is on the CPU: use --mixed_precision no "
+                          "(or bf16)")
     check_layerwise_casting(accelerator, config)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator, config)
