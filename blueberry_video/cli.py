@@ -278,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="frame height in pixels (default: the run's, else the family's usual)")
     p.add_argument("--width", type=int, help="frame width in pixels (default: the run's, else the family's usual)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
-    p.add_argument("--guidance-scale", type=float, default=6.0, help="classifier-free guidance scale (HunyuanVideo: "
-                                                                     "its guidance embedding) (default: %(default)s)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (HunyuanVideo: its guidance "
+                                                        "embedding) (default: the run's validation guidance_scale, "
+                                                        "else 6.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
     p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
                                              "the family's usual)")

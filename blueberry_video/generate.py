@@ -89,12 +89,16 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+DEFAULT_GUIDANCE_SCALE = 6.0  # both families' pipelines' default
+
+
 def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=None, transformer_dir=None,
              num_frames: int | None = None, height: int | None = None, width: int | None = None,
-             num_inference_steps: int = 50, guidance_scale: float = 6.0, seed: int = 0, fps: float | None = None,
+             num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int = 0, fps: float | None = None,
              lora_scale: float = 1.0, device: str | None = None, dtype: torch.dtype | None = None,
              vae_tiling: bool = False, attention_backend: str = NATIVE) -> Path:
-    """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`)."""
+    """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`),
+    and so is the guidance scale (the one its validation videos were rendered with), else 6.0."""
     family = load_family(family_name, model_dir)
     lora = resolve_lora(family, lora) if lora else None
     transformer_folder = resolve_transformer(family, transformer_dir) if transformer_dir else None
@@ -105,6 +109,9 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or default_dtype()
     check_attention_backend(family, attention_backend, device, dtype, backward=False)
+    if guidance_scale is None:
+        guidance_scale = run.config.guidance_scale if run is not None else DEFAULT_GUIDANCE_SCALE
+        summary += f"; guidance scale {guidance_scale:g} ({'the training run' if run is not None else 'default'})"
     print(f"generating {summary}")
     pipe = load_pipeline(family, lora, transformer_folder, lora_scale, dtype)
     apply_attention_backend(pipe.transformer, attention_backend)

@@ -51,7 +51,7 @@ def cogvideox_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
     # the high learning rate makes the LoRA change the video visibly within two steps.
     return train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path_factory.mktemp("runs") / "cogvideox",
                           "--rank=4", "--lora_alpha=8", "--learning_rate=0.05", "--max_train_steps=2",
-                          "--checkpointing_steps=1")
+                          "--checkpointing_steps=1", "--guidance_scale=3.5")
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +103,17 @@ def test_video_settings_default_to_the_runs_then_to_the_familys(tmp_path, tiny_c
     out = tmp_path / "run.mp4"
     video = generate(tiny_cogvideox_dir, out, "--lora", str(cogvideox_run / "checkpoint-1"))
     assert video.shape == (9, 3, 32, 48) and mp4_fps(out) == 12
-    assert f"12 fps (--num-frames, --height, --width, --fps from the training run's {cogvideox_run}" in \
-        capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"12 fps (--num-frames, --height, --width, --fps from the training run's {cogvideox_run}" in said
+    assert "guidance scale 3.5 (the training run)" in said  # as its validation videos were rendered
 
     shape = ["--num-frames", "9", "--height", "32", "--width", "48"]
     generate(tiny_cogvideox_dir, tmp_path / "cog.mp4", *shape)
+    assert "guidance scale 6 (default)" in capsys.readouterr().out
     generate(tiny_hunyuan_video_dir, tmp_path / "hunyuan.mp4", *shape, "--guidance-scale", "1")
     assert mp4_fps(tmp_path / "cog.mp4") == 8 and mp4_fps(tmp_path / "hunyuan.mp4") == 15
-    assert "15 fps (--fps from hunyuan_video's usual)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "15 fps (--fps from hunyuan_video's usual)" in said and "guidance scale" not in said  # given
     # An unset shape is the family's usual too (not CogVideoX's 49x480x720 for every family).
     hunyuan = load_family("hunyuan_video", tiny_hunyuan_video_dir)
     settings, _ = video_settings(hunyuan, None, num_frames=None, height=None, width=None, fps=None)
