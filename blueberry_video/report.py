@@ -82,6 +82,8 @@ def _read_run_settings(run_dir: Path) -> dict:
 
 def read_run(run_dir: str | Path, label: str | None = None) -> RunSummary:
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunRecordsError(f"{run_dir}: no such folder; give the output_dir of a training run")
     for name in ("metrics.jsonl", "config.yaml"):
         if not (run_dir / name).is_file():
             raise RunRecordsError(f"{run_dir}: no {name}. Give the output_dir of a training run; a run writes "

@@ -178,6 +178,11 @@ def resolve_transformer(family, given: str | Path) -> Path:
     folder = path / "transformer" if (path / "transformer").is_dir() else path
     if path.suffix == ".safetensors" or any((folder / name).is_file() for name in (LORA_WEIGHTS, LORA_FILE)):
         raise ModelLayoutError(f"--transformer {given}: this is a LoRA, not a full fine-tune; use --lora {given}")
+    if (path / STATE_FILE).is_file():
+        # accelerate's saved state (weights, optimizer, sharded the engine's way), not a diffusers folder.
+        raise ModelLayoutError(f"--transformer {given}: a training checkpoint of a full fine-tune, which generate "
+                               f"does not read; give the run's output_dir (its transformer/ is exported when the run "
+                               f"finishes), or resume the run from this checkpoint to a finish")
     check_transformer_folder(family, folder)
     return folder
 

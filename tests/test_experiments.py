@@ -199,6 +199,8 @@ def test_report_names_a_folder_without_metrics(runs, tmp_path):
     (tmp_path / "config.yaml").write_text("rank: 4\n")
     with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path))}: no metrics.jsonl"):
         compare_runs([runs[0], tmp_path])
+    with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path / 'typo'))}: no such folder"):
+        compare_runs([runs[0], tmp_path / "typo"])
 
 
 def test_train_verb_refuses_an_unknown_flag(experiment):

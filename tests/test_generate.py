@@ -23,7 +23,7 @@ from blueberry_video.trained_weights import resolve_lora
 from blueberry_video.models import load_family
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
-from blueberry_video.training.checkpoints import LORA_FILE
+from blueberry_video.training.checkpoints import LORA_FILE, STATE_FILE
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.lora import ADAPTER
 from blueberry_video.training.trainer import run_recipe
@@ -139,6 +139,12 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
                      match=f"this is a full fine-tune .*; use --transformer {re.escape(str(full))}")
     generate_refused(tiny_cogvideox_dir, out, "--transformer", str(cogvideox_run), error=ModelLayoutError,
                      match=f"this is a LoRA, not a full fine-tune; use --lora {re.escape(str(cogvideox_run))}")
+    checkpoint = full / "checkpoint-3"  # a full fine-tune's: accelerate's state, marked complete by ours
+    checkpoint.mkdir()
+    (checkpoint / STATE_FILE).write_text("{}")
+    generate_refused(tiny_cogvideox_dir, out, "--transformer", str(checkpoint), error=ModelLayoutError,
+                     match="a training checkpoint of a full fine-tune, which generate does not read; give the run's "
+                           "output_dir")
 
     unfinished = tmp_path / "unfinished"  # a run stopped before its export: only checkpoints
     shutil.copytree(cogvideox_run, unfinished)

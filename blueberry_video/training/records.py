@@ -135,6 +135,7 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, records in runs.items():
@@ -148,6 +149,7 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
                   for i in range(len(losses))]
         ax.plot(steps, smooth, color=line.get_color(), label=label)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no step 1.5 on a short run
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend()
