@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import warnings
 
-from blueberry_video.errors import exit_on_error
+from blueberry_video.errors import ConfigError, exit_on_error
 from blueberry_video.models import DEFAULT_FAMILY, family_names
 
 # For the verbs that are given a model directory: without --family, the folder says.
@@ -127,7 +128,14 @@ def _estimate_memory(args, extra):
     with tempfile.TemporaryDirectory(prefix="blueberry-preset-") as preset_dir:
         if args.preset:
             defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, preset_dir))
-        config = parse_config(extra, defaults=defaults)
+        try:
+            config = parse_config(extra, defaults=defaults)
+        except ConfigError as error:
+            if str(error).startswith("pretrained_model_name_or_path is required"):
+                raise ConfigError("estimate-memory needs a model: --preset cogvideox-2b | cogvideox-5b | "
+                                  "hunyuan-video (a published size, no files needed), or "
+                                  "--pretrained_model_name_or_path DIR") from error
+            raise
         # The preset's folder names its transformer class, so the preset sets the family too.
         _print_memory_estimate(args, config, _family_name(args, config.pretrained_model_name_or_path))
 
@@ -292,17 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.set_defaults(run=_generate)
 
-    p = verbs.add_parser("train", allow_abbrev=False,
-                         help="train in one process from a config (an experiment's config.yaml); any training "
-                              "flag overrides it (python recipes/train_cogvideox.py --help lists them). "
-                              "Several GPUs: accelerate launch recipes/train_<family>.py")
+    about = ("train in one process from a config (an experiment's config.yaml); any training flag overrides it "
+             "(python recipes/train_cogvideox.py --help lists them all). Several GPUs: accelerate launch "
+             "recipes/train_<family>.py")
+    p = verbs.add_parser("train", allow_abbrev=False, help=about, description=about)
     p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
     p.add_argument("--config", help="YAML file of training settings")
     p.set_defaults(run=_train, takes_extra=True)
 
-    p = verbs.add_parser("estimate-memory", allow_abbrev=False,
-                         help="estimate a training run's peak GPU memory on any machine (no GPU, no weights read): "
-                              "takes the training config and flags, e.g. --config X.yaml --gradient_checkpointing")
+    about = ("estimate a training run's peak GPU memory on any machine (no GPU, no weights read): takes the training "
+             "config and flags (--config X.yaml, --gradient_checkpointing, --rank 64, ...: python "
+             "recipes/train_cogvideox.py --help lists them), and a model: --preset for a published size, or "
+             "--pretrained_model_name_or_path DIR")
+    p = verbs.add_parser("estimate-memory", allow_abbrev=False, help=about, description=about)
     p.add_argument("--family", choices=family_names(), help=FAMILY_FROM_MODEL_HELP)
     p.add_argument("--preset", choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video"],
                    help="a published model's size, without its files (sets the family and model directory)")
@@ -313,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fits the budget")
     p.add_argument("--count-encoders", action="store_true",
                    help="count the text encoders and VAE as kept on the GPU (the diffusers example scripts' layout)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(run=_estimate_memory, takes_extra=True)
 
     p = verbs.add_parser("new-experiment", help="copy experiments/exp_template to a new experiment folder")
@@ -344,11 +354,33 @@ def main(argv=None):
 def run_verb(argv):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "takes_extra", False):
+    verb_parser = parser._subparsers._group_actions[0].choices[args.verb]
+    takes_training_flags = getattr(args, "takes_extra", False)
+    check_flags(extra, verb_parser, takes_training_flags)
+    if takes_training_flags:
         return args.run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args)
+
+
+def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> None:
+    """An unknown flag is named with the nearest known one, looking at this verb's own flags (dashes:
+    --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
+    slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
+    from blueberry_video.config import FIELDS
+
+    own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
+    training = ["--config", *(f"--{name}" for name in FIELDS), *(f"--no-{name}" for name in FIELDS)]
+    known = own + (training if takes_training_flags else [])
+    for token in extra:
+        flag = token.split("=")[0]
+        if not flag.startswith("--") or flag in known:
+            continue
+        spelled = {option.replace("_", "-"): option for option in known}
+        close = difflib.get_close_matches(flag.replace("_", "-"), spelled, n=1, cutoff=0.7)
+        hint = f" (did you mean {spelled[close[0]]}?)" if close else ""
+        raise ConfigError(f"unknown flag {flag}{hint}; see blueberry-video {verb_parser.prog.split()[-1]} --help")
 
 
 if __name__ == "__main__":

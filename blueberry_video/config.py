@@ -270,7 +270,8 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
                           f"(--gradient_checkpointing, --no-gradient_checkpointing)")
     if unknown:
         flag = unknown[0].split("=")[0]
-        raise ConfigError(f"unknown flag {flag}{_suggest(flag.lstrip('-'))}; see --help")
+        close = difflib.get_close_matches(flag.lstrip("-"), FIELDS, n=1)
+        raise ConfigError(f"unknown flag {flag}{f' (did you mean --{close[0]}?)' if close else ''}; see --help")
     values = dict(defaults or {})
     if args.config:
         values.update(load_yaml(args.config))

@@ -209,3 +209,20 @@ def test_recipe_help_prints_the_flags_without_library_noise():
     done = subprocess.run([sys.executable, recipe, "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0 and "--pretrained_model_name_or_path" in done.stdout
     assert "gemm_4bit" not in done.stderr and "kernels-community" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["estimate-memory", "--preset", "cogvideox-2b", "--max-frame"], "--max-frames"),  # the verb's own flag
+    (["estimate-memory", "--preset", "cogvideox-2b", "--budget", "20"], "--budget-gib"),
+    (["estimate-memory", "--preset", "cogvideox-2b", "--max_num_frame", "9"], "--max_num_frames"),  # a training one
+    (["generate", "--model", "m", "--prompt", "p", "--out", "o.mp4", "--num_frames", "9"], "--num-frames"),
+])
+def test_an_unknown_flag_is_named_with_the_nearest_flag_of_that_command(argv, suggestion):
+    with pytest.raises(ConfigError, match=rf"unknown flag {argv[-2 if argv[-1][0] != '-' else -1]} "
+                                          rf"\(did you mean {suggestion}\?\); see blueberry-video {argv[0]} --help"):
+        main(argv)
+
+
+def test_estimate_memory_without_a_model_names_both_ways_to_give_one():
+    with pytest.raises(ConfigError, match="estimate-memory needs a model: --preset .* or --pretrained_model_name_or_path"):
+        main(["estimate-memory", "--gradient_checkpointing"])

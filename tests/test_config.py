@@ -91,7 +91,7 @@ def test_unknown_flag_suggests_the_close_one(required, flag, suggestion):
         parse_config([*required, flag, "1"])
     message = str(raised.value)
     assert f"unknown flag {flag.split('=')[0]}" in message
-    assert f"did you mean {suggestion!r}" in message
+    assert f"did you mean --{suggestion}?" in message
 
 
 @pytest.mark.parametrize("line, setting", [

@@ -204,7 +204,7 @@ def test_report_names_a_folder_without_metrics(runs, tmp_path):
 
 
 def test_train_verb_refuses_an_unknown_flag(experiment):
-    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+    with pytest.raises(ConfigError, match=r"did you mean --learning_rate\?"):
         cli.main(["train", "--config", str(experiment / "config.yaml"), "--learning_rat", "1e-3"])
 
 
