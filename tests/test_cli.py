@@ -226,3 +226,17 @@ def test_an_unknown_flag_is_named_with_the_nearest_flag_of_that_command(argv, su
 def test_estimate_memory_without_a_model_names_both_ways_to_give_one():
     with pytest.raises(ConfigError, match="estimate-memory needs a model: --preset .* or --pretrained_model_name_or_path"):
         main(["estimate-memory", "--gradient_checkpointing"])
+
+
+def test_a_hub_id_for_a_model_says_how_to_download_it_once(tmp_path, monkeypatch):
+    from blueberry_video.errors import ModelLayoutError
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLayoutError, match=r"THUDM/CogVideoX-2b: model directory not found\. Weights are not "
+                                               r"downloaded here: .*huggingface-cli download THUDM/CogVideoX-2b "
+                                               r"--local-dir /models/CogVideoX-2b"):
+        CogVideoXFamily("THUDM/CogVideoX-2b")
+    with pytest.raises(ModelLayoutError, match=r"not found\. The model") as raised:
+        CogVideoXFamily(tmp_path / "nope")
+    assert "huggingface-cli" not in str(raised.value)

@@ -76,10 +76,15 @@ class ModelFamily(ABC):
 
     def check_layout(self) -> None:
         if not self.model_dir.is_dir():
+            looks_like_hub_id = (not self.model_dir.is_absolute() and len(self.model_dir.parts) == 2
+                                 and not str(self.model_dir).startswith("."))
+            download = (f" Weights are not downloaded here: fetch them once, e.g. `huggingface-cli download "
+                        f"{self.model_dir} --local-dir /models/{self.model_dir.name}`, and give that folder."
+                        if looks_like_hub_id else "")
             raise ModelLayoutError(
-                f"{self.model_dir}: model directory not found. Point --pretrained_model_name_or_path at a local "
-                f"directory in the diffusers layout, or build a tiny one with "
-                f"`blueberry-video make-tiny-model --family {self.name} DIR`."
+                f"{self.model_dir}: model directory not found.{download} The model (--pretrained_model_name_or_path, "
+                f"or generate's --model) must be a local directory in the diffusers layout; a tiny random one for "
+                f"trying things: `blueberry-video make-tiny-model --family {self.name} DIR`."
             )
         self.check_transformer_class()
         missing = [sub for sub in self.required_subfolders if not (self.model_dir / sub).is_dir()]
