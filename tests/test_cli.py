@@ -240,3 +240,12 @@ def test_a_hub_id_for_a_model_says_how_to_download_it_once(tmp_path, monkeypatch
     with pytest.raises(ModelLayoutError, match=r"not found\. The model") as raised:
         CogVideoXFamily(tmp_path / "nope")
     assert "huggingface-cli" not in str(raised.value)
+
+
+def test_casting_a_model_with_no_float32_modules_does_not_warn_that_it_has_some(tiny_cogvideox_dir, caplog):
+    from diffusers import AutoencoderKLCogVideoX
+
+    vae = AutoencoderKLCogVideoX.from_pretrained(tiny_cogvideox_dir, subfolder="vae")
+    with caplog.at_level("WARNING"):
+        vae.to(torch.bfloat16)
+    assert "should be kept in float32" not in caplog.text
