@@ -58,8 +58,12 @@ def _precompute(args, extra):
     from blueberry_video.training.accelerator import check_launch, weight_dtype
 
     argv = ["--config", args.config] if args.config else []
+    given_as_settings = {token.split("=")[0] for token in extra if token.startswith("--")}
     for flag, setting in PRECOMPUTE_FLAGS.items():
         if getattr(args, flag) is not None:
+            if f"--{setting}" in given_as_settings:  # which one would win is not for the user to guess
+                raise ConfigError(f"--{flag.replace('_', '-')} and --{setting} both given: they are the same "
+                                  f"setting; give one")
             argv += [f"--{setting}", str(getattr(args, flag))]
     if args.dtype:
         argv += ["--mixed_precision", PRECISION_OF_DTYPE[args.dtype]]

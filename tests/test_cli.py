@@ -249,3 +249,9 @@ def test_casting_a_model_with_no_float32_modules_does_not_warn_that_it_has_some(
     with caplog.at_level("WARNING"):
         vae.to(torch.bfloat16)
     assert "should be kept in float32" not in caplog.text
+
+
+def test_precompute_refuses_one_setting_given_twice(tmp_path):
+    with pytest.raises(ConfigError, match="--num-frames and --max_num_frames both given: they are the same setting"):
+        main(["precompute", "--model", str(tmp_path), "--data", str(tmp_path), "--num-frames", "13",
+              "--max_num_frames", "9"])
