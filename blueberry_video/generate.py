@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from blueberry_video.data.video_writer import write_mp4
+from blueberry_video.errors import ConfigError
 from blueberry_video.models import load_family
 from blueberry_video.models.base import VideoSettings
 from blueberry_video.trained_weights import (
@@ -99,6 +100,8 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
              vae_tiling: bool = False, attention_backend: str = NATIVE) -> Path:
     """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`),
     and so is the guidance scale (the one its validation videos were rendered with), else 6.0."""
+    if Path(out).suffix.lower() != ".mp4":  # checked before minutes of rendering
+        raise ConfigError(f"--out {out}: generate writes an H.264 .mp4 video; give a file name ending in .mp4")
     family = load_family(family_name, model_dir)
     lora = resolve_lora(family, lora) if lora else None
     transformer_folder = resolve_transformer(family, transformer_dir) if transformer_dir else None

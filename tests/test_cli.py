@@ -255,3 +255,8 @@ def test_precompute_refuses_one_setting_given_twice(tmp_path):
     with pytest.raises(ConfigError, match="--num-frames and --max_num_frames both given: they are the same setting"):
         main(["precompute", "--model", str(tmp_path), "--data", str(tmp_path), "--num-frames", "13",
               "--max_num_frames", "9"])
+
+
+def test_generate_refuses_an_output_that_is_not_an_mp4_before_loading_anything(tmp_path):
+    with pytest.raises(ConfigError, match=r"--out .*clip\.gif: generate writes an H\.264 \.mp4 video"):
+        main(["generate", "--model", str(tmp_path / "no-model"), "--prompt", "p", "--out", str(tmp_path / "clip.gif")])
