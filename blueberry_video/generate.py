@@ -107,8 +107,14 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     transformer_folder = resolve_transformer(family, transformer_dir) if transformer_dir else None
     run = (lora.run if lora else None) or (find_run(transformer_folder) if transformer_folder else None)
     video, summary = video_settings(family, run, num_frames=num_frames, height=height, width=width, fps=fps)
-    family.check_video_shape(video.num_frames, video.height, video.width)
-    family.check_generation_frames(video.num_frames)
+    try:
+        family.check_video_shape(video.num_frames, video.height, video.width)
+        family.check_generation_frames(video.num_frames)
+    except ConfigError as error:  # the checks are training's and name its settings; name generate's flags
+        message = str(error)
+        for setting, flag in (("max_num_frames=", "--num-frames "), ("height=", "--height "), ("width=", "--width ")):
+            message = message.replace(setting, flag)
+        raise ConfigError(message) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or default_dtype()
     check_attention_backend(family, attention_backend, device, dtype, backward=False)

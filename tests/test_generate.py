@@ -146,6 +146,9 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
                      match="a training checkpoint of a full fine-tune, which generate does not read; give the run's "
                            "output_dir")
 
+    generate_refused(tiny_cogvideox_dir, out, "--num-frames", "10", "--height", "32", "--width", "48",
+                     match=r"--num-frames 10: this cogvideox model's VAE takes .* frames; use")
+
     unfinished = tmp_path / "unfinished"  # a run stopped before its export: only checkpoints
     shutil.copytree(cogvideox_run, unfinished)
     (unfinished / LORA_WEIGHTS).unlink()
