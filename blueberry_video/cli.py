@@ -219,10 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blueberry-video", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("make-tiny-model", help="build a tiny random pipeline in the diffusers layout")
-    p.add_argument("out_dir")
-    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY)
-    p.add_argument("--seed", type=int, default=0)
+    about = "build a tiny random pipeline in the diffusers layout (for tests and trying things on a CPU)"
+    p = verbs.add_parser("make-tiny-model", help=about, description=about)
+    p.add_argument("out_dir", help="folder to write (transformer/, vae/, text_encoder/, tokenizer/, scheduler/, ...)")
+    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     p.set_defaults(run=_make_tiny_model)
 
     about = "write synthetic .mp4 videos with captions (metadata.json)"
@@ -264,10 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=_precompute, takes_extra=True)
 
-    p = verbs.add_parser("demo", help="tiny model + sample videos + a short LoRA run, on CPU, no downloads; "
-                                      "extra flags go to the training config")
-    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY)
-    p.add_argument("--workdir", default=".blueberry/demo")
+    about = ("tiny model + sample videos + a short LoRA run, on CPU, no downloads; extra flags go to the training "
+             "config (e.g. --max_train_steps 20)")
+    p = verbs.add_parser("demo", help=about, description=about)
+    p.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY, help="(default: %(default)s)")
+    p.add_argument("--workdir", default=".blueberry/demo",
+                   help="folder for the tiny model, the videos and the run (default: %(default)s)")
     p.set_defaults(run=_demo, takes_extra=True)
 
     about = "generate a video with a base model plus a LoRA or fine-tuned transformer"
@@ -341,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("report", help="compare runs: the settings that differ, their losses, one loss plot")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output_dir of a training run")
-    p.add_argument("--out", default="report.md", help="Markdown file for the table")
-    p.add_argument("--plot", default="report.png", help="PNG of all loss curves")
+    p.add_argument("--out", default="report.md", help="Markdown file for the table (default: %(default)s)")
+    p.add_argument("--plot", default="report.png", help="PNG of all loss curves (default: %(default)s)")
     p.set_defaults(run=_report)
     return parser
 
