@@ -242,8 +242,16 @@ def _flag_type(kind, may_be_unset: bool):
     return convert
 
 
+class _SettingsParser(argparse.ArgumentParser):
+    """A flag's bad value is reported as one line, like every other setting error, not after the 60-line usage
+    summary argparse prints first."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; see --help")
+
+
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _SettingsParser(
         description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"A setting whose default is None can be unset again by a flag: --NAME {UNSET} (e.g. --fps {UNSET} "
                f"for consecutive frames, --max_train_steps {UNSET} to train num_train_epochs).")
