@@ -166,16 +166,19 @@ def usage_code(output_dir: Path, config, family) -> str:
     """Python that loads the result with the family's diffusers classes and renders the first validation prompt
     (or a placeholder) at the training shape and the validation settings."""
     pipeline, transformer = family.pipeline_class.__name__, family.transformer_class.__name__
+    # Absolute, so the snippet runs from any folder, not only the one the training was launched from.
+    output_dir = Path(output_dir).resolve()
+    base_model = Path(config.pretrained_model_name_or_path).resolve()
     dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(config.mixed_precision)
     dtype_arg = f", torch_dtype={dtype}" if dtype else ""
     if config.training_mode == "lora":
         imports = f"from diffusers import {pipeline}"
-        load = (f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\"{dtype_arg})\n"
+        load = (f"pipe = {pipeline}.from_pretrained(\"{base_model}\"{dtype_arg})\n"
                 f"pipe.load_lora_weights(\"{output_dir}\")")
     else:
         imports = f"from diffusers import {pipeline}, {transformer}"
         load = (f"transformer = {transformer}.from_pretrained(\"{output_dir}\", subfolder=\"transformer\"{dtype_arg})\n"
-                f"pipe = {pipeline}.from_pretrained(\"{config.pretrained_model_name_or_path}\", "
+                f"pipe = {pipeline}.from_pretrained(\"{base_model}\", "
                 f"transformer=transformer{dtype_arg})")
     prompt = config.validation_prompt[0] if config.validation_prompt else f"{config.id_token or ''} a prompt".strip()
     call = {"num_frames": config.max_num_frames, "height": config.height, "width": config.width,

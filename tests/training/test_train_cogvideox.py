@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +264,15 @@ def test_fp16_is_warned_about(tiny_cogvideox_dir, one_video_dataset_dir, tmp_pat
     args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "fp16")
     with pytest.warns(UserWarning, match="fp16 training of video transformers often produces NaN losses"):
         parse_config([*args, "--mixed_precision", "fp16"])
+
+
+def test_the_model_card_code_names_folders_that_work_from_anywhere(tiny_cogvideox_dir, tmp_path, monkeypatch):
+    from blueberry_video.config import TrainConfig
+    from blueberry_video.models.cogvideox import CogVideoXFamily
+    from blueberry_video.training.records import usage_code
+
+    monkeypatch.chdir(tiny_cogvideox_dir.parent)  # a run launched with relative paths, as the demo is
+    config = TrainConfig(pretrained_model_name_or_path=tiny_cogvideox_dir.name, dummy_data=True)
+    code = usage_code(Path("outputs/run"), config, CogVideoXFamily(tiny_cogvideox_dir))
+    assert f'from_pretrained("{tiny_cogvideox_dir.resolve()}"' in code
+    assert f'load_lora_weights("{(tiny_cogvideox_dir.parent / "outputs" / "run").resolve()}")' in code
