@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import warnings
 
@@ -375,19 +374,15 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
     """An unknown flag is named with the nearest known one, looking at this verb's own flags (dashes:
     --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
     slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
-    from blueberry_video.config import FIELDS
+    from blueberry_video.config import nearest_flag_hint, training_flags
 
     own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
-    training = ["--config", *(f"--{name}" for name in FIELDS), *(f"--no-{name}" for name in FIELDS)]
-    known = own + (training if takes_training_flags else [])
+    known = own + (training_flags() if takes_training_flags else [])
     for token in extra:
         flag = token.split("=")[0]
-        if not flag.startswith("--") or flag in known:
-            continue
-        spelled = {option.replace("_", "-"): option for option in known}
-        close = difflib.get_close_matches(flag.replace("_", "-"), spelled, n=1, cutoff=0.7)
-        hint = f" (did you mean {spelled[close[0]]}?)" if close else ""
-        raise ConfigError(f"unknown flag {flag}{hint}; see blueberry-video {verb_parser.prog.split()[-1]} --help")
+        if flag.startswith("--") and flag not in known:
+            raise ConfigError(f"unknown flag {flag}{nearest_flag_hint(flag, known)}; see blueberry-video "
+                              f"{verb_parser.prog.split()[-1]} --help")
 
 
 if __name__ == "__main__":

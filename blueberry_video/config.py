@@ -160,6 +160,19 @@ def _suggest(name) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def nearest_flag_hint(flag: str, known) -> str:
+    """` (did you mean --x?)` for the known flag nearest `flag`, dashes and underscores taken as the same (the
+    blueberry-video verbs' own flags have dashes, the training settings underscores); "" when none is near."""
+    spelled = {option.replace("_", "-"): option for option in known}
+    close = difflib.get_close_matches(flag.replace("_", "-"), spelled, n=1, cutoff=0.7)
+    return f" (did you mean {spelled[close[0]]}?)" if close else ""
+
+
+def training_flags() -> list[str]:
+    """Every flag parse_config takes."""
+    return ["--config", *(f"--{name}" for name in FIELDS), *(f"--no-{name}" for name in FIELDS)]
+
+
 def _coerce(name: str, value, source: str):
     """Check a YAML value's type against the field's, converting ints to floats where a float is wanted."""
     kind = _base_type(name)
@@ -278,8 +291,7 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
                           f"(--gradient_checkpointing, --no-gradient_checkpointing)")
     if unknown:
         flag = unknown[0].split("=")[0]
-        close = difflib.get_close_matches(flag.lstrip("-"), FIELDS, n=1)
-        raise ConfigError(f"unknown flag {flag}{f' (did you mean --{close[0]}?)' if close else ''}; see --help")
+        raise ConfigError(f"unknown flag {flag}{nearest_flag_hint(flag, training_flags())}; see --help")
     values = dict(defaults or {})
     if args.config:
         values.update(load_yaml(args.config))

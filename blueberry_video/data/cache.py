@@ -27,11 +27,11 @@ import torch
 from tqdm.auto import tqdm
 
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
-from blueberry_video.stop_signals import stop_with_message
 from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
 from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
 from blueberry_video.data.formats import DatasetFormatError, DatasetListing, first_few, load_dataset_entries
 from blueberry_video.data.latent_dataset import NON_TENSOR_COLUMNS
+from blueberry_video.stop_signals import stop_with_message
 
 logger = logging.getLogger(__name__)
 

@@ -81,7 +81,7 @@ def warn_schedule_length_change(config, saved: dict, checkpoint: Path) -> None:
 def check_init_lora_weights(config, family) -> None:
     """The LoRA to start from has this run's rank and adapts the same kinds of layers (read from the file's
     header: no tensor is loaded)."""
-    if not config.init_lora_weights or config.training_mode != "lora":
+    if not config.init_lora_weights:  # (a full fine-tune given one is refused by the config's validate)
         return
     file = lora_file(config.init_lora_weights)
     with safe_open(file, framework="pt") as weights:
