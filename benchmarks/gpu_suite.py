@@ -50,6 +50,11 @@ class Entry:
                 args[i] = TINY_SHAPE[flag] if flag in TINY_SHAPE else TINY_PRESETS.get(args[i], args[i])
         return [sys.executable, "-m", f"benchmarks.{self.module}", *args, "--json"]
 
+    def shown(self, tiny: bool = False) -> str:
+        """The command as a person would type it, environment variables first."""
+        return " ".join([*(f"{name}={value}" for name, value in self.env), "python", "-m",
+                         *self.command(tiny)[2:]])
+
 
 def _train(preset, *flags, steps=10, warmup=3, frames=None):
     shape = HUNYUAN_SHAPE if preset == "hunyuan-video" else COGVIDEOX_SHAPE
@@ -155,7 +160,7 @@ LOG_TAIL_CHARS = 3000
 def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
     command = entry.command(tiny)
     record = {"name": entry.name, "target": entry.target,
-              "command": " ".join([*(f"{name}={value}" for name, value in entry.env), "python", "-m", *command[2:]]),
+              "command": entry.shown(tiny),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.monotonic()
     try:
@@ -288,9 +293,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.list:
         for entry in SUITE:
-            environment_flags = "".join(f"{name}={value} " for name, value in entry.env)
-            print(f"{entry.name}: {entry.target}\n    {environment_flags}python -m "
-                  f"{' '.join(entry.command(args.tiny)[2:])}")
+            print(f"{entry.name}: {entry.target}\n    {entry.shown(args.tiny)}")
         return None
     if args.table:
         print(markdown_table(json.loads((Path(args.table) / "summary.json").read_text())))
