@@ -88,9 +88,15 @@ def memory_estimate(preset: str, family, flags: list[str]) -> dict:
     `flags`, in a process of its own, away from the benchmark's CUDA state."""
     source = (["--preset", preset] if preset not in TINY_PRESETS else
               ["--family", family.name, "--pretrained_model_name_or_path", str(family.model_dir)])
-    out = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    if torch.cuda.is_available():
+        # The estimate's own process needs a CUDA context; this one's cached blocks (after a profile that ran out
+        # of memory, nearly the whole card) must not leave it none.
+        torch.cuda.empty_cache()
+    done = subprocess.run([sys.executable, "-m", "blueberry_video.cli", "estimate-memory", "--json", *source, *flags],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"estimate-memory failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def temporary_workdir() -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import time
@@ -40,7 +39,6 @@ class Entry:
     target: str  # which figure of docs/performance.md it gives
     module: str  # benchmarks.<module>
     args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()  # set for this entry's process only
 
     def command(self, tiny: bool = False) -> list[str]:
         args = list(self.args)
@@ -51,9 +49,8 @@ class Entry:
         return [sys.executable, "-m", f"benchmarks.{self.module}", *args, "--json"]
 
     def shown(self, tiny: bool = False) -> str:
-        """The command as a person would type it, environment variables first."""
-        return " ".join([*(f"{name}={value}" for name, value in self.env), "python", "-m",
-                         *self.command(tiny)[2:]])
+        """The command as a person would type it."""
+        return " ".join(["python", "-m", *self.command(tiny)[2:]])
 
 
 def _train(preset, *flags, steps=10, warmup=3, frames=None):
@@ -65,7 +62,8 @@ def _train(preset, *flags, steps=10, warmup=3, frames=None):
 
 # An 80 GB H100 leaves about 78.5 GiB to tensors after the CUDA context; train_step holds the allocator to it.
 LIMIT_80GB = ("--memory-limit-gib", "78.5")
-EXPANDABLE_SEGMENTS = (("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)
+# train_step runs the recipes' allocator (expandable segments) unless told otherwise.
+DEFAULT_ALLOCATOR = ("--allocator", "default")
 
 
 def _hunyuan_frames(frames, *flags):
@@ -74,30 +72,38 @@ def _hunyuan_frames(frames, *flags):
                   warmup=0, frames=frames)
 
 
-# Most important first. Two H200 sessions (2026-11-26; results in benchmarks/results/) measured every entry from
-# `hunyuan-173f` on but `2b-overhead`'s GPU figure in the second; what their figures left open leads. At 173
-# frames HunyuanVideo allocated 73.4 GiB but the H200's allocator, never short of memory, reserved 83.5: only
-# an allocator held to an 80 GB card's size says which frame counts fit one.
+# Most important first. Two H200 sessions and one H100 session (2026-11-26; results in benchmarks/results/)
+# measured every entry below the first five at least once. What they left open leads: the speed cost, if any,
+# of the expandable segments the recipes now use (an A/B on one card: the H100 figures were taken with them,
+# the H200 figures without), and HunyuanVideo's largest frame count on an 80 GB card beyond the 177 frames the
+# H100 ran with them (with the default allocator 177 ran out of memory there, 5.9 GiB reserved but unused).
 SUITE = (
-    Entry("hunyuan-177f-80gb", "HunyuanVideo at 177 frames, allocator held to an 80 GB card's 78.5 GiB: the "
-          "largest frame count (estimated 75.07 GiB allocated)", "train_step", _hunyuan_frames(177, *LIMIT_80GB)),
-    Entry("hunyuan-181f-80gb", "the same at 181 frames (estimated 76.18 GiB)", "train_step",
-          _hunyuan_frames(181, *LIMIT_80GB)),
-    Entry("hunyuan-181f-80gb-expandable", "181 frames held to 78.5 GiB with expandable segments (less "
-          "fragmentation): what fits when the default allocator does not", "train_step",
-          _hunyuan_frames(181, *LIMIT_80GB), env=EXPANDABLE_SEGMENTS),
-    Entry("hunyuan-33f-gc-0.65-80gb", "the least-recomputation HunyuanVideo run (73.8 GiB allocated, 83.4 reserved "
-          "on the H200) held to 78.5 GiB: does it still run, and as fast?", "train_step",
-          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
-                 "--gradient-checkpointing-ratio", "0.65", *LIMIT_80GB, steps=3, warmup=2)),
-    Entry("hunyuan-173f-80gb", "173 frames (73.4 GiB allocated on the H200) held to 78.5 GiB", "train_step",
-          _hunyuan_frames(173, *LIMIT_80GB)),
-    Entry("hunyuan-173f", "HunyuanVideo: the estimated largest frame count fits (memory only)", "train_step",
-          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
-                 steps=1, warmup=0, frames=173)),
+    Entry("2b-full-8bit-compile-default-allocator", "the MFU run with torch's default allocator: set against "
+          "2b-full-8bit-compile-mfu (expandable segments), the speed cost of the recipes' allocator", "train_step",
+          _train("cogvideox-2b", "--mode", "full", "--8bit-adam", "--compile", *DEFAULT_ALLOCATOR, steps=5,
+                 warmup=4)),
     Entry("2b-full-8bit-compile-mfu", "CogVideoX-2b full fine-tune MFU without recomputation, within 80 GB; "
           "where the step's time goes", "train_step",
           _train("cogvideox-2b", "--mode", "full", "--8bit-adam", "--compile", "--profile", steps=5, warmup=4)),
+    Entry("hunyuan-181f-80gb", "HunyuanVideo at 181 frames, allocator held to an 80 GB card's 78.5 GiB "
+          "(estimated 76.18 GiB allocated; 177 frames ran on an H100 at 74.52 allocated, 77.01 reserved)",
+          "train_step", _hunyuan_frames(181, *LIMIT_80GB)),
+    Entry("hunyuan-33f-default-allocator", "HunyuanVideo LoRA at 33x544x960 with torch's default allocator: set "
+          "against hunyuan-33f, the allocator's speed cost on the 13B model", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", *DEFAULT_ALLOCATOR,
+                 steps=3, warmup=2)),
+    Entry("hunyuan-33f", "HunyuanVideo LoRA at 33x544x960 fits; MFU; attention kernel", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
+                 "--estimate", steps=3, warmup=2)),
+    Entry("hunyuan-177f-80gb", "HunyuanVideo at 177 frames held to 78.5 GiB (ran on an H100: 74.52 GiB allocated, "
+          "77.01 reserved, 106.5 s)", "train_step", _hunyuan_frames(177, *LIMIT_80GB)),
+    Entry("hunyuan-33f-gc-0.65-80gb", "the least-recomputation HunyuanVideo run (73.8 GiB allocated, 83.4 reserved "
+          "on the H200 with the default allocator) held to 78.5 GiB: does it still run, and as fast?", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
+                 "--gradient-checkpointing-ratio", "0.65", *LIMIT_80GB, steps=3, warmup=2)),
+    Entry("hunyuan-173f", "HunyuanVideo at 173 frames (memory only)", "train_step",
+          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing",
+                 steps=1, warmup=0, frames=173)),
     Entry("2b-full-8bit-mfu", "the same uncompiled: does 8-bit AdamW bring it under 80 GB? where the time goes",
           "train_step", _train("cogvideox-2b", "--mode", "full", "--8bit-adam", "--estimate", "--profile", steps=5,
                                warmup=3)),
@@ -127,9 +133,6 @@ SUITE = (
     Entry("2b-lora-diffusers-layout", "the diffusers example's layout at batch 1, measured the same way",
           "train_step", _train("cogvideox-2b", "--mode", "lora", "--rank", "128", "--resident-encoders",
                                "--estimate", steps=3, warmup=2)),
-    Entry("hunyuan-33f", "HunyuanVideo LoRA at 33x544x960 fits; MFU; attention kernel", "train_step",
-          _train("hunyuan-video", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--profile",
-                 "--estimate", steps=3, warmup=2)),
     Entry("5b-lora-24gb", "CogVideoX-5b LoRA within 24 GB with the memory options", "train_step",
           _train("cogvideox-5b", "--mode", "lora", "--rank", "64", "--gradient-checkpointing", "--8bit-adam",
                  "--layerwise-casting", "--estimate", steps=3, warmup=2)),
@@ -149,8 +152,8 @@ SUITE = (
           "train_step", _train("cogvideox-2b", "--mode", "full", "--estimate", steps=5, warmup=3)),
 )
 ENTRIES = {entry.name: entry for entry in SUITE}
-# The figures docs/performance.md's target table names, most important first: on a card with none yet (the
-# targets name an H100; both sessions so far had an H200), these come before the rest.
+# The figures docs/performance.md's target table names, most important first: for a card with none yet (the
+# targets name an H100, which has them since 2026-11-26 13:45 UTC).
 TARGETS = ("2b-full-8bit-compile-mfu", "2b-full-8bit-mfu", "2b-lora", "2b-lora-diffusers-layout", "5b-lora-24gb",
            "hunyuan-33f", "hunyuan-177f-80gb", "hunyuan-181f-80gb", "2b-overhead")
 MIN_SECONDS_TO_START = 45  # below this an entry is left for the next call rather than cut off
@@ -164,8 +167,7 @@ def run_entry(entry: Entry, out: Path, time_limit: float, tiny: bool) -> dict:
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit,
-                              env={**os.environ, **dict(entry.env)})
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=time_limit)
         stdout, log = done.stdout, done.stderr
     except subprocess.TimeoutExpired as expired:
         stdout, log, done = "", _text(expired.stderr), None
@@ -207,6 +209,16 @@ def environment() -> dict:
             "matmul_bf16_tflops": matmul_tflops() if torch.cuda.is_available() else None, **versions}
 
 
+def environment_in_a_child() -> dict:
+    """environment() from a process of its own: measured here, the matrix-product test and the CUDA context would
+    stay on the card through every entry (on the H100, 1 GiB the entries' runs did not have)."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--environment"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the environment check failed:\n{done.stderr[-LOG_TAIL_CHARS:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     """This card's achieved bf16 matrix-product rate: the ceiling the MFU figures (taken against the datasheet
     peak) can be read against."""
@@ -227,7 +239,7 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
 def run_suite(names: list[str], out: Path, deadline_s: float, tiny: bool) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     end = time.monotonic() + deadline_s
-    env = environment()
+    env = environment_in_a_child()
     (out / "environment.json").write_text(json.dumps(env, indent=1))
     print(json.dumps(env), flush=True)
     records = []
@@ -290,7 +302,12 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny presets at 9x96x160 (a CPU check)")
     parser.add_argument("--list", action="store_true", help="print the entries and their commands")
     parser.add_argument("--table", metavar="DIR", help="print DIR/summary.json as a markdown table")
+    parser.add_argument("--environment", action="store_true",
+                        help="print the package versions, device and bf16 matrix rate as JSON (what the suite records)")
     args = parser.parse_args(argv)
+    if args.environment:
+        print(json.dumps(environment()))
+        return None
     if args.list:
         for entry in SUITE:
             print(f"{entry.name}: {entry.target}\n    {entry.shown(args.tiny)}")

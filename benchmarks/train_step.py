@@ -14,7 +14,6 @@ benchmarks/model_flops.py says, and docs/performance.md), and peak GPU memory.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -43,6 +42,7 @@ from benchmarks.model_flops import step_flops
 from benchmarks.profiling import eager_if_compiled, profile_step
 from blueberry_video.training.accelerator import autocast
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
+from blueberry_video.training.cuda_allocator import use_expandable_segments, allocator_setting
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import models_from_configs
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -76,6 +76,10 @@ def parse_args(argv=None):
                         help="cap the caching allocator at this many GiB, as a smaller card would (CUDA only): an "
                              "H200 then answers whether a run fits an 80 GB H100, which leaves about 78.5 GiB to "
                              "tensors after the CUDA context")
+    parser.add_argument("--allocator", choices=["expandable", "default"], default="expandable",
+                        help="CUDA caching allocator: expandable segments, as the recipes run by default "
+                             "(expandable_segments setting), or torch's default (a PYTORCH_CUDA_ALLOC_CONF set in "
+                             "the environment wins over both)")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 
@@ -86,7 +90,9 @@ def limit_device_memory(limit_gib: float, device: torch.device) -> None:
     if device.type != "cuda":
         raise SystemExit("--memory-limit-gib needs a CUDA device")
     total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib / total_gib), device)
+    # torch wants an index here, and accelerator.device is plain "cuda".
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib / total_gib), index)
 
 
 def estimated_peak_gib(args, family, mixed_precision: str) -> float:
@@ -114,6 +120,7 @@ def secondary(what: str, measure) -> dict:
 
 
 def run(args) -> dict:
+    use_expandable_segments(args.allocator == "expandable")
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     device = accelerator.device
     if args.memory_limit_gib:
@@ -188,12 +195,13 @@ def run(args) -> dict:
             # What the caching allocator held: the figure to set against a card's size.
             "peak_reserved_gb": peak_reserved,
             "memory_limit_gib": args.memory_limit_gib,
-            "allocator_config": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+            "allocator_config": allocator_setting(),
         }
         if breakdown is not None:
             result.update(breakdown)
         if args.estimate:
-            result["estimated_peak_memory_gb"] = estimated_peak_gib(args, family, accelerator.mixed_precision)
+            result.update(secondary("estimate", lambda: {
+                "estimated_peak_memory_gb": estimated_peak_gib(args, family, accelerator.mixed_precision)}))
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

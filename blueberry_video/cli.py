@@ -55,6 +55,7 @@ def _precompute(args, extra):
     from blueberry_video.data.cache import CHUNK_SIZE, CacheSettings, precompute_latent_cache
     from blueberry_video.models import load_family
     from blueberry_video.training.accelerator import check_launch, weight_dtype
+    from blueberry_video.training.cuda_allocator import use_expandable_segments
 
     argv = ["--config", args.config] if args.config else []
     given_as_settings = {token.split("=")[0] for token in extra if token.startswith("--")}
@@ -68,6 +69,7 @@ def _precompute(args, extra):
         argv += ["--mixed_precision", PRECISION_OF_DTYPE[args.dtype]]
     argv += ["--vae_tiling"] * args.vae_tiling + ["--strict_data"] * args.strict
     config = parse_config(argv + extra)
+    use_expandable_segments(config.expandable_segments)  # the VAE encode runs the training run's allocator
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     check_launch(accelerator)
     family = load_family(_family_name(args, config.pretrained_model_name_or_path), config.pretrained_model_name_or_path)

@@ -77,6 +77,9 @@ class TrainConfig:
                                                "activations: faster, more memory; estimate-memory "
                                                "--min-checkpointing finds the lowest that fits)")
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
+    expandable_segments: bool = _opt(True, "CUDA allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
+                                     "expandable_segments:True): less memory lost to fragmentation; a "
+                                     "PYTORCH_CUDA_ALLOC_CONF you set yourself wins")
     layerwise_casting: bool = _opt(False, "LoRA only: store frozen transformer weights in float8, upcast layer by layer to compute (about half their memory)")
     compile: bool = _opt(False, "torch.compile each transformer block (slow first steps, faster after)")
     attention_backend: str = _opt("native", "diffusers attention backend (HunyuanVideo): native lets torch SDPA pick; "

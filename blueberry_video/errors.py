@@ -47,7 +47,13 @@ def exit_on_error(entry_point, *args):
 
 
 def out_of_memory_message(config, detail: str) -> str:
+    from blueberry_video.training.cuda_allocator import allocator_setting
+
     options = []
+    if not config.expandable_segments and allocator_setting() is None:
+        # Costs nothing; on an 80 GB H100 it alone made 177-frame HunyuanVideo fit.
+        options.append("--expandable_segments (the default, turned off here: the allocator loses less memory to "
+                       "fragmentation)")
     if not config.gradient_checkpointing:
         options.append("--gradient_checkpointing (recompute activations: the biggest saving)")
     elif config.gradient_checkpointing_ratio < 1:

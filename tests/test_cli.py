@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def test_create_sample_videos_writes_decodable_videos_and_captions(tmp_path, cap
 
 
 def test_precompute_writes_a_cache_whose_report_matches(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,
-                                                        capsys, fresh_accelerate_state):
+                                                        capsys, fresh_accelerate_state, monkeypatch):
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
     data = tmp_path / "data"
     shutil.copytree(sample_dataset_dir, data)
     (data / "videos" / "broken.mp4").write_bytes(b"not a video" * 100)
@@ -90,6 +93,8 @@ def test_precompute_writes_a_cache_whose_report_matches(tmp_path, tiny_cogvideox
     assert manifest["num_cached"] == 2 and len(manifest["skipped"]) == 1
     assert len(LatentCacheDataset(cache_path)) == 2
     assert datasets.load_from_disk(str(cache_path / "dataset"))["video"] == [r["file"] for r in records[:2]]
+    # The VAE encode ran the training run's allocator.
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
 
 
 def test_precompute_refuses_a_frame_count_the_vae_cannot_take(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,

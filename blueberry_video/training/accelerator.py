@@ -15,6 +15,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectCo
 from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
+from blueberry_video.training.cuda_allocator import use_expandable_segments
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.run_folder import LEFTOVER_FOLDERS, LOCK_FILE, SET_ASIDE_FOLDERS
 from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_accelerator(config) -> Accelerator:
+    # Before the Accelerator: it is what first puts memory on the GPU.
+    use_expandable_segments(config.expandable_segments)
     trackers = trackers_to_start(config.report_to)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
