@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="trained LoRA: a run's output_dir, one of its checkpoint-N folders, or a "
                                   ".safetensors file (default: none, the base model)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (default: %(default)s)")
-    p.add_argument("--transformer", help="fine-tuned transformer: a full fine-tune's output_dir or its transformer/ "
-                                         "(default: the base model's)")
+    p.add_argument("--transformer", help="fine-tuned transformer: a full fine-tune's output_dir, its transformer/ "
+                                         "or a checkpoint-N folder (default: the base model's)")
     p.add_argument("--num-frames", type=int, help="frames to generate (default: the run's max_num_frames, else the "
                                                   "family's usual)")
     p.add_argument("--height", type=int, help="frame height in pixels (default: the run's, else the family's usual)")

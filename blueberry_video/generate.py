@@ -1,6 +1,7 @@
 """Generate a video from a base model plus a trained LoRA or fine-tuned transformer (checked first by
 `trained_weights`). A checkpoint-N folder's adapter loads as `--init_lora_weights` reads it in training, scaled by
-the run's own rank and lora_alpha. Unset video settings come from the training run the weights belong to."""
+the run's own rank and lora_alpha; a full fine-tune's, as the base model's transformer with the checkpoint's weights.
+Unset video settings come from the training run the weights belong to."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from accelerate import init_empty_weights
+from accelerate.utils import SAFE_WEIGHTS_NAME
+from safetensors.torch import load_file
+
 from blueberry_video.data.video_writer import write_mp4
-from blueberry_video.errors import ConfigError
+from blueberry_video.errors import ConfigError, ModelLayoutError
 from blueberry_video.models import load_family
 from blueberry_video.models.base import VideoSettings
 from blueberry_video.trained_weights import (
@@ -23,6 +28,7 @@ from blueberry_video.trained_weights import (
     resolve_transformer,
 )
 from blueberry_video.training.attention import NATIVE, apply_attention_backend, check_attention_backend
+from blueberry_video.training.checkpoints import STATE_FILE
 from blueberry_video.training.lora import ADAPTER, add_lora
 
 
@@ -54,7 +60,9 @@ def load_pipeline(family, lora: LoraWeights | None = None, transformer_folder: P
     """The family's pipeline with the fine-tuned transformer and/or the LoRA (as `resolve_transformer` and
     `resolve_lora` return them)."""
     transformer = None
-    if transformer_folder:
+    if transformer_folder and (transformer_folder / STATE_FILE).is_file():
+        transformer = checkpoint_transformer(family, transformer_folder, dtype)
+    elif transformer_folder:
         transformer = family.transformer_class.from_pretrained(transformer_folder, dtype=dtype)
     pipe = (family.build_pipeline(transformer, dtype) if transformer is not None
             else family.pipeline_class.from_pretrained(family.model_dir, dtype=dtype))
@@ -67,6 +75,22 @@ def load_pipeline(family, lora: LoraWeights | None = None, transformer_folder: P
         pipe.load_lora_weights(str(lora.file), adapter_name=ADAPTER)
     pipe.set_adapters([ADAPTER], [lora_scale])
     return pipe
+
+
+def checkpoint_transformer(family, checkpoint: Path, dtype: torch.dtype):
+    """A full fine-tune's transformer at a checkpoint-N: the base model's transformer config with the weights
+    accelerate saved there."""
+    config = family.transformer_class.load_config(Path(family.model_dir) / "transformer")
+    with init_empty_weights():  # no random initialisation of weights about to be replaced
+        transformer = family.transformer_class.from_config(config)
+    weights = checkpoint / SAFE_WEIGHTS_NAME
+    try:
+        transformer.load_state_dict(load_file(weights), strict=True, assign=True)
+    except RuntimeError as error:
+        raise ModelLayoutError(f"{weights}: these weights do not fit the transformer of --model {family.model_dir} "
+                               f"({str(error).splitlines()[0]}); give --model the base model the run trained "
+                               f"from") from error
+    return transformer.to(dtype)
 
 
 def encode_prompts_then_free_encoders(pipe, family, prompts: dict, num_videos: int, guidance_scale: float,

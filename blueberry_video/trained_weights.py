@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import init_empty_weights
+from accelerate.utils import SAFE_WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
 from blueberry_video.config import TrainConfig, load_yaml
@@ -169,8 +170,8 @@ def family_with_layers(layer_names) -> str | None:
 
 
 def resolve_transformer(family, given: str | Path) -> Path:
-    """The folder of the fine-tuned transformer `--transformer` names (a full fine-tune's output_dir or its
-    transformer/), checked before any weight is read."""
+    """The folder of the fine-tuned transformer `--transformer` names (a full fine-tune's output_dir, its
+    transformer/ or one of its checkpoint-N folders), checked before any weight is read."""
     path = Path(given)
     if not path.exists():
         raise ModelLayoutError(f"--transformer {given}: no such folder; give a full fine-tune's output_dir or its "
@@ -179,10 +180,17 @@ def resolve_transformer(family, given: str | Path) -> Path:
     if path.suffix == ".safetensors" or any((folder / name).is_file() for name in (LORA_WEIGHTS, LORA_FILE)):
         raise ModelLayoutError(f"--transformer {given}: this is a LoRA, not a full fine-tune; use --lora {given}")
     if (path / STATE_FILE).is_file():
-        # accelerate's saved state (weights, optimizer, sharded the engine's way), not a diffusers folder.
-        raise ModelLayoutError(f"--transformer {given}: a training checkpoint of a full fine-tune, which generate "
-                               f"does not read; give the run's output_dir (its transformer/ is exported when the run "
-                               f"finishes), or resume the run from this checkpoint to a finish")
+        # accelerate's saved state: one process's (DDP included) holds the whole model in one file, which
+        # generate reads with the base model's transformer config; DeepSpeed and FSDP shard it their own way.
+        if not (path / SAFE_WEIGHTS_NAME).is_file():
+            raise ModelLayoutError(f"--transformer {given}: a full fine-tune's checkpoint saved sharded (DeepSpeed or "
+                                   f"FSDP), which generate does not read; give the run's output_dir once the run "
+                                   f"finishes (its transformer/ is exported then), or resume the run from this "
+                                   f"checkpoint to a finish")
+        return path
+    if folder == path and not (folder / "config.json").is_file() and (checkpoints := checkpoint_steps(path)):
+        raise ModelLayoutError(f"--transformer {given}: the run has not finished, so it has no transformer/ yet; "
+                               f"give one of its checkpoints, e.g. --transformer {checkpoints[-1][1]}")
     check_transformer_folder(family, folder)
     return folder
 

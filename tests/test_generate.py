@@ -139,12 +139,12 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
                      match=f"this is a full fine-tune .*; use --transformer {re.escape(str(full))}")
     generate_refused(tiny_cogvideox_dir, out, "--transformer", str(cogvideox_run), error=ModelLayoutError,
                      match=f"this is a LoRA, not a full fine-tune; use --lora {re.escape(str(cogvideox_run))}")
-    checkpoint = full / "checkpoint-3"  # a full fine-tune's: accelerate's state, marked complete by ours
+    checkpoint = full / "checkpoint-3"  # a full fine-tune's under DeepSpeed or FSDP: sharded, marked complete by ours
     checkpoint.mkdir()
     (checkpoint / STATE_FILE).write_text("{}")
     generate_refused(tiny_cogvideox_dir, out, "--transformer", str(checkpoint), error=ModelLayoutError,
-                     match="a training checkpoint of a full fine-tune, which generate does not read; give the run's "
-                           "output_dir")
+                     match="a full fine-tune's checkpoint saved sharded .*, which generate does not read; give the "
+                           "run's output_dir once the run finishes")
 
     generate_refused(tiny_cogvideox_dir, out, "--num-frames", "10", "--height", "32", "--width", "48",
                      match=r"--num-frames 10: this cogvideox model's VAE takes .* frames; use")
@@ -159,6 +159,37 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
     alone.parent.mkdir()
     shutil.copy(cogvideox_run / "checkpoint-2" / LORA_FILE, alone)
     generate_refused(tiny_cogvideox_dir, out, "--lora", str(alone), match="without its rank and lora_alpha")
+
+
+@pytest.fixture(scope="module")
+def cogvideox_full_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
+    return train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path_factory.mktemp("runs") / "full",
+                          "--training_mode=full", "--learning_rate=0.01", "--max_train_steps=2",
+                          "--checkpointing_steps=1")
+
+
+def test_a_full_fine_tunes_checkpoint_generates_what_the_export_of_its_step_does(tmp_path, tiny_cogvideox_dir,
+                                                                                 tiny_hunyuan_video_dir,
+                                                                                 cogvideox_full_run):
+    # The export holds the weights in the run's bf16, the checkpoint its float32 master weights: in bf16 the same.
+    exported = generate(tiny_cogvideox_dir, tmp_path / "export.mp4", "--transformer", str(cogvideox_full_run),
+                        "--dtype", "bfloat16")
+    last = generate(tiny_cogvideox_dir, tmp_path / "step2.mp4", "--transformer",
+                    str(cogvideox_full_run / "checkpoint-2"), "--dtype", "bfloat16")
+    earlier = generate(tiny_cogvideox_dir, tmp_path / "step1.mp4", "--transformer",
+                       str(cogvideox_full_run / "checkpoint-1"), "--dtype", "bfloat16")
+    torch.testing.assert_close(last, exported, rtol=0, atol=0)
+    assert (earlier - exported).abs().mean() > 0.005
+
+    out = tmp_path / "video.mp4"
+    unfinished = tmp_path / "unfinished"  # stopped before its export: only checkpoints
+    shutil.copytree(cogvideox_full_run, unfinished)
+    shutil.rmtree(unfinished / "transformer")
+    generate_refused(tiny_cogvideox_dir, out, "--transformer", str(unfinished), error=ModelLayoutError,
+                     match=f"not finished.*--transformer {re.escape(str(unfinished / 'checkpoint-2'))}")
+    generate_refused(tiny_hunyuan_video_dir, out, "--transformer", str(cogvideox_full_run / "checkpoint-2"),
+                     error=ModelLayoutError, match="these weights do not fit the transformer of --model .*; give "
+                                                   "--model the base model the run trained from")
 
 
 def test_another_familys_lora_is_refused_naming_its_family(tmp_path, tiny_cogvideox_dir, hunyuan_video_run):
