@@ -42,7 +42,7 @@ from benchmarks.model_flops import step_flops
 from benchmarks.profiling import eager_if_compiled, profile_step
 from blueberry_video.training.accelerator import autocast
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
-from blueberry_video.training.cuda_allocator import use_expandable_segments, allocator_setting
+from blueberry_video.training.cuda_allocator import allocator_setting, running_allocator_settings, use_expandable_segments
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import models_from_configs
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -196,6 +196,7 @@ def run(args) -> dict:
             "peak_reserved_gb": peak_reserved,
             "memory_limit_gib": args.memory_limit_gib,
             "allocator_config": allocator_setting(),
+            "allocator_settings": running_allocator_settings(),
         }
         if breakdown is not None:
             result.update(breakdown)

@@ -290,7 +290,10 @@ def test_train_step_benchmark_runs_the_recipes_allocator_and_keeps_the_users(mon
             "--warmup", "0", "--json"]
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    assert train_step.main(args)["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
+    result = train_step.main(args)
+    assert result["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    assert result["allocator_settings"] == "expandable_segments:True"  # what the running allocator holds
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
     assert train_step.main(args)["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512"
 

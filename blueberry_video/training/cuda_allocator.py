@@ -27,11 +27,21 @@ def allocator_setting() -> str | None:
 
 def use_expandable_segments(wanted: bool) -> bool:
     """Turn on expandable segments unless the run says not to or the user configured the allocator; True
-    where this call turned them on. The variable reaches every process this one starts; if CUDA is already
-    initialised here (an import may have done it) the running allocator is told too."""
+    where this call turned them on."""
     if not wanted or allocator_setting() is not None:
         return False
+    # The variable reaches the processes this one starts; this process's allocator may have read its settings
+    # already (an import that queries the GPU does), so it is told directly too.
     os.environ[ALLOCATOR_VARIABLES[0]] = EXPANDABLE_SEGMENTS
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9, every accelerator
+    if setter is not None:
+        setter(EXPANDABLE_SEGMENTS)
+    elif torch.cuda.is_available():
         torch.cuda.memory._set_allocator_settings(EXPANDABLE_SEGMENTS)
     return True
+
+
+def running_allocator_settings() -> str | None:
+    """The settings this process's allocator holds (torch >= 2.9), whatever set them; None where torch does not say."""
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    return getter() if getter is not None else None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from blueberry_video.config import parse_config
 from blueberry_video.training.accelerator import build_accelerator
+from blueberry_video.training.cuda_allocator import running_allocator_settings
 
 ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
@@ -16,6 +18,8 @@ ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 def no_allocator_setting(monkeypatch):
     for name in ALLOCATOR_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    # This process's allocator settings outlive a test: start from expandable segments off.
+    torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
     return monkeypatch
 
 
@@ -26,8 +30,10 @@ def run_config(tmp_path, *flags):
 
 def test_a_run_turns_on_expandable_segments(tmp_path, no_allocator_setting, fresh_accelerate_state):
     build_accelerator(run_config(tmp_path))
-    # The variable, not a call into this process's allocator: the processes a launch starts read it too.
+    # The variable for the processes a launch starts; this process's allocator, which may have read its
+    # settings before, is told directly.
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert running_allocator_settings() == "expandable_segments:True"
 
 
 @pytest.mark.parametrize("name", ALLOCATOR_VARIABLES)
@@ -45,5 +51,6 @@ def test_the_setting_turns_them_off_and_the_out_of_memory_help_then_names_it(tmp
     config = run_config(tmp_path, "--no-expandable_segments")
     build_accelerator(config)
     assert not any(name in os.environ for name in ALLOCATOR_VARIABLES)
+    assert running_allocator_settings() == "expandable_segments:False"
     assert "--expandable_segments (the default, turned off here" in out_of_memory_message(config, "detail")
     assert "--expandable_segments" not in out_of_memory_message(run_config(tmp_path), "detail")
