@@ -192,6 +192,23 @@ def test_a_full_fine_tunes_checkpoint_generates_what_the_export_of_its_step_does
                                                    "--model the base model the run trained from")
 
 
+def test_a_full_fine_tune_extended_past_its_finish_replaces_its_export(tmp_path, tiny_cogvideox_dir,
+                                                                       cogvideox_full_run):
+    extended = tmp_path / "extended"
+    shutil.copytree(cogvideox_full_run, extended)
+    before = load_file(extended / "transformer" / "diffusion_pytorch_model.safetensors")
+    train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, extended, "--training_mode=full", "--learning_rate=0.01",
+                   "--max_train_steps=3", "--checkpointing_steps=1", "--resume_from_checkpoint=latest")
+    after = load_file(extended / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    at_step_3 = load_file(extended / "checkpoint-3" / "model.safetensors")
+    for name, value in after.items():  # the export is step 3's weights in the run's bf16
+        torch.testing.assert_close(value, at_step_3[name].to(value.dtype), rtol=0, atol=0)
+    # The earlier export was set aside in a temporary folder until the new one stood in its place, then removed.
+    assert sorted(p.name for p in extended.iterdir() if p.is_dir()) == [
+        "checkpoint-1", "checkpoint-2", "checkpoint-3", "transformer"]
+
+
 def test_another_familys_lora_is_refused_naming_its_family(tmp_path, tiny_cogvideox_dir, hunyuan_video_run):
     out = tmp_path / "video.mp4"
     generate_refused(tiny_cogvideox_dir, out, "--lora", str(hunyuan_video_run / "checkpoint-1"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,8 +35,8 @@ def export_trained_weights(accelerator, family, transformer, output_dir, trainin
                 state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
                 model_with(unwrapped, state_dict).save_pretrained(Path(tmp) / "transformer", safe_serialization=True)
                 apply_umask(Path(tmp) / "transformer")
-                if target.exists():
-                    shutil.rmtree(target)
+                if target.exists():  # an earlier finish's: set aside, not deleted, until the new one is in place
+                    os.replace(target, Path(tmp) / "previous")
                 os.replace(Path(tmp) / "transformer", target)
     accelerator.wait_for_everyone()
     return target
