@@ -137,8 +137,9 @@ def profile_step(step, device: torch.device, compiled: bool = False) -> dict:
         flops = flops_by_kind(step, compiled)
     except torch.OutOfMemoryError as error:
         # The counted step needs more memory than the real one (on an 80 GB H100 HunyuanVideo's ran out at 71.7
-        # GiB where the step peaks at 35), most likely because FlopCounterMode runs operators it has no formula
-        # for decomposed, keeping intermediates their fused kernels do not. The times and kernels stand.
+        # GiB where the step peaks at 35; why is not established: FlopCounterMode runs operators it has no
+        # formula for decomposed, and may steer the masked attention to another kernel). The times and kernels
+        # stand.
         count_error = f"OutOfMemoryError: {str(error).splitlines()[0][:200]}"
     kinds = {}
     for kind in KINDS:
