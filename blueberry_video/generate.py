@@ -23,6 +23,7 @@ from blueberry_video.trained_weights import (
     RUN_CONFIG,
     LoraWeights,
     TrainingRun,
+    earlier_export_note,
     find_run,
     resolve_lora,
     resolve_transformer,
@@ -145,6 +146,9 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     if guidance_scale is None:
         guidance_scale = run.config.guidance_scale if run is not None else DEFAULT_GUIDANCE_SCALE
         summary += f"; guidance scale {guidance_scale:g} ({'the training run' if run is not None else 'default'})"
+    for exported in (lora.file if lora else None, transformer_folder):
+        if exported is not None and (note := earlier_export_note(exported)):
+            print(f"warning: {note}")
     print(f"generating {summary}")
     pipe = load_pipeline(family, lora, transformer_folder, lora_scale, dtype)
     apply_attention_backend(pipe.transformer, attention_backend)

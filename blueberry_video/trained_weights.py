@@ -87,6 +87,23 @@ def resolve_lora(family, given: str | Path) -> LoraWeights:
     return LoraWeights(file, run, from_checkpoint)
 
 
+def earlier_export_note(exported: Path) -> str | None:
+    """A line for weights exported at a run's finish (its LoRA file or transformer/) that a later checkpoint of the
+    same run postdates: the run was resumed past its finish and has not finished again, so they are the earlier
+    finish's weights. None otherwise (weights elsewhere, a checkpoint's, or the latest)."""
+    run_dir = exported.parent
+    if exported.name not in (LORA_WEIGHTS, "transformer") or not (run_dir / RUN_INFO).is_file():
+        return None
+    checkpoints = checkpoint_steps(run_dir)
+    # A finish saves its last checkpoint before it exports: a newer checkpoint comes from a later attempt.
+    if not checkpoints or (checkpoints[-1][1] / STATE_FILE).stat().st_mtime <= exported.stat().st_mtime:
+        return None
+    step, latest = checkpoints[-1]
+    flag = "--lora" if exported.name == LORA_WEIGHTS else "--transformer"
+    return (f"{exported} is older than {latest.name}: the run was resumed past its finish and has not finished "
+            f"again, so these are the earlier finish's weights; step {step}'s: {flag} {latest}")
+
+
 def lora_file_in(folder: Path) -> Path:
     """The exported LoRA of a run's output_dir, or the adapter of one of its checkpoint-N folders."""
     if (found := lora_file_in_folder(folder)) is not None:
@@ -97,10 +114,13 @@ def lora_file_in(folder: Path) -> Path:
     if (folder / "transformer").is_dir() or (folder / "config.json").is_file():
         raise ConfigError(f"--lora {folder}: this is a full fine-tune (a whole transformer, no {LORA_WEIGHTS}); use "
                           f"--transformer {folder}")
+    if (folder / STATE_FILE).is_file() and (folder / SAFE_WEIGHTS_NAME).is_file():
+        raise ConfigError(f"--lora {folder}: this is a full fine-tune's checkpoint (the whole transformer, no "
+                          f"{LORA_FILE}); use --transformer {folder}")
     if (folder / STATE_FILE).is_file():
-        raise ConfigError(f"--lora {folder}: this checkpoint holds no {LORA_FILE}: it is a full fine-tune's, or was "
-                          f"saved under DeepSpeed or FSDP, whose engines write the model in their own format; "
-                          f"generate from the run's final output: --lora or --transformer {folder.parent}")
+        raise ConfigError(f"--lora {folder}: this checkpoint holds no {LORA_FILE}: it was saved under DeepSpeed or "
+                          f"FSDP, whose engines write the model in their own format; generate from the run's final "
+                          f"output: --lora or --transformer {folder.parent}")
     if checkpoints := checkpoint_steps(folder):
         raise ConfigError(f"--lora {folder}: no {LORA_WEIGHTS} (the run has not finished, or stopped early); give one "
                           f"of its checkpoints, e.g. --lora {checkpoints[-1][1]}")

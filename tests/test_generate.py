@@ -16,6 +16,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from blueberry_video.cli import main
+from blueberry_video.config import parse_config
 from blueberry_video.data.decode import FrameSampling, decode_video
 from blueberry_video.errors import ConfigError, ModelLayoutError
 from blueberry_video.generate import load_pipeline, video_settings
@@ -26,7 +27,7 @@ from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
 from blueberry_video.training.checkpoints import LORA_FILE, STATE_FILE
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.lora import ADAPTER
-from blueberry_video.training.trainer import run_recipe
+from blueberry_video.training.trainer import run_recipe, train
 
 # The runs train at this shape (and 12 fps), which no default has: a video of it came from the run's settings.
 RUN_SHAPE = {"max_num_frames": 9, "height": 32, "width": 48}
@@ -187,6 +188,9 @@ def test_a_full_fine_tunes_checkpoint_generates_what_the_export_of_its_step_does
     shutil.rmtree(unfinished / "transformer")
     generate_refused(tiny_cogvideox_dir, out, "--transformer", str(unfinished), error=ModelLayoutError,
                      match=f"not finished.*--transformer {re.escape(str(unfinished / 'checkpoint-2'))}")
+    generate_refused(tiny_cogvideox_dir, out, "--lora", str(cogvideox_full_run / "checkpoint-2"),
+                     match=f"a full fine-tune's checkpoint .*; use --transformer "
+                           f"{re.escape(str(cogvideox_full_run / 'checkpoint-2'))}")
     generate_refused(tiny_hunyuan_video_dir, out, "--transformer", str(cogvideox_full_run / "checkpoint-2"),
                      error=ModelLayoutError, match="these weights do not fit the transformer of --model .*; give "
                                                    "--model the base model the run trained from")
@@ -207,6 +211,29 @@ def test_a_full_fine_tune_extended_past_its_finish_replaces_its_export(tmp_path,
     # The earlier export was set aside in a temporary folder until the new one stood in its place, then removed.
     assert sorted(p.name for p in extended.iterdir() if p.is_dir()) == [
         "checkpoint-1", "checkpoint-2", "checkpoint-3", "transformer"]
+
+
+def test_an_export_older_than_the_runs_last_checkpoint_is_named_as_the_earlier_finishs(
+        tmp_path, tiny_cogvideox_dir, cogvideox_run, capsys):
+    generate(tiny_cogvideox_dir, tmp_path / "finished.mp4", "--lora", str(cogvideox_run))
+    assert "warning" not in capsys.readouterr().out
+
+    resumed = tmp_path / "resumed"  # resumed past its finish, then stopped (preempted) before finishing again
+    shutil.copytree(cogvideox_run, resumed)
+    argv = ["--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--dummy_data", "--output_dir", str(resumed),
+            "--fps", "12", *[f"--{k}={v}" for k, v in RUN_SHAPE.items()], "--rank=4", "--lora_alpha=8",
+            "--learning_rate=0.05", "--max_train_steps=4", "--checkpointing_steps=1", "--guidance_scale=3.5",
+            "--resume_from_checkpoint=latest"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train(parse_config(argv), CogVideoXFamily(tiny_cogvideox_dir), stop_after_step=3)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    generate(tiny_cogvideox_dir, tmp_path / "stale.mp4", "--lora", str(resumed))
+    out = capsys.readouterr().out
+    assert (f"warning: {resumed / LORA_WEIGHTS} is older than checkpoint-3: the run was resumed past its finish"
+            in out)
+    assert f"--lora {resumed / 'checkpoint-3'}" in out
 
 
 def test_another_familys_lora_is_refused_naming_its_family(tmp_path, tiny_cogvideox_dir, hunyuan_video_run):
