@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from accelerate import init_empty_weights
 from accelerate.utils import SAFE_WEIGHTS_NAME
 from safetensors.torch import load_file
