@@ -269,7 +269,10 @@ def _other_figures(record: dict) -> str:
     if "samples_per_s" in result and "mb_per_s" in result:
         return f"{result['samples_per_s']:.1f} samples/s, {result['mb_per_s']:.0f} MB/s"
     if "achieved_tflops" in result:
-        return "; ".join([f"{result['achieved_tflops']:.1f} TFLOP/s", *filter(None, [result.get("time_summary")])])
+        # The allocator too: the A/B pairs differ in nothing else.
+        allocator = f"allocator {result['allocator_settings'] or 'default'}" if "allocator_settings" in result else None
+        return "; ".join([f"{result['achieved_tflops']:.1f} TFLOP/s",
+                          *filter(None, [result.get("time_summary"), allocator])])
     return ""
 
 

@@ -275,6 +275,7 @@ def test_gpu_suite_entries_run_with_the_recipes_allocator_unless_told_and_the_me
     [record] = gpu_suite.main(["--tiny", "--out", str(tmp_path), "--only", "hunyuan-33f-default-allocator"])
     assert record["status"] == "ok", record.get("log_tail")
     assert record["result"]["allocator_config"] is None
+    assert "allocator default |" in gpu_suite.markdown_table([record])
     # Each A/B pair differs in the allocator alone; the entries set against them run what the recipes run.
     for default_allocator, recipes_allocator in [("2b-full-8bit-compile-default-allocator", "2b-full-8bit-compile-mfu"),
                                                  ("hunyuan-33f-default-allocator", "hunyuan-33f")]:
