@@ -58,3 +58,17 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def no_allocator_setting(monkeypatch):
+    """No allocator variable of the user's, and this process's allocator (its settings outlive a test) with
+    expandable segments off: what a run then sets is the run's own doing."""
+    import torch
+
+    from blueberry_video.training.cuda_allocator import ALLOCATOR_VARIABLES
+
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
+    return monkeypatch

@@ -266,12 +266,10 @@ def test_gpu_suite_keeps_each_entrys_result_and_error_and_tabulates_them(tmp_pat
     assert late[0]["status"] == "not started (time)"
 
 
-def test_gpu_suite_entries_run_with_the_recipes_allocator_unless_told_and_the_memory_limit_needs_cuda(tmp_path,
-                                                                                                      monkeypatch):
+def test_gpu_suite_entries_run_with_the_recipes_allocator_unless_told_and_the_memory_limit_needs_cuda(
+        tmp_path, no_allocator_setting):
     from benchmarks import gpu_suite
 
-    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
-        monkeypatch.delenv(name, raising=False)
     [record] = gpu_suite.main(["--tiny", "--out", str(tmp_path), "--only", "hunyuan-33f-default-allocator"])
     assert record["status"] == "ok", record.get("log_tail")
     assert record["result"]["allocator_config"] is None
@@ -286,16 +284,13 @@ def test_gpu_suite_entries_run_with_the_recipes_allocator_unless_told_and_the_me
     assert expandable["error"] == "--memory-limit-gib needs a CUDA device"
 
 
-def test_train_step_benchmark_runs_the_recipes_allocator_and_keeps_the_users(monkeypatch):
+def test_train_step_benchmark_runs_the_recipes_allocator_and_keeps_the_users(no_allocator_setting):
     args = ["--preset", "tiny-cogvideox", "--frames", "9", "--height", "96", "--width", "160", "--steps", "1",
             "--warmup", "0", "--json"]
-    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
     result = train_step.main(args)
     assert result["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
     assert result["allocator_settings"] == "expandable_segments:True"  # what the running allocator holds
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    no_allocator_setting.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
     assert train_step.main(args)["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512"
 
 

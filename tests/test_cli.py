@@ -74,9 +74,7 @@ def test_create_sample_videos_writes_decodable_videos_and_captions(tmp_path, cap
 
 
 def test_precompute_writes_a_cache_whose_report_matches(tmp_path, tiny_cogvideox_dir, sample_dataset_dir,
-                                                        capsys, fresh_accelerate_state, monkeypatch):
-    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
-        monkeypatch.delenv(name, raising=False)
+                                                        capsys, fresh_accelerate_state, no_allocator_setting):
     data = tmp_path / "data"
     shutil.copytree(sample_dataset_dir, data)
     (data / "videos" / "broken.mp4").write_bytes(b"not a video" * 100)

@@ -34,13 +34,18 @@ RUN_SHAPE = {"max_num_frames": 9, "height": 32, "width": 48}
 PROMPT = "a red circle moving left to right"
 
 
-def train_tiny_run(family_class, model_dir: Path, output_dir: Path, *flags: str) -> Path:
-    """A real LoRA run on the tiny model: its config.yaml, run_info.json, export and checkpoint-N folders."""
+def train_tiny_run(family_class, model_dir: Path, output_dir: Path, *flags: str,
+                   stop_after_step: int | None = None) -> Path:
+    """A real LoRA run on the tiny model: its config.yaml, run_info.json, export and checkpoint-N folders; with
+    `stop_after_step`, stopped there with a checkpoint and no export, as a preempted job is."""
     argv = ["--pretrained_model_name_or_path", str(model_dir), "--dummy_data", "--output_dir", str(output_dir),
             "--fps", "12", *[f"--{k}={v}" for k, v in RUN_SHAPE.items()], *flags]
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        run_recipe(family_class, argv)
+        if stop_after_step is None:
+            run_recipe(family_class, argv)
+        else:
+            train(parse_config(argv), family_class(model_dir), stop_after_step=stop_after_step)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     return output_dir
@@ -220,15 +225,9 @@ def test_an_export_older_than_the_runs_last_checkpoint_is_named_as_the_earlier_f
 
     resumed = tmp_path / "resumed"  # resumed past its finish, then stopped (preempted) before finishing again
     shutil.copytree(cogvideox_run, resumed)
-    argv = ["--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--dummy_data", "--output_dir", str(resumed),
-            "--fps", "12", *[f"--{k}={v}" for k, v in RUN_SHAPE.items()], "--rank=4", "--lora_alpha=8",
-            "--learning_rate=0.05", "--max_train_steps=4", "--checkpointing_steps=1", "--guidance_scale=3.5",
-            "--resume_from_checkpoint=latest"]
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        train(parse_config(argv), CogVideoXFamily(tiny_cogvideox_dir), stop_after_step=3)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, resumed, "--rank=4", "--lora_alpha=8", "--learning_rate=0.05",
+                   "--max_train_steps=4", "--checkpointing_steps=1", "--guidance_scale=3.5",
+                   "--resume_from_checkpoint=latest", stop_after_step=3)
     generate(tiny_cogvideox_dir, tmp_path / "stale.mp4", "--lora", str(resumed))
     out = capsys.readouterr().out
     assert (f"warning: {resumed / LORA_WEIGHTS} is older than checkpoint-3: the run was resumed past its finish"

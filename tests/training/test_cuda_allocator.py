@@ -5,22 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from blueberry_video.config import parse_config
 from blueberry_video.training.accelerator import build_accelerator
-from blueberry_video.training.cuda_allocator import running_allocator_settings
-
-ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
-
-
-@pytest.fixture
-def no_allocator_setting(monkeypatch):
-    for name in ALLOCATOR_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    # This process's allocator settings outlive a test: start from expandable segments off.
-    torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
-    return monkeypatch
+from blueberry_video.training.cuda_allocator import ALLOCATOR_VARIABLES, running_allocator_settings
 
 
 def run_config(tmp_path, *flags):
