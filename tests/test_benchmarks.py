@@ -294,6 +294,17 @@ def test_train_step_benchmark_runs_the_recipes_allocator_and_keeps_the_users(no_
     assert train_step.main(args)["allocator_config"] == "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512"
 
 
+def test_gpu_suite_skips_an_entry_whose_question_an_earlier_failure_answered(tmp_path):
+    from benchmarks import gpu_suite
+
+    # On this CPU the 80 GB entries fail (no CUDA to hold to a limit), as 181 frames would by running out of memory.
+    records = gpu_suite.main(["--tiny", "--out", str(tmp_path), "--only", "hunyuan-181f-80gb", "hunyuan-185f-80gb"])
+    assert [r["status"] for r in records] == ["failed (exit 1)", "skipped (hunyuan-181f-80gb did not pass)"]
+    # Asked for alone, it runs: nothing this call says it would not fit.
+    [alone] = gpu_suite.main(["--tiny", "--out", str(tmp_path / "alone"), "--only", "hunyuan-185f-80gb"])
+    assert alone["error"] == "--memory-limit-gib needs a CUDA device"
+
+
 def test_gpu_suite_entries_run_real_presets_at_the_target_shapes():
     from benchmarks import gpu_suite
 
