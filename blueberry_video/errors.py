@@ -1,7 +1,9 @@
 """Exception types a user can meet; each message names the file or setting and the fix."""
 
+import json
 import os
 import sys
+import time
 
 
 class BlueberryError(Exception):
@@ -43,7 +45,23 @@ def exit_on_error(entry_point, *args):
         if os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {error}", file=sys.stderr)
+        tell_the_launcher(f"error: {error}")
         raise SystemExit(getattr(error, "exit_status", 1)) from None
+
+
+def tell_the_launcher(message: str) -> None:
+    """Under torchrun or `accelerate launch` with several processes, hand the message to the launcher's report of
+    the failed run: its "Root Cause" block then shows it, where it would show only "To enable traceback see: ..."
+    and the other ranks' SIGTERM, which reads like the cause. The launcher names the file in
+    TORCHELASTIC_ERROR_FILE and reads a plain-string message as is."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return
+    try:
+        with open(error_file, "w") as handle:
+            json.dump({"message": message, "timestamp": str(int(time.time()))}, handle)
+    except OSError:
+        pass  # the message is on stderr already
 
 
 def out_of_memory_message(config, detail: str) -> str:
