@@ -176,6 +176,51 @@ def test_a_flop_count_out_of_memory_keeps_the_profiles_times_and_kernels(monkeyp
     assert result["time_by_kind"]["attention"]["tflops"] is None
 
 
+def test_the_flop_count_keeps_no_gradient_that_the_step_itself_frees():
+    # FlopCounterMode's module tracker holds each module's incoming gradients until all of its tensors have theirs.
+    # Every block also takes the timestep embedding, whose gradient is complete only at the end, so the tracker
+    # kept a hidden-state gradient per block through the backward pass (the counted HunyuanVideo step ran out of
+    # memory on an 80 GB H100, failing on hidden-state-sized allocations).
+    import weakref
+
+    from torch.utils.checkpoint import checkpoint
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.profiling import flops_by_kind
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, hidden, temb):
+            return torch.tanh(self.linear(hidden)) * temb + hidden * 0.5
+
+    blocks, embed = torch.nn.ModuleList(Block() for _ in range(6)), torch.nn.Linear(8, 8)
+    alive_when_the_last_arrives = []
+
+    def step():
+        temb = embed(torch.randn(1, 8))
+        hidden = torch.randn(4, 8, requires_grad=True)
+        inputs, earlier = [], []
+        for block in blocks:
+            inputs.append(hidden)
+            hidden = checkpoint(block, hidden, temb, use_reentrant=False)
+        for later in inputs[2:]:
+            later.register_hook(lambda grad: earlier.append(weakref.ref(grad)))
+        inputs[1].register_hook(lambda grad: alive_when_the_last_arrives.append(
+            sum(ref() is not None for ref in earlier)))
+        hidden.sum().backward()
+
+    flops = flops_by_kind(step, compiled=False)
+    step()
+    with FlopCounterMode(display=False) as whole_counter:  # the tracker's way, for comparison
+        step()
+    assert alive_when_the_last_arrives == [0, 0, 4]
+    # The same FLOPs as the whole FlopCounterMode counts, recomputation included.
+    assert flops == {"matmul": whole_counter.get_total_flops()} and flops["matmul"] > 0
+
+
 def test_profile_charges_each_kernel_to_the_outermost_kind_that_encloses_it():
     from types import SimpleNamespace
 
