@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 
-version() { "$python" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+version() {
+    "$python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || {
+        echo "error: $python has no $1 installed: run 'bash scripts/setup_env.sh test' first (or set PYTHON)" >&2
+        exit 1
+    }
+}
 packages=()
 for name in diffusers datasets bitsandbytes peft dill multiprocess; do
     packages+=("$name==$(version "$name")")
