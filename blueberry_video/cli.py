@@ -116,11 +116,15 @@ def _train(args, extra):
 
 
 def print_train_result(result) -> None:
-    """The line a training run ends with (this verb's and the recipes'), from the main process only."""
+    """The line a training run ends with (this verb's and the recipes'), from the main process only; then a rank
+    of a multi-process run ends its process (see leave_without_teardown_after_a_multi_process_run)."""
     from accelerate import PartialState
+
+    from blueberry_video.training.accelerator import leave_without_teardown_after_a_multi_process_run
 
     if PartialState().is_main_process:
         print(f"{result.global_step} steps; outputs in {result.output_dir}")
+    leave_without_teardown_after_a_multi_process_run()
 
 
 def _estimate_memory(args, extra):
