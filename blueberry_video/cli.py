@@ -54,7 +54,12 @@ def _precompute(args, extra):
     from blueberry_video.config import parse_config
     from blueberry_video.data.cache import CHUNK_SIZE, CacheSettings, precompute_latent_cache
     from blueberry_video.models import load_family
-    from blueberry_video.training.accelerator import check_launch, weight_dtype
+    from blueberry_video.training.accelerator import (
+        check_launch,
+        leave_without_teardown_after_a_multi_process_run,
+        release_process_group,
+        weight_dtype,
+    )
     from blueberry_video.training.cuda_allocator import use_expandable_segments
 
     argv = ["--config", args.config] if args.config else []
@@ -81,6 +86,9 @@ def _precompute(args, extra):
                                      chunk_size=args.chunk_size or CHUNK_SIZE)
     if accelerator.is_main_process:
         print(report.summary())
+    # As a finished training run ends (print_train_result).
+    release_process_group()
+    leave_without_teardown_after_a_multi_process_run()
 
 
 def _demo(args, extra):
