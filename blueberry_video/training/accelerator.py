@@ -70,8 +70,8 @@ def leave_without_teardown_after_a_multi_process_run() -> None:
     """End a rank of a multi-process run whose work is done: Python's exit handlers run (trackers, logging,
     temporary folders, child processes), the interpreter's teardown does not. Even with the process group
     destroyed, a rank of a finished CPU (gloo) run now and then aborted in that teardown ("terminate called without
-    an active exception", no Python frame left: some C++ object's thread destroyed late; in 4 of 121 two-process
-    runs on 2026-11-26, one of them in CI), and the launcher then reports the finished run as failed, which a
+    an active exception", no Python frame left: some C++ object's thread destroyed late; 4 of 121 two-process runs
+    of a launch loop on 2026-11-26, and one CI run), and the launcher then reports the finished run as failed, which a
     scheduler chaining jobs reads as "do not continue". A run that raised does not come here."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
