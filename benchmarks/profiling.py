@@ -118,7 +118,8 @@ def counting_without_module_tracker(counter: flop_counter.FlopCounterMode):
     timestep embedding, whose gradient is complete only at the end of the backward pass, so the tracker keeps a
     hidden-state gradient per block to the end (shown on CPU in tests/test_benchmarks.py), which fits the H100's
     failure: the counted HunyuanVideo step ran out of memory at 71.7 GiB where the step peaks at 35.1. The
-    counting mode alone holds nothing. Its class is private to torch, so the whole FlopCounterMode stands in where it is missing."""
+    counting mode alone holds nothing. Its class is private to torch, so the whole FlopCounterMode stands in where
+    it is missing."""
     counting_mode = getattr(flop_counter, "_FlopCounterMode", None)
     return counting_mode(counter) if counting_mode is not None else counter
 

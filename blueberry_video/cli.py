@@ -57,7 +57,6 @@ def _precompute(args, extra):
     from blueberry_video.training.accelerator import (
         check_launch,
         leave_without_teardown_after_a_multi_process_run,
-        release_process_group,
         weight_dtype,
     )
     from blueberry_video.training.cuda_allocator import use_expandable_segments
@@ -87,7 +86,6 @@ def _precompute(args, extra):
     if accelerator.is_main_process:
         print(report.summary())
     # As a finished training run ends (print_train_result).
-    release_process_group()
     leave_without_teardown_after_a_multi_process_run()
 
 

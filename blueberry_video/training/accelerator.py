@@ -66,14 +66,21 @@ def release_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def launched_world_size() -> int:
+    """The number of processes the launcher (torchrun, `accelerate launch`) started, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def leave_without_teardown_after_a_multi_process_run() -> None:
-    """End a rank of a multi-process run whose work is done: Python's exit handlers run (trackers, logging,
-    temporary folders, child processes), the interpreter's teardown does not. Even with the process group
-    destroyed, a rank of a finished CPU (gloo) run now and then aborted in that teardown ("terminate called without
-    an active exception", no Python frame left: some C++ object's thread destroyed late; 4 of 121 two-process runs
-    of a launch loop on 2026-11-26, and one CI run), and the launcher then reports the finished run as failed, which a
-    scheduler chaining jobs reads as "do not continue". A run that raised does not come here."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """End a finished command's process: its process group is destroyed (release_process_group); a rank of a
+    multi-process run then runs Python's exit handlers (trackers, logging, temporary folders, child processes) and
+    leaves without the interpreter's teardown. There, even with the process group destroyed, a rank of a finished
+    CPU (gloo) run now and then aborted ("terminate called without an active exception", no Python frame left:
+    some C++ object's thread destroyed late; 4 of 121 two-process runs of a launch loop on 2026-11-26, and one CI
+    run), and the launcher then reports the finished run as failed, which a scheduler chaining jobs reads as "do
+    not continue". A run that raised does not come here."""
+    release_process_group()
+    if launched_world_size() <= 1:
         return
     atexit._run_exitfuncs()
     sys.stdout.flush()
@@ -177,7 +184,7 @@ def check_launch(accelerator: Accelerator) -> None:
                 f"only; ACCELERATE_USE_CPU=1 turns both off. On a CPU machine use accelerate_configs/cpu_test.yaml "
                 f"(DDP) or a DeepSpeed config with --num_processes 1."
             )
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size > 1 and accelerator.num_processes == 1:
         hint = (
             "DeepSpeed without GPUs runs one process: launch with --num_processes 1, or use DDP "
