@@ -164,9 +164,14 @@ def load_checkpoint(accelerator, path: Path, optimizer) -> dict:
         create_optimizer_state(optimizer)
     # Non-strict under DeepSpeed: the frozen weights left out of a LoRA checkpoint keep their pretrained values.
     accelerator.load_state(str(path), **({"load_module_strict": False} if _is_deepspeed(accelerator) else {}))
-    return json.loads((path / STATE_FILE).read_text())
+    return read_checkpoint_state(path)
+
+
+def read_checkpoint_state(path: Path) -> dict:
+    """A complete checkpoint's position (step, epoch, batches into it) and the units it is counted in."""
+    return json.loads((Path(path) / STATE_FILE).read_text())
 
 
 def checkpoint_step(path: Path) -> int:
     """The optimizer step a complete checkpoint was saved at."""
-    return json.loads((Path(path) / STATE_FILE).read_text())["global_step"]
+    return read_checkpoint_state(path)["global_step"]

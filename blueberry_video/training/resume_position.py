@@ -46,3 +46,14 @@ def rescale_lr_schedule(lr_scheduler, state: dict, num_processes: int) -> None:
     inner._last_lr = rates
     logger.warning("resuming on %d processes, saved on %d: the learning-rate schedule is set to step %d of this "
                    "run (lr %.3g)", num_processes, saved_processes, state["global_step"], rates[0])
+
+
+def steps_to_finish_the_epochs(saved_state: dict, samples_per_batch: int, updates_per_epoch: int,
+                               gradient_accumulation_steps: int, num_train_epochs: int) -> int:
+    """The optimizer step a run of `num_train_epochs` ends at, resumed from `saved_state` in this run's units:
+    the steps taken, the rest of the saved epoch, then the whole epochs left. Counted from epochs alone, a run
+    resumed with a smaller batch (longer epochs) would end early, one with a larger batch late."""
+    skipped_updates = -(-batches_to_skip(saved_state, samples_per_batch) // gradient_accumulation_steps)
+    rest_of_epoch = max(0, updates_per_epoch - skipped_updates)
+    whole_epochs_left = max(0, num_train_epochs - saved_state["epoch"] - 1)
+    return saved_state["global_step"] + rest_of_epoch + whole_epochs_left * updates_per_epoch

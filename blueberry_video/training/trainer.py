@@ -8,6 +8,7 @@ Everything model-specific goes through the `ModelFamily` the recipe passes in.
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from blueberry_video.training.attention import apply_attention_backend, check_at
 from blueberry_video.training.checkpoints import (
     checkpoint_step,
     load_checkpoint,
+    read_checkpoint_state,
     register_lora_checkpoint_hooks,
     resolve_resume_path,
     save_checkpoint,
@@ -51,7 +53,12 @@ from blueberry_video.training.records import (
     write_model_card,
     write_run_info,
 )
-from blueberry_video.training.resume_position import batches_to_skip, position_units, rescale_lr_schedule
+from blueberry_video.training.resume_position import (
+    batches_to_skip,
+    position_units,
+    rescale_lr_schedule,
+    steps_to_finish_the_epochs,
+)
 from blueberry_video.training.run_folder import hold_output_dir, remove_leftovers, set_aside_later_checkpoints
 from blueberry_video.training.step import compile_blocks
 from blueberry_video.training.trackers import start_trackers
@@ -150,8 +157,15 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
         num_workers=config.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
     )
     updates_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / config.gradient_accumulation_steps)
-    max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    units = position_units(config, accelerator.num_processes)
+    saved_state = read_checkpoint_state(resume_path) if resume_path else None
+    if config.max_train_steps:
+        max_train_steps = config.max_train_steps
+    else:
+        max_train_steps = config.num_train_epochs * updates_per_epoch
+        if saved_state and saved_state.get("samples_per_batch", units["samples_per_batch"]) != units["samples_per_batch"]:
+            max_train_steps = steps_to_finish_the_epochs(saved_state, units["samples_per_batch"], updates_per_epoch,
+                                                         config.gradient_accumulation_steps, config.num_train_epochs)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
     register_lora_checkpoint_hooks(accelerator, config.training_mode)
     fit_fsdp_wrap_classes(accelerator, transformer)
@@ -162,7 +176,6 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
 
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
     metrics = MetricsLog(output_dir)
-    units = position_units(config, accelerator.num_processes)
     if resume_path:
         state = load_checkpoint(accelerator, resume_path, optimizer)
         rescale_lr_schedule(lr_scheduler, state, accelerator.num_processes)
@@ -189,7 +202,11 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
             loop = BatchLoop(accelerator, family, transformer, noise_scheduler, params, optimizer, lr_scheduler,
                              config, metrics=metrics, progress=progress, preemption=preemption,
                              global_step=state["global_step"], bad_steps=state["bad_steps"])
-            for epoch in range(state["epoch"], num_epochs):
+            # A resumed run's epochs may differ in length from the saved run's: a run of so many steps takes
+            # epochs until they are done, one of so many epochs stops after its last.
+            epochs = (itertools.count(state["epoch"]) if config.max_train_steps
+                      else range(state["epoch"], config.num_train_epochs))
+            for epoch in epochs:
                 if loop.global_step >= max_train_steps or stop_early:
                     break
                 dataloader.set_epoch(epoch)

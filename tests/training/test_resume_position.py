@@ -60,3 +60,34 @@ def test_the_schedule_saved_on_one_process_continues_at_the_same_rate_on_two():
     one.optimizer.step()
     one.step()
     assert two.get_last_lr() == pytest.approx(one.get_last_lr())
+
+
+def test_a_smaller_batch_on_resume_trains_every_step_asked_for(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    # 12 items an epoch: 3 steps at batch 4, 6 at batch 2. Step 4 took 4 items of epoch 1; at batch 2 its other
+    # 8 are steps 5-8, and steps 9-10 need a third epoch, which the saved run's count of epochs did not have.
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha", "4",
+                       "--dataset_repeats", "12", "--checkpointing_steps", "4")
+    train_cogvideox.main([*args, "--train_batch_size", "4", "--max_train_steps", "4"])
+    result = train_cogvideox.main([*args, "--train_batch_size", "2", "--max_train_steps", "10",
+                                   "--resume_from_checkpoint", "latest"])
+    assert result.global_step == 10
+    assert epochs_by_step(out) == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 2, 10: 2}
+
+
+def test_a_run_of_epochs_resumed_with_a_smaller_batch_ends_its_schedule_with_its_last_epoch(
+        tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha", "4",
+                       "--dataset_repeats", "12", "--checkpointing_steps", "4", "--lr_scheduler", "cosine",
+                       "--lr_warmup_steps", "0")
+    train_cogvideox.main([*args, "--train_batch_size", "4", "--max_train_steps", "4"])
+    # Three epochs: step 4 is one batch of 4 into epoch 1; at batch 2 that epoch has 4 steps left, epoch 2 has 6.
+    train_cogvideox.main([*args, "--train_batch_size", "2", "--max_train_steps", "none", "--num_train_epochs", "3",
+                          "--resume_from_checkpoint", "latest"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["epoch"] for r in records} == {**{s: 0 for s in (1, 2, 3)}, **{s: 1 for s in range(4, 9)},
+                                                         **{s: 2 for s in range(9, 15)}}
+    # The cosine schedule ends at step 14, the run's last: counted as 3 epochs of 6 it would still be at a
+    # fifth of its rate.
+    assert records[-1]["lr"] < 0.05 * records[0]["lr"]
