@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blueberry_video.errors import BlueberryError
+from blueberry_video.errors import BlueberryError, StoppedBySignal
 
 logger = logging.getLogger(__name__)
 
@@ -330,19 +330,33 @@ def _stream_frames(
             received += 1
             if received == len(indices):
                 break
-    except VideoDecodeError:
+    except (VideoDecodeError, StoppedBySignal):
         raise
     except Exception as error:  # imageio raises OSError/RuntimeError/parse errors with ffmpeg's log
+        _raise_a_stop_within(error)
         raise VideoDecodeError(path, f"ffmpeg failed while decoding ({_ffmpeg_complaint(str(error))})") from error
     finally:
         reader.close()
     return frames[:received]
 
 
+def _raise_a_stop_within(error: BaseException) -> None:
+    """A Ctrl-C or SIGTERM that came while imageio read from ffmpeg reaches us wrapped in imageio's own error:
+    it must stop the work, not count the video as unreadable (a skip the cache would keep)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, StoppedBySignal):
+            raise seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def _count_frames(path: Path) -> int:
     try:
         count, _ = _imageio_ffmpeg().count_frames_and_secs(str(path.absolute()))
+    except StoppedBySignal:
+        raise
     except Exception as error:  # a RuntimeError carrying ffmpeg's log
+        _raise_a_stop_within(error)
         raise VideoDecodeError(path, f"cannot count frames ({_ffmpeg_complaint(str(error))})") from error
     return int(count or 0)
 

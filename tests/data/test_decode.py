@@ -1,4 +1,5 @@
 import pickle
+import signal
 
 import imageio_ffmpeg
 import pytest
@@ -12,6 +13,8 @@ from blueberry_video.data.decode import (
     decode_video,
     probe_video,
 )
+from blueberry_video.errors import StoppedBySignal
+from blueberry_video.stop_signals import stop_with_message
 
 
 def assert_centred_square(frame: torch.Tensor, side: int) -> None:
@@ -247,6 +250,33 @@ def test_decoding_stops_after_the_frames_it_needs(long_video, monkeypatch):
     assert calls[0]["frames"] == 5 and calls[0]["closed"]
     params = calls[0]["output_params"]
     assert params[params.index("-frames:v") + 1] == "5"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_while_decoding_stops_the_work_instead_of_skipping_the_video(long_video, monkeypatch, signum):
+    real_read_frames = imageio_ffmpeg.read_frames
+
+    def read_frames_then_signal(*args, **kwargs):
+        for index, item in enumerate(real_read_frames(*args, **kwargs)):
+            if index == 2:  # the metadata and one frame in: Ctrl-C, or the scheduler's SIGTERM
+                signal.raise_signal(signum)
+            yield item
+
+    monkeypatch.setattr(imageio_ffmpeg, "read_frames", read_frames_then_signal)
+    with stop_with_message(lambda: "stopped"), pytest.raises(StoppedBySignal):
+        decode_video(long_video, FrameSampling(num_frames=5, height=48, width=64))
+
+
+def test_a_stop_that_imageio_wrapped_in_its_own_error_is_still_a_stop():
+    try:
+        try:
+            raise StoppedBySignal("SIGINT: stopped", signal.SIGINT)
+        except StoppedBySignal as stop:
+            raise RuntimeError("Could not read frame 64:") from stop
+    except RuntimeError as wrapped:
+        with pytest.raises(StoppedBySignal):
+            decode._raise_a_stop_within(wrapped)
+    decode._raise_a_stop_within(RuntimeError("ffmpeg: Invalid data found when processing input"))  # no stop
 
 
 def test_select_expression_merges_consecutive_runs():
