@@ -198,8 +198,15 @@ def _read_sidecar_captions(root: Path, caption_column: str | None, video_column:
     ]
 
 
+def _split_lines(text: str) -> list[str]:
+    """Lines ended by \\n or \\r\\n only. str.splitlines also splits at the Unicode separators a caption may hold
+    (U+2028, U+0085, form feed), which would break a JSON line, or shift every later caption of prompts.txt
+    onto the next video."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _lines(text: str) -> list[str]:
-    lines = text.splitlines()
+    lines = _split_lines(text)
     # A trailing newline (or several) is not a row; blank lines in the middle are.
     while lines and not lines[-1].strip():
         lines.pop()
@@ -223,7 +230,7 @@ def _read_json(path: Path) -> list[tuple[str, object]]:
 
 def _read_jsonl(path: Path) -> list[tuple[str, object]]:
     records = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_split_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:

@@ -64,6 +64,27 @@ def test_prompts_and_videos_txt(dataset):
     assert_three_entries(load_dataset_entries(dataset), dataset)
 
 
+# Characters str.splitlines would split a line at; an editor, wc -l and JSON Lines do not.
+UNICODE_BREAKS = ["\u2028", "\u0085", "\x0c"]
+
+
+@pytest.mark.parametrize("char", UNICODE_BREAKS)
+def test_a_caption_holding_a_unicode_line_separator_stays_on_its_line(dataset, char):
+    captions = [f"a red{char}circle", *CAPTIONS[1:]]
+    (dataset / "prompts.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+    (dataset / "videos.txt").write_text("\n".join(f"videos/{i}.mp4" for i in range(3)))
+    assert_three_entries(load_dataset_entries(dataset), dataset, captions)
+
+
+@pytest.mark.parametrize("char", UNICODE_BREAKS[:2])  # json.dumps escapes the form feed itself
+def test_jsonl_as_json_dumps_writes_it_without_ascii_escapes(dataset, char):
+    rows = records()
+    rows[1]["caption"] = f"a blue{char}square"
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    (dataset / "metadata.jsonl").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    assert_three_entries(load_dataset_entries(dataset), dataset, [CAPTIONS[0], rows[1]["caption"], CAPTIONS[2]])
+
+
 def test_txt_files_named_by_the_columns_like_diffusers(dataset):
     (dataset / "captions.txt").write_text("\n".join(CAPTIONS))
     (dataset / "clips.txt").write_text("\n".join(f"videos/{i}.mp4" for i in range(3)))
