@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +30,15 @@ from tqdm.auto import tqdm
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
 from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
 from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
-from blueberry_video.data.formats import DatasetFormatError, DatasetListing, first_few, load_dataset_entries
+from blueberry_video.data.formats import (
+    DatasetFormatError,
+    DatasetListing,
+    first_few,
+    lexical_absolute,
+    load_dataset_entries,
+)
 from blueberry_video.data.latent_dataset import NON_TENSOR_COLUMNS
+from blueberry_video.errors import ConfigError
 from blueberry_video.stop_signals import stop_with_message
 
 logger = logging.getLogger(__name__)
@@ -364,6 +372,18 @@ def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path
         torch.cuda.empty_cache()  # the encoders' blocks (HunyuanVideo's Llama: 15 GB) back, before the transformer
 
 
+def _make_writable_folder(cache_path: Path) -> None:
+    """Create the cache folder and check this process can write in it (a shared read-only dataset's default
+    <dataset>/.latent_cache), with the fix, before any encoding."""
+    try:
+        cache_path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write the latent cache folder {cache_path} ({error.strerror or error}): pass "
+                          "--cache_dir a folder you can write") from error
+
+
 def precompute_latent_cache(
     family,
     data_root: str | Path,
@@ -382,9 +402,10 @@ def precompute_latent_cache(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    root = Path(data_root).resolve()
+    # As the user wrote it, not resolved: metadata may name videos by absolute paths through a symlinked folder.
+    root = lexical_absolute(data_root)
     listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token,
-                                   ignore=Path(cache_root).resolve())
+                                   ignore=lexical_absolute(cache_root))
     listing_skipped = [{"source": item.source, "reason": item.reason} for item in listing.skipped]
     listing_notes = _listing_notes(root, listing)
     if strict and listing_skipped:
@@ -400,7 +421,7 @@ def precompute_latent_cache(
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
-    cache_path.mkdir(parents=True, exist_ok=True)
+    _make_writable_folder(cache_path)
     with building(cache_path, accelerator) as built_meanwhile:
         if built_meanwhile:
             return _reuse(cache_path, strict, listing_notes)

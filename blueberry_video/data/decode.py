@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class VideoDecodeError(BlueberryError):
 
     def __reduce__(self):
         return type(self), (self.path, self.reason)
+
+
+class VideoNotReadableError(BlueberryError, PermissionError):
+    """This process may not read the video. The machine's setting, not the file's fault: it stops the build
+    instead of being skipped, a skip the cache would keep after the permissions are fixed."""
 
 
 class VideoTooShortError(VideoDecodeError):
@@ -186,6 +192,9 @@ def _check_is_file(path: Path) -> None:
         raise VideoDecodeError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes); re-download or re-encode it")
+    if not os.access(path, os.R_OK):
+        raise VideoNotReadableError(f"{path}: permission denied reading it; check the file's permissions "
+                                    "(chmod a+r), then rerun")
 
 
 def _parse_header(path: Path, text: str) -> VideoInfo:

@@ -178,7 +178,7 @@ def _read_text_pair(root: Path, prompts_name: str, videos_name: str) -> list[_Ro
 
 def _read_sidecar_captions(root: Path, caption_column: str | None, video_column: str | None) -> list[_Row]:
     """One row per video file, its caption read from the .txt of the same name beside it (None where absent)."""
-    root = _lexical_absolute(root)
+    root = lexical_absolute(root)
     videos = _video_files(root, ignore=None)
     captions = [video.with_suffix(".txt") for video in videos]
     if not any(caption.is_file() for caption in captions):
@@ -328,7 +328,7 @@ def _find_column(path: Path, available: list[str], name: str, setting: str) -> s
 
 def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> DatasetListing:
     listing = DatasetListing()
-    root_abs = _lexical_absolute(root)
+    root_abs = lexical_absolute(root)
     first_source: dict[Path, str] = {}
     for row in rows:
         video = row.video.strip() if isinstance(row.video, str) else ""
@@ -355,16 +355,16 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
 
 def _unlisted_videos(root: Path, rows: list[_Row], ignore: Path | None) -> list[Path]:
     """Video files under `root` that no row names, skipped rows included (their reason is reported already)."""
-    root_abs = _lexical_absolute(root)
-    listed = {_lexical_absolute(root_abs / row.video.strip()) for row in rows if isinstance(row.video, str)}
+    root_abs = lexical_absolute(root)
+    listed = {lexical_absolute(root_abs / row.video.strip()) for row in rows if isinstance(row.video, str)}
     return [video for video in _video_files(root_abs, ignore) if video not in listed]
 
 
 def _video_files(root: Path, ignore: Path | None) -> list[Path]:
     """Files under `root` with a video extension, sorted, leaving out `ignore` and hidden names (the default
     .latent_cache, .git, and the ._clip.mp4 files macOS leaves on shared drives, which are not videos)."""
-    root_abs = _lexical_absolute(root)
-    ignore_abs = _lexical_absolute(ignore) if ignore is not None else None
+    root_abs = lexical_absolute(root)
+    ignore_abs = lexical_absolute(ignore) if ignore is not None else None
     found, seen = [], set()
     # followlinks: a symlinked videos/ folder is a normal setup; `seen` stops a link that loops back.
     for folder, subfolders, files in os.walk(root_abs, followlinks=True):
@@ -379,7 +379,7 @@ def _video_files(root: Path, ignore: Path | None) -> list[Path]:
     return sorted(found)
 
 
-def _lexical_absolute(path: Path) -> Path:
+def lexical_absolute(path: Path) -> Path:
     # Lexical normalisation instead of resolve(): a symlinked videos/ folder is a normal setup.
     return Path(os.path.normpath(Path(path).absolute()))
 

@@ -27,6 +27,7 @@ from blueberry_video.data.cache import CacheSettings, EmptyCacheError, precomput
 from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video
 from blueberry_video.data.formats import DatasetFormatError
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
+from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from tests.conftest import REPO_ROOT
 
@@ -408,6 +409,25 @@ def test_a_resume_with_another_chunk_size_keeps_every_item(family, sample_datase
     # The finished chunk held item 0 alone; a chunk of 3 starting at item 0 must not be taken for it.
     report = precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=3)
     assert cached_table(report)["index"] == [0, 1, 2, 3]
+
+
+def test_a_dataset_folder_reached_through_a_symlink_may_list_its_videos_by_absolute_path(
+        family, sample_dataset_dir, tmp_path):
+    real = copy_dataset(sample_dataset_dir, tmp_path / "real", count=1)
+    (tmp_path / "link").symlink_to(real)
+    records = metadata(real)
+    for record in records:
+        record["file"] = str(tmp_path / "link" / record["file"])
+    (real / "metadata.json").write_text(json.dumps(records))
+    report = precompute_latent_cache(family, tmp_path / "link", tmp_path / "cache", SETTINGS)
+    assert report.num_cached == 1 and not report.skipped
+
+
+def test_a_cache_folder_that_cannot_be_written_is_refused_with_the_setting_that_moves_it(
+        family, one_video_dataset_dir, tmp_path):
+    (tmp_path / "not-a-folder").write_text("")  # as unwritable as a read-only share, for root too
+    with pytest.raises(ConfigError, match=r"cannot write the latent cache folder .*not-a-folder.*--cache_dir"):
+        precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "not-a-folder" / "cache", SETTINGS)
 
 
 @pytest.fixture

@@ -1,5 +1,11 @@
+import os
 import pickle
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
@@ -15,6 +21,7 @@ from blueberry_video.data.decode import (
 )
 from blueberry_video.errors import StoppedBySignal
 from blueberry_video.stop_signals import stop_with_message
+from tests.conftest import REPO_ROOT
 
 
 def assert_centred_square(frame: torch.Tensor, side: int) -> None:
@@ -214,6 +221,28 @@ def test_missing_file_and_folder_raise_video_decode_error(tmp_path):
         decode_video(tmp_path / "absent.mp4", FrameSampling(num_frames=1, height=8, width=8))
     with pytest.raises(VideoDecodeError, match="not a regular file"):
         probe_video(tmp_path)
+
+
+def test_a_video_this_process_may_not_read_stops_the_work_instead_of_being_skipped(landscape_video):
+    # Root reads any file: run the reader as an unprivileged user (setpriv), in a folder it can enter.
+    folder = Path(tempfile.mkdtemp(prefix="blueberry-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        video = folder / "clip.mp4"
+        shutil.copy(landscape_video, video)
+        video.chmod(0o600)
+        as_another_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        if as_another_user and not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: every file is readable")
+        code = ("from blueberry_video.data.decode import FrameSampling, VideoNotReadableError, decode_video\n"
+                f"try: decode_video({str(video)!r}, FrameSampling(num_frames=2, height=32, width=32))\n"
+                "except VideoNotReadableError as error: print('refused:', error)\n")
+        result = subprocess.run([*as_another_user, sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd="/", timeout=120)
+        assert f"refused: {video}: permission denied reading it; check the file's permissions" in result.stdout, \
+            result.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_random_crop_is_seeded_and_moves(landscape_video):
