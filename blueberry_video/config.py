@@ -309,6 +309,20 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     return config
 
 
+def _check_schedule_settings(config) -> None:
+    """diffusers' get_scheduler drops what a schedule does not use, without a word: a warm-up asked of
+    `constant` (a diffusers example command's defaults) would silently not happen."""
+    if config.lr_warmup_steps and config.lr_scheduler == "constant":
+        raise ConfigError(f"lr_warmup_steps={config.lr_warmup_steps} does nothing with lr_scheduler=constant: use "
+                          "--lr_scheduler constant_with_warmup, or --lr_warmup_steps 0")
+    if config.lr_num_cycles != 1 and config.lr_scheduler != "cosine_with_restarts":
+        raise ConfigError(f"lr_num_cycles={config.lr_num_cycles} only applies to lr_scheduler=cosine_with_restarts "
+                          f"(this run: {config.lr_scheduler}); choose that schedule, or drop lr_num_cycles")
+    if config.lr_power != 1.0 and config.lr_scheduler != "polynomial":
+        raise ConfigError(f"lr_power={config.lr_power} only applies to lr_scheduler=polynomial (this run: "
+                          f"{config.lr_scheduler}); choose that schedule, or drop lr_power")
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data: types, ranges and combinations."""
     if config.max_train_steps is not None and config.num_train_epochs != FIELDS["num_train_epochs"].default:
@@ -350,6 +364,15 @@ def validate(config: TrainConfig) -> None:
     for name in ("checkpointing_steps", "lr_warmup_steps"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name}={getattr(config, name)}: must be >= 0")
+    for name in ("max_grad_norm", "adam_weight_decay", "dataloader_num_workers"):
+        if getattr(config, name) < 0:  # a negative clipping norm would turn every gradient around
+            raise ConfigError(f"{name}={getattr(config, name)}: must be >= 0")
+    if config.lora_alpha <= 0:
+        raise ConfigError(f"lora_alpha={config.lora_alpha}: must be positive (the update is scaled by lora_alpha / "
+                          "rank; 0 would train nothing), e.g. equal to rank")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"seed={config.seed}: must be in [0, 2**32)")
+    _check_schedule_settings(config)
     for name in ("lora_dropout", "adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"{name}={getattr(config, name)}: must be in [0, 1)")

@@ -146,11 +146,31 @@ def test_bool_flags_turn_settings_on_and_off(tmp_path, required):
     ("lora_dropout", "1.5"),
     ("adam_beta2", "1.0"),
     ("fps", "-2"),
+    ("max_grad_norm", "-1"),
+    ("adam_weight_decay", "-0.1"),
+    ("dataloader_num_workers", "-1"),
+    ("lora_alpha", "0"),
+    ("seed", "-1"),
+    ("seed", str(2**32)),
 ])
 def test_an_out_of_range_value_names_the_setting(required, flag, value):
     with pytest.raises(ConfigError) as raised:
         parse_config([*required, f"--{flag}={value}"])  # '=': argparse takes a bare -1e-4 for a flag
     assert str(raised.value).startswith(f"{flag}=")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lr_scheduler", "constant", "--lr_warmup_steps", "3"], "lr_warmup_steps=3 does nothing with lr_scheduler=constant"),
+    (["--lr_scheduler", "cosine", "--lr_num_cycles", "3"], "lr_num_cycles=3 only applies to lr_scheduler=cosine_with_restarts"),
+    (["--lr_scheduler", "linear", "--lr_power", "2"], "lr_power=2.0 only applies to lr_scheduler=polynomial"),
+])
+def test_a_schedule_setting_the_chosen_schedule_would_ignore_is_refused(required, flags, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config([*required, *flags])
+    for fine in (["--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "3"],
+                 ["--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "3"],
+                 ["--lr_scheduler", "polynomial", "--lr_power", "2"]):
+        parse_config([*required, *fine])
 
 
 def test_an_invalid_choice_in_yaml_lists_the_choices(tmp_path, required):
