@@ -173,7 +173,8 @@ def nearest_flag_hint(flag: str, known) -> str:
 
 def training_flags() -> list[str]:
     """Every flag parse_config takes."""
-    return ["--config", *(f"--{name}" for name in FIELDS), *(f"--no-{name}" for name in FIELDS)]
+    return ["--config", *(f"--{name}" for name in FIELDS),
+            *(f"--no-{name}" for name in FIELDS if _base_type(name) is bool)]  # only on/off settings have --no-
 
 
 def _coerce(name: str, value, source: str):

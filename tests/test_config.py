@@ -85,7 +85,9 @@ def test_unknown_yaml_key_names_the_file_and_the_close_setting(tmp_path, require
 
 @pytest.mark.parametrize("flag, suggestion", [("--learning_rat", "learning_rate"),
                                               ("--gradient_checkpoint", "gradient_checkpointing"),
-                                              ("--max_train_step=5", "max_train_steps")])
+                                              ("--max_train_step=5", "max_train_steps"),
+                                              ("--lora_rank", "rank"),  # not --no-rank: only on/off settings have it
+                                              ("--no-gradient_checkpoint", "no-gradient_checkpointing")])
 def test_unknown_flag_suggests_the_close_one(required, flag, suggestion):
     with pytest.raises(ConfigError) as raised:
         parse_config([*required, flag, "1"])

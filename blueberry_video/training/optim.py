@@ -23,7 +23,8 @@ def build_optimizer(params, config, num_processes: int = 1, *, device: torch.dev
         try:
             import bitsandbytes as bnb
         except ImportError as error:
-            raise ConfigError("use_8bit_adam needs bitsandbytes: pip install 'blueberry-video[bnb]'") from error
+            raise ConfigError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or pip install -e '.[bnb]' "
+                              "in a clone)") from error
         cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
         return cls(params, weight_decay=config.adam_weight_decay, **kwargs)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
