@@ -13,6 +13,9 @@ from blueberry_video.models import DEFAULT_FAMILY, family_names
 FAMILY_FROM_MODEL_HELP = (f"model family (default: the one whose transformer class the model folder's configs name; "
                           f"{DEFAULT_FAMILY} if they name none)")
 
+# precompute and estimate-memory read a training config but log nothing: its tracker need not be installed.
+LOGS_NOTHING = ["--report_to", "none"]
+
 
 def _family_name(args, model_dir) -> str:
     """--family as given (the family then refuses a folder holding another family's model), else the folder's."""
@@ -72,7 +75,7 @@ def _precompute(args, extra):
     if args.dtype:
         argv += ["--mixed_precision", PRECISION_OF_DTYPE[args.dtype]]
     argv += ["--vae_tiling"] * args.vae_tiling + ["--strict_data"] * args.strict
-    config = parse_config(argv + extra)
+    config = parse_config(argv + extra + LOGS_NOTHING)
     use_expandable_segments(config.expandable_segments)  # the VAE encode runs the training run's allocator
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     check_launch(accelerator)
@@ -144,7 +147,7 @@ def _estimate_memory(args, extra):
         if args.preset:
             defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, preset_dir))
         try:
-            config = parse_config(extra, defaults=defaults)
+            config = parse_config(extra + LOGS_NOTHING, defaults=defaults)
         except ConfigError as error:
             if str(error).startswith("pretrained_model_name_or_path is required"):
                 raise ConfigError("estimate-memory needs a model: --preset cogvideox-2b | cogvideox-5b | "

@@ -263,3 +263,17 @@ def test_precompute_refuses_one_setting_given_twice(tmp_path):
 def test_generate_refuses_an_output_that_is_not_an_mp4_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"--out .*clip\.gif: generate writes an H\.264 \.mp4 video"):
         main(["generate", "--model", str(tmp_path / "no-model"), "--prompt", "p", "--out", str(tmp_path / "clip.gif")])
+
+
+def test_estimate_memory_reads_a_shipped_config_without_its_tracker_installed(tiny_cogvideox_dir, capsys,
+                                                                              monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # The Quickstart's .venv has no tensorboard; every shipped config reports to it. Nothing is logged here.
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real_find_spec(name, *a))
+    main(["estimate-memory", "--config", str(REPO_ROOT / "recipes/configs/cogvideox-2b_lora.yaml"),
+          "--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--height", "96", "--width", "160",
+          "--max_num_frames", "9", "--mixed_precision", "no", "--validation_prompt", "none"])
+    assert "peak" in capsys.readouterr().out
