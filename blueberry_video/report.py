@@ -14,7 +14,7 @@ import yaml
 from blueberry_video.config import checkpoint_folder
 from blueberry_video.errors import BlueberryError
 from blueberry_video.training.checkpoints import checkpoint_steps
-from blueberry_video.training.records import BOOKKEEPING_SETTINGS, MetricsLog, plot_losses
+from blueberry_video.training.records import BOOKKEEPING_SETTINGS, MetricsLog, plot_losses, seconds_of
 
 # Where a run keeps its files and how it was started or continued, not what it trained: every run has its own
 # output_dir (the first column says which run a row is), and the status column says which run continued which.
@@ -63,9 +63,8 @@ class RunSummary:
             "final loss": f"{self.losses[-1]:.4f}" if self.losses else "-",
             "min loss": f"{min(finite):.4f}" if finite else "-",
             "mean of last 10": f"{sum(last) / len(last):.4f}" if last else "-",
-            # Step times include the validation and checkpoints in between; with logging_steps > 1 only
-            # the logged steps are in metrics.jsonl, so this undercounts.
-            "wall time": f"{sum(r.get('step_time', 0.0) for r in self.records):.1f} s",
+            # Step times include the validation and checkpoints in between.
+            "wall time": f"{seconds_of(self.records):.1f} s",
         }
 
 

@@ -61,6 +61,7 @@ class BatchLoop:
         self.stop_requested = False  # set on every process once any was asked to stop (SIGTERM)
         self._loss_sum, self._micro_batches, self._data_wait = 0.0, 0, 0.0
         self._step_start = time.perf_counter()
+        self._unlogged: list[dict] = []  # the steps since the last logged one (logging_steps > 1)
 
     def run(self, batch, epoch: int, data_wait: float = 0.0) -> dict | None:
         """One micro-batch; the step's record at an accumulation boundary, else None."""
@@ -124,8 +125,34 @@ class BatchLoop:
             # refresh=False: the bar redraws at its own interval, not on every step.
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             self.progress.update(1)
+        self._unlogged.append(record)
         if self.global_step % self.config.logging_steps == 0:
-            if self.accelerator.trackers:
-                self.accelerator.log(record, step=self.global_step)
-            if self.metrics is not None and self.accelerator.is_main_process:
-                self.metrics.append(self.global_step, record)
+            self.flush_log()
+
+    def flush_log(self) -> None:
+        """Log the steps not logged yet as one record at the latest of them. The trainer calls it before each
+        checkpoint and at the end, so that every step a checkpoint holds, and the run's last, are in the log."""
+        if not self._unlogged:
+            return
+        record = interval_record(self._unlogged)
+        self._unlogged = []
+        if self.accelerator.trackers:
+            self.accelerator.log(record, step=self.global_step)
+        if self.metrics is not None and self.accelerator.is_main_process:
+            self.metrics.append(self.global_step, record)
+
+
+def interval_record(records: list[dict]) -> dict:
+    """Several steps' records as one: the mean loss, step time and gradient norm over them (not one step's,
+    which a logging interval would pick by chance), the latest learning rate and epoch, the highest memory, and
+    how many steps it covers."""
+    if len(records) == 1:
+        return records[0]
+    merged = dict(records[-1])
+    for key in ("loss", "step_time", "data_wait", "grad_norm"):
+        if key in merged:
+            merged[key] = sum(r[key] for r in records) / len(records)
+    if "max_memory_gb" in merged:
+        merged["max_memory_gb"] = max(r["max_memory_gb"] for r in records)
+    merged["logged_steps"] = len(records)
+    return merged

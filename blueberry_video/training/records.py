@@ -82,6 +82,11 @@ def changed_settings(earlier_config: Path, config) -> dict:
             if name in before and before[name] != value and name not in BOOKKEEPING_SETTINGS}
 
 
+def seconds_of(records: list[dict]) -> float:
+    """The step time metrics.jsonl records add up to; a record of several steps holds their mean."""
+    return sum(r.get("step_time", 0.0) * r.get("logged_steps", 1) for r in records)
+
+
 def write_final_metrics(output_dir, records: list[dict], bad_steps: int) -> dict:
     """The run's summary numbers, for tables that compare runs (`blueberry-video report`)."""
     losses = [r["loss"] for r in records if "loss" in r]
@@ -90,7 +95,7 @@ def write_final_metrics(output_dir, records: list[dict], bad_steps: int) -> dict
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         "min_loss": min(losses) if losses else None,
-        "train_seconds": sum(r.get("step_time", 0.0) for r in records),
+        "train_seconds": seconds_of(records),
         "skipped_steps": bad_steps,
     }
     (Path(output_dir) / "final_metrics.json").write_text(json.dumps(final, indent=1))

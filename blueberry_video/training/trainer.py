@@ -221,6 +221,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
                     state.update(global_step=global_step, epoch=epoch, batches_in_epoch=batches_in_epoch,
                                  bad_steps=loop.bad_steps)
                     if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+                        loop.flush_log()  # a resume keeps the log up to its checkpoint's step
                         save_checkpoint(accelerator, output_dir, global_step, state,
                                         config.checkpoints_total_limit)
                     if config.validation_steps and global_step % config.validation_steps == 0:
@@ -234,6 +235,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
                         videos += run_validation(accelerator, family, transformer, config, loop.global_step, dtype)
                         last_validated = loop.global_step
 
+            loop.flush_log()
         global_step, losses, state["bad_steps"] = loop.global_step, loop.losses, loop.bad_steps
         accelerator.wait_for_everyone()
         if not config.checkpointing_steps or global_step % config.checkpointing_steps:

@@ -149,6 +149,23 @@ def test_resume_matches_an_uninterrupted_run(mode, tiny_cogvideox_dir, sample_da
     assert whole.losses[3:] == pytest.approx(second.losses, rel=1e-5)
 
 
+def test_with_logging_steps_each_line_averages_its_steps_and_checkpoints_and_the_end_are_logged(
+        tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha", "4",
+                       "--logging_steps", "5", "--checkpointing_steps", "4")
+    train_cogvideox.main([*args, "--max_train_steps", "4"])
+    resumed = train_cogvideox.main([*args, "--max_train_steps", "12", "--resume_from_checkpoint", "latest"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # every fifth step, each checkpoint's step (a resume keeps the log up to it) and the last
+    assert [r["step"] for r in records] == [4, 5, 8, 10, 12]
+    assert [r.get("logged_steps", 1) for r in records] == [4, 1, 3, 2, 2]
+    assert records[2]["loss"] == pytest.approx(sum(resumed.losses[1:4]) / 3)  # steps 6-8 of this attempt
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["steps"] == 12 and final["final_loss"] == records[-1]["loss"]
+    assert final["train_seconds"] == pytest.approx(sum(r["step_time"] * r.get("logged_steps", 1) for r in records))
+
+
 def test_the_run_steps_with_torchs_fused_adamw(lora_run):
     # The weights are still on the CPU when the optimizer is made; the kernels follow the run's device.
     state = torch.load(lora_run.output_dir / "checkpoint-60" / "optimizer.bin", weights_only=True)
