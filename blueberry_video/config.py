@@ -330,6 +330,10 @@ def validate(config: TrainConfig) -> None:
         warnings.warn(f"num_train_epochs={config.num_train_epochs} has no effect: max_train_steps="
                       f"{config.max_train_steps} sets the run's length (--max_train_steps none to train by epochs)",
                       UserWarning, stacklevel=3)
+    if not config.validation_prompt and (asked := [f"{name}={getattr(config, name)}" for name in (
+            "validation_steps", "validation_epochs") if getattr(config, name)]):
+        warnings.warn(f"{' and '.join(asked)} has no effect without validation_prompt: no validation videos are "
+                      "rendered (--validation_prompt \"a prompt:::another\" to render them)", UserWarning, stacklevel=3)
     if config.init_lora_weights and config.training_mode != "lora":
         raise ConfigError(f"init_lora_weights={config.init_lora_weights} only applies with training_mode=lora (a "
                           f"full fine-tune starts from the base model's weights): drop --init_lora_weights, or train "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,14 @@ def test_fp16_on_the_cpu_is_refused_before_any_work(tmp_path, fresh_accelerate_s
                                "--output_dir", str(tmp_path / "out"), "--mixed_precision", "fp16"])
     with pytest.raises(ConfigError, match="mixed_precision=fp16 needs a GPU, and this run is on the CPU"):
         build_accelerator(config)
+
+
+def test_validation_steps_without_a_prompt_are_warned_about(required):
+    with pytest.warns(UserWarning, match="validation_steps=5 has no effect without validation_prompt"):
+        parse_config([*required, "--validation_steps", "5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_config([*required, "--validation_steps", "5", "--validation_prompt", "a cat"])
 
 
 def test_a_flag_can_unset_what_the_yaml_file_set(tmp_path):
