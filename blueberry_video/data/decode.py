@@ -375,8 +375,15 @@ def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: Fr
     needed = sampling.num_frames
     if len(slots) == needed:
         return slots
-    damaged = (f"its header says {info.duration:.2f} s ({info.num_frames} frames) but decoding stops early: the "
-               "file looks truncated or damaged; re-encode or re-download it") if truncated else ""
+    damaged = ""
+    if truncated and info.has_audio:
+        # ffmpeg's header gives the longest stream's duration: an audio track that outlasts the video is common
+        # and harmless, so this is a short video, not (necessarily) a damaged one.
+        damaged = (f"the video stream ends before the {info.duration:.2f} s its header gives, which may be its audio "
+                   f"track's length (or the file is truncated); {_short_clip_advice(len(slots), info, sampling)}")
+    elif truncated:
+        damaged = (f"its header says {info.duration:.2f} s ({info.num_frames} frames) but decoding stops early: the "
+                   "file looks truncated or damaged; re-encode or re-download it")
     if not slots or sampling.short_video == "skip":
         rate = f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps else "consecutive frames"
         raise VideoTooShortError(

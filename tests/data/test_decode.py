@@ -207,6 +207,18 @@ def test_broken_files_raise_video_decode_error(request, fixture, reason):
     assert reason in caught.value.reason
 
 
+def test_a_video_whose_audio_runs_longer_is_called_short_not_damaged(tmp_path):
+    from tests.data.conftest import H264, encode
+
+    video = encode(tmp_path / "long_audio.mp4", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=8:duration=1",
+                   "-f", "lavfi", "-i", "sine=frequency=440:duration=4", *H264, "-c:a", "aac")
+    assert probe_video(video).duration > 3  # ffmpeg's header gives the audio's length
+    with pytest.raises(VideoTooShortError) as raised:
+        decode_video(video, FrameSampling(num_frames=9, height=48, width=64))
+    assert "may be its audio track's length" in raised.value.reason
+    assert "ask for fewer max_num_frames" in raised.value.reason and "re-download" not in raised.value.reason
+
+
 def test_a_file_cut_short_is_called_damaged_not_short(truncated_faststart_video, caplog):
     # Its header promises 48 frames: advice to loop or pad a short video would train on a damaged file.
     sampling = FrameSampling(num_frames=45, height=48, width=64)
