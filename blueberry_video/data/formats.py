@@ -290,7 +290,20 @@ def _pick_columns(
     available = list(dict.fromkeys(key for _, record in records for key in record if isinstance(key, str)))
     video_key = _resolve_column(path, available, video_column, VIDEO_COLUMNS, "video_column")
     caption_key = _resolve_column(path, available, caption_column, CAPTION_COLUMNS, "caption_column")
+    for key, defaults, chosen in ((video_key, VIDEO_COLUMNS, video_column), (caption_key, CAPTION_COLUMNS,
+                                                                             caption_column)):
+        if chosen is None:
+            _check_one_name_per_column(path, records, key, defaults)
     return [_Row(source, record.get(video_key), record.get(caption_key)) for source, record in records]
+
+
+def _check_one_name_per_column(path: Path, records: list[tuple[str, object]], key: str, names: tuple[str, ...]):
+    """JSON rows name their fields one by one: rows that say "video" where the others say "file" would be
+    skipped as having no video (and their files called unlisted), so they are refused with both names."""
+    for source, record in records:
+        if key not in record and (other := next((name for name in names if name in record), None)):
+            raise DatasetFormatError(f"{path}: {source} names its field {other!r} where other rows say {key!r}; "
+                                     "use one name in every row")
 
 
 def _resolve_column(

@@ -85,6 +85,15 @@ def test_jsonl_as_json_dumps_writes_it_without_ascii_escapes(dataset, char):
     assert_three_entries(load_dataset_entries(dataset), dataset, [CAPTIONS[0], rows[1]["caption"], CAPTIONS[2]])
 
 
+def test_json_rows_that_name_the_same_field_differently_are_refused_with_both_names(dataset):
+    rows = records()
+    rows[0] = {"video": rows[0]["file"], "prompt": rows[0]["caption"]}
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    with pytest.raises(DatasetFormatError, match=r"metadata.json\[0\] names its field 'video' where other rows say "
+                                                  r"'file'; use one name in every row"):
+        load_dataset_entries(dataset)
+
+
 def test_txt_files_named_by_the_columns_like_diffusers(dataset):
     (dataset / "captions.txt").write_text("\n".join(CAPTIONS))
     (dataset / "clips.txt").write_text("\n".join(f"videos/{i}.mp4" for i in range(3)))
