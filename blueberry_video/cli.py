@@ -169,8 +169,10 @@ def _print_memory_estimate(args, config, family_name):
         largest_frames_within,
         least_checkpointing_within,
     )
+    from blueberry_video.training.preflight import check_objective_settings
 
     family = get_family_class(family_name).from_config(config)
+    check_objective_settings(config, family)  # what training would refuse is not estimated
     budget = args.budget_gib * GIB if args.budget_gib else None
     if args.max_frames and args.min_checkpointing:
         raise SystemExit("--max-frames and --min-checkpointing search different things: give one")

@@ -277,3 +277,9 @@ def test_estimate_memory_reads_a_shipped_config_without_its_tracker_installed(ti
           "--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--height", "96", "--width", "160",
           "--max_num_frames", "9", "--mixed_precision", "no", "--validation_prompt", "none"])
     assert "peak" in capsys.readouterr().out
+
+
+def test_estimate_memory_refuses_the_settings_training_would_refuse(tiny_cogvideox_dir):
+    with pytest.raises(ConfigError, match=r"weighting_scheme='mode': settings of the flow-matching objective"):
+        main(["estimate-memory", "--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--height", "96",
+              "--width", "160", "--max_num_frames", "9", "--weighting_scheme", "mode"])
