@@ -172,7 +172,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
     taken as they are, and so are the text embeddings where the caption is the same; an edited caption alone is
     encoded again (text encoding costs little beside the VAE)."""
     skipped, decoded, kept = [], [], []
-    notes = {"low_frame_rate": [], "long_captions": []}
+    notes = {"low_frame_rate": [], "variable_frame_rate": [], "long_captions": []}
     videos: dict[int, dict] = {}
     text: dict[int, dict] = {}
     for entry, key in zip(entries, keys, strict=True):
@@ -180,6 +180,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             kept.append(entry)
             videos[entry.index] = old.video
             notes["low_frame_rate"] += old.notes["low_frame_rate"]
+            notes["variable_frame_rate"] += old.notes.get("variable_frame_rate", [])  # absent in older caches
             if old.caption == entry.caption:
                 text[entry.index] = old.text
                 notes["long_captions"] += old.notes["long_captions"]
@@ -193,6 +194,8 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             continue
         if repeats_frames(info, settings.sampling):
             notes["low_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
+        if info.rate_varies and settings.sampling.fps:
+            notes["variable_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
     num_reused = len(videos)
     if captioned := [entry for entry in kept if entry.index not in text]:
         notes["long_captions"] += _long_captions(family, encoders(), captioned, root)
@@ -229,6 +232,11 @@ def _note_lines(notes: dict, fps: float | None) -> list[str]:
     if slow := notes["low_frame_rate"]:
         lines.append(f"{len(slow)} video(s) have a frame rate below fps={fps:g}: their frames are repeated ("
                      + first_few([f"{item['video']} {item['fps']:g} fps" for item in slow]) + ")")
+    if uneven := notes.get("variable_frame_rate"):
+        lines.append(f"{len(uneven)} video(s) have a variable frame rate: fps={fps:g} takes their frames by count at "
+                     "their average rate, not by time, so the clip's timing is uneven ("
+                     + first_few([f"{item['video']} {item['fps']:g} fps on average" for item in uneven])
+                     + "); re-encode them at a constant rate, e.g. ffmpeg -i in.mp4 -fps_mode cfr -r 30 out.mp4")
     by_encoder: dict[tuple[str, int], list[dict]] = {}
     for item in notes["long_captions"]:
         by_encoder.setdefault((item["encoder"], item["limit"]), []).append(item)
@@ -273,7 +281,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     """Join the chunks into the cache; `listing_key` maps item index to its listing key, kept per row in
     listing.json so that a later cache can tell which videos it shares."""
     parts, skipped = [], list(listing_skipped)
-    notes = {"low_frame_rate": [], "long_captions": []}
+    notes = {"low_frame_rate": [], "variable_frame_rate": [], "long_captions": []}
     encoded_by_process: dict[str, int] = {}
     num_reused, reused_from, video_columns = 0, [], []
     for chunk_dir in chunk_dirs:

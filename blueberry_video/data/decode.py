@@ -108,6 +108,9 @@ class VideoInfo:
     duration: float
     has_audio: bool
     sar: float = 1.0
+    # The average rate differs from the stream's base rate: frames are not evenly spaced in time, so frames taken
+    # by count at the average rate (how fps sampling picks them) are not evenly spaced either.
+    rate_varies: bool = False
 
 
 def probe_video(path) -> VideoInfo:
@@ -224,6 +227,8 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
     fps = _parse_fps(stream)
+    base_rate = re.search(r"([\d.]+)(k?) tbr", stream)
+    tbr = float(base_rate.group(1)) * (1000 if base_rate.group(2) else 1) if base_rate else 0.0
     return VideoInfo(
         path=path,
         width=width,
@@ -233,6 +238,7 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         duration=duration,
         has_audio=re.search(r"Stream #\S+.*?: Audio: ", text) is not None,
         sar=sar,
+        rate_varies=fps > 0 and tbr > 0 and abs(fps - tbr) > 0.01 * tbr,
     )
 
 

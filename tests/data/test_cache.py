@@ -30,6 +30,7 @@ from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheD
 from blueberry_video.errors import ConfigError
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from tests.conftest import REPO_ROOT
+from tests.data.conftest import H264, encode
 
 SAMPLING = FrameSampling(num_frames=9, height=96, width=160)
 SETTINGS = CacheSettings(sampling=SAMPLING)
@@ -523,15 +524,20 @@ def noted_cache(family, sample_dataset_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("noted")
     slow = create_sample_videos(root.parent / "slow", num=1, num_frames=9, fps=4).parent / "videos/0000.mp4"
+    # 24 frames, the first 12 at 1/16 s, the rest at 1/8 s: about 11 fps on average, 16 as its base rate
+    uneven = encode(root.parent / "uneven.mp4", "-f", "lavfi", "-i", "testsrc=size=160x96:rate=16", "-frames:v", "24",
+                    "-vf", "setpts='if(lt(N,12),N/16/TB,(12/16+(N-12)/8)/TB)'", "-fps_mode", "vfr", *H264)
     first = metadata(sample_dataset_dir)[0]
     (root / "videos").mkdir()
     (root / "cache").mkdir()
     for source, name in ((sample_dataset_dir / first["file"], "videos/0000.mp4"), (slow, "videos/slow4.mp4"),
-                         (sample_dataset_dir / first["file"], "videos/unlisted.mp4"), (slow, "cache/preview.mp4")):
+                         (sample_dataset_dir / first["file"], "videos/unlisted.mp4"), (slow, "cache/preview.mp4"),
+                         (uneven, "videos/uneven.mp4")):
         shutil.copy(source, root / name)
     long_caption = " then ".join([first["caption"]] * 4)
     records = [{"file": "videos/0000.mp4", "caption": first["caption"]},
-               {"file": "videos/slow4.mp4", "caption": long_caption}]
+               {"file": "videos/slow4.mp4", "caption": long_caption},
+               {"file": "videos/uneven.mp4", "caption": first["caption"]}]
     (root / "metadata.json").write_text(json.dumps(records))
     settings = CacheSettings(dataclasses.replace(SAMPLING, fps=8))
     return root, settings, precompute_latent_cache(family, root, root / "cache", settings)
@@ -539,10 +545,17 @@ def noted_cache(family, sample_dataset_dir, tmp_path_factory):
 
 def test_a_video_slower_than_fps_is_noted_not_skipped(noted_cache):
     root, _, report = noted_cache
-    assert report.num_cached == 2 and report.skipped == []
+    assert report.num_cached == 3 and report.skipped == []
     note = "1 video(s) have a frame rate below fps=8: their frames are repeated (videos/slow4.mp4 4 fps)"
     assert note in report.notes and note in report.summary()
     assert note in json.loads((report.path / "manifest.json").read_text())["notes"]
+
+
+def test_a_video_of_variable_frame_rate_is_noted_with_how_to_make_it_constant(noted_cache):
+    root, _, report = noted_cache
+    [note] = [line for line in report.notes if "variable frame rate" in line]
+    assert note.startswith("1 video(s) have a variable frame rate: fps=8 takes their frames by count")
+    assert "videos/uneven.mp4 10.97 fps on average" in note and "-fps_mode cfr" in note
 
 
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):

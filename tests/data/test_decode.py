@@ -352,3 +352,12 @@ def test_decode_errors_survive_pickling_and_one_argument_rebuild(tmp_path):
     assert (restored.path, restored.reason, str(restored)) == (error.path, error.reason, str(error))
     # torch's DataLoader re-raises worker errors as type(error)(message).
     assert str(VideoDecodeError(str(error))) == str(error)
+
+
+def test_probe_tells_a_variable_frame_rate_from_a_constant_one(tmp_path, landscape_video, ntsc_video):
+    from tests.data.conftest import H264, encode
+
+    uneven = encode(tmp_path / "uneven.mp4", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=16", "-frames:v", "24",
+                    "-vf", "setpts='if(lt(N,12),N/16/TB,(12/16+(N-12)/8)/TB)'", "-fps_mode", "vfr", *H264)
+    assert probe_video(uneven).rate_varies
+    assert not probe_video(landscape_video).rate_varies and not probe_video(ntsc_video).rate_varies
