@@ -164,7 +164,13 @@ def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:
     return Path(path)
 
 
-VALIDATION_VIDEO_NAME = re.compile(r"step-(\d+)-prompt(\d+)-(\d+)\.mp4")
+# step, prompt, video; a video rendered again at the same step by a resumed run gets "-N" (never overwritten)
+VALIDATION_VIDEO_NAME = re.compile(r"step-(\d+)-prompt(\d+)-(\d+)(?:-(\d+))?\.mp4")
+
+
+def _render_order(video: Path) -> tuple:
+    match = VALIDATION_VIDEO_NAME.fullmatch(video.name)
+    return tuple(int(part or 0) for part in match.groups()) if match else (float("inf"), video.name)
 
 
 def usage_code(output_dir: Path, config, family) -> str:
@@ -207,7 +213,7 @@ def non_default_call_arguments(family, config) -> dict:
 def samples_list(output_dir: Path, config) -> str:
     """Every validation video in output_dir (a resumed run's earlier ones too), with its prompt."""
     lines = []
-    for video in sorted((output_dir / "validation").glob("step-*.mp4")):
+    for video in sorted((output_dir / "validation").glob("step-*.mp4"), key=_render_order):
         match = VALIDATION_VIDEO_NAME.fullmatch(video.name)
         prompts = config.validation_prompt or []
         prompt = f": \"{prompts[int(match[2])]}\"" if match and int(match[2]) < len(prompts) else ""

@@ -95,6 +95,20 @@ def test_a_resumed_runs_card_lists_the_samples_before_the_resume(tiny_cogvideox_
     assert '(validation/step-000001-prompt0-0.mp4): "a red circle"' in card and "step-000002-prompt0-0.mp4" in card
 
 
+def test_the_card_lists_a_video_rendered_again_after_a_resume_with_its_prompt_in_render_order(tmp_path):
+    from types import SimpleNamespace
+
+    from blueberry_video.training.records import samples_list
+
+    (tmp_path / "validation").mkdir()
+    for name in ("step-000002-prompt0-0.mp4", "step-000002-prompt0-0-1.mp4", "step-000002-prompt1-0.mp4"):
+        (tmp_path / "validation" / name).write_bytes(b"")
+    lines = samples_list(tmp_path, SimpleNamespace(validation_prompt=["a cat", "a dog"])).splitlines()
+    assert lines == ['- [step-000002-prompt0-0.mp4](validation/step-000002-prompt0-0.mp4): "a cat"',
+                     '- [step-000002-prompt0-0-1.mp4](validation/step-000002-prompt0-0-1.mp4): "a cat"',
+                     '- [step-000002-prompt1-0.mp4](validation/step-000002-prompt1-0.mp4): "a dog"']
+
+
 def test_saved_lora_reloads_in_a_fresh_process_with_the_trained_effect(lora_run, tiny_cogvideox_dir, tmp_path):
     inputs = transformer_inputs()
     with torch.no_grad():
