@@ -113,6 +113,8 @@ def _read_rows(root: Path, caption_column: str | None, video_column: str | None)
 
     found = [name for name in METADATA_FILES if (root / name).is_file()]
     text_files = [name for name in TEXT_PAIR_FILES if (root / name).is_file()]
+    if len(text_files) == 1 and _has_video_beside(root / text_files[0]):
+        text_files = []  # the caption of a videos.mp4 (or prompts.mp4) beside it, not half of a pair
     if text_files:
         found.append(" + ".join(text_files))
     if not found:
@@ -135,6 +137,11 @@ def _read_rows(root: Path, caption_column: str | None, video_column: str | None)
     else:
         records = _read_csv(root / name)
     return name, _pick_columns(root / name, records, caption_column, video_column)
+
+
+def _has_video_beside(text_file: Path) -> bool:
+    return any(other.stem == text_file.stem and other.name.lower().endswith(VIDEO_EXTENSIONS)
+               for other in text_file.parent.iterdir())
 
 
 def _names_text_file(column: str | None) -> bool:

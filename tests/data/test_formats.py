@@ -350,6 +350,17 @@ def test_captions_in_txt_files_beside_the_videos(dataset):
     assert listing.unlisted_videos == []
 
 
+@pytest.mark.parametrize("name", ["videos", "prompts"])
+def test_a_video_named_like_half_of_the_text_pair_keeps_its_caption_beside_it(tmp_path, name):
+    (tmp_path / f"{name}.mp4").write_bytes(b"video")
+    (tmp_path / f"{name}.txt").write_text("a clip named like the pair file")
+    (tmp_path / "x.mp4").write_bytes(b"video")
+    (tmp_path / "x.txt").write_text("another clip")
+    listing = load_dataset_entries(tmp_path)
+    assert {entry.video_path.name: entry.caption for entry in listing} == {
+        f"{name}.mp4": "a clip named like the pair file", "x.mp4": "another clip"}
+
+
 def test_a_video_without_its_caption_txt_is_skipped(dataset):
     for index in (0, 2):
         (dataset / "videos" / f"{index}.txt").write_text(CAPTIONS[index])
