@@ -363,10 +363,11 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
         if not video_path.is_file():
             listing.skipped.append(SkippedItem(row.source, f"video file not found: {video_path}"))
             continue
-        if video_path in first_source:
-            listing.skipped.append(SkippedItem(row.source, f"duplicate of {first_source[video_path]} ({video})"))
+        same_file = Path(os.path.realpath(video_path))  # a link to a listed video is that video again
+        if same_file in first_source:
+            listing.skipped.append(SkippedItem(row.source, f"duplicate of {first_source[same_file]} ({video})"))
             continue
-        first_source[video_path] = row.source
+        first_source[same_file] = row.source
         if id_token:
             caption = f"{id_token} {caption}"
         listing.entries.append(VideoEntry(len(listing.entries), video_path, caption))
@@ -376,8 +377,9 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
 def _unlisted_videos(root: Path, rows: list[_Row], ignore: Path | None) -> list[Path]:
     """Video files under `root` that no row names, skipped rows included (their reason is reported already)."""
     root_abs = lexical_absolute(root)
-    listed = {lexical_absolute(root_abs / row.video.strip()) for row in rows if isinstance(row.video, str)}
-    return [video for video in _video_files(root_abs, ignore) if video not in listed]
+    # Compared as the files they are: a video reached through a linked folder is listed if its target is.
+    listed = {os.path.realpath(root_abs / row.video.strip()) for row in rows if isinstance(row.video, str)}
+    return [video for video in _video_files(root_abs, ignore) if os.path.realpath(video) not in listed]
 
 
 def _video_files(root: Path, ignore: Path | None) -> list[Path]:

@@ -361,6 +361,17 @@ def test_a_video_named_like_half_of_the_text_pair_keeps_its_caption_beside_it(tm
         f"{name}.mp4": "a clip named like the pair file", "x.mp4": "another clip"}
 
 
+def test_a_link_to_a_listed_video_is_a_duplicate_and_a_linked_folder_holds_no_unlisted_videos(dataset):
+    (dataset / "clip.mp4").symlink_to(dataset / "videos" / "0.mp4")
+    (dataset / "again").symlink_to(dataset / "videos")
+    rows = [*records(), {"file": "clip.mp4", "caption": "the first video once more"}]
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    listing = load_dataset_entries(dataset)
+    assert len(listing) == 3
+    assert listing.skipped == [SkippedItem("metadata.json[3]", "duplicate of metadata.json[0] (clip.mp4)")]
+    assert listing.unlisted_videos == []
+
+
 def test_a_video_without_its_caption_txt_is_skipped(dataset):
     for index in (0, 2):
         (dataset / "videos" / f"{index}.txt").write_text(CAPTIONS[index])
