@@ -326,9 +326,12 @@ def _resolve_column(
     for name in defaults:
         if (column := _find_column(path, available, name, setting)) is not None:
             return column
+    delimiter = next((name for char, name in ((";", "semicolons"), ("\t", "tabs")) if len(available) == 1
+                      and char in available[0]), None)
+    hint = f" (its header looks separated by {delimiter}: save it with commas)" if delimiter else ""
     raise DatasetFormatError(
         f"{path} has none of the columns {', '.join(defaults)} (available: {', '.join(available) or 'none'}); "
-        f"set {setting} to the right column"
+        f"set {setting} to the right column{hint}"
     )
 
 
@@ -361,7 +364,8 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
             listing.skipped.append(SkippedItem(row.source, f"no caption for {video} (missing, empty or not text)"))
             continue
         if not video_path.is_file():
-            listing.skipped.append(SkippedItem(row.source, f"video file not found: {video_path}"))
+            hint = " (write paths with / between folders, not \\)" if "\\" in video else ""
+            listing.skipped.append(SkippedItem(row.source, f"video file not found: {video_path}{hint}"))
             continue
         same_file = Path(os.path.realpath(video_path))  # a link to a listed video is that video again
         if same_file in first_source:

@@ -372,6 +372,15 @@ def test_a_link_to_a_listed_video_is_a_duplicate_and_a_linked_folder_holds_no_un
     assert listing.unlisted_videos == []
 
 
+def test_a_semicolon_separated_csv_and_windows_paths_get_their_fix(dataset):
+    (dataset / "metadata.csv").write_text("file;caption\nvideos/0.mp4;a red circle\n")
+    with pytest.raises(DatasetFormatError, match="its header looks separated by semicolons: save it with commas"):
+        load_dataset_entries(dataset)
+    (dataset / "metadata.csv").write_text("file,caption\nvideos\\0.mp4,a red circle\nvideos/1.mp4,a blue square\n")
+    listing = load_dataset_entries(dataset)
+    assert listing.skipped[0].reason.endswith("(write paths with / between folders, not \\)")
+
+
 def test_a_video_without_its_caption_txt_is_skipped(dataset):
     for index in (0, 2):
         (dataset / "videos" / f"{index}.txt").write_text(CAPTIONS[index])
