@@ -345,7 +345,7 @@ def _stream_frames(
             received += 1
             if received == len(indices):
                 break
-    except (VideoDecodeError, StoppedBySignal):
+    except VideoDecodeError:
         raise
     except Exception as error:  # imageio raises OSError/RuntimeError/parse errors with ffmpeg's log
         _raise_a_stop_within(error)
@@ -356,8 +356,9 @@ def _stream_frames(
 
 
 def _raise_a_stop_within(error: BaseException) -> None:
-    """A Ctrl-C or SIGTERM that came while imageio read from ffmpeg reaches us wrapped in imageio's own error:
-    it must stop the work, not count the video as unreadable (a skip the cache would keep)."""
+    """A Ctrl-C or SIGTERM that came while reading from ffmpeg (StoppedBySignal is an Exception too), as it is
+    or wrapped in imageio's own error: it must stop the work, not count the video as unreadable (a skip the cache
+    would keep)."""
     seen = error
     while seen is not None:
         if isinstance(seen, StoppedBySignal):
@@ -368,8 +369,6 @@ def _raise_a_stop_within(error: BaseException) -> None:
 def _count_frames(path: Path) -> int:
     try:
         count, _ = _imageio_ffmpeg().count_frames_and_secs(str(path.absolute()))
-    except StoppedBySignal:
-        raise
     except Exception as error:  # a RuntimeError carrying ffmpeg's log
         _raise_a_stop_within(error)
         raise VideoDecodeError(path, f"cannot count frames ({_ffmpeg_complaint(str(error))})") from error
