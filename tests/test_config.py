@@ -163,8 +163,10 @@ def test_an_out_of_range_value_names_the_setting(required, flag, value):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--lr_scheduler", "constant", "--lr_warmup_steps", "3"], "lr_warmup_steps=3 does nothing with lr_scheduler=constant"),
-    (["--lr_scheduler", "cosine", "--lr_num_cycles", "3"], "lr_num_cycles=3 only applies to lr_scheduler=cosine_with_restarts"),
+    (["--lr_scheduler", "constant", "--lr_warmup_steps", "3"],
+     "lr_warmup_steps=3 does nothing with lr_scheduler=constant"),
+    (["--lr_scheduler", "cosine", "--lr_num_cycles", "3"],
+     "lr_num_cycles=3 only applies to lr_scheduler=cosine_with_restarts"),
     (["--lr_scheduler", "linear", "--lr_power", "2"], "lr_power=2.0 only applies to lr_scheduler=polynomial"),
 ])
 def test_a_schedule_setting_the_chosen_schedule_would_ignore_is_refused(required, flags, named):

@@ -163,7 +163,8 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
         max_train_steps = config.max_train_steps
     else:
         max_train_steps = config.num_train_epochs * updates_per_epoch
-        if saved_state and saved_state.get("samples_per_batch", units["samples_per_batch"]) != units["samples_per_batch"]:
+        saved_units = saved_state.get("samples_per_batch") if saved_state else None
+        if saved_units not in (None, units["samples_per_batch"]):
             max_train_steps = steps_to_finish_the_epochs(saved_state, units["samples_per_batch"], updates_per_epoch,
                                                          config.gradient_accumulation_steps, config.num_train_epochs)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
