@@ -61,6 +61,25 @@ def resumed_config(config, family, checkpoint: Path | None):
     return dataclasses.replace(config, **kept)
 
 
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
+
+
+def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str) -> None:
+    """DeepSpeed and FSDP save the model and optimizer in layouts of their own, which only the engine that wrote
+    them loads: refused here, before the cache and the model load, instead of failing inside accelerate's
+    load_state. One process and DDP share a layout, so a resume may pass between them."""
+    saved = saved_state.get("engine")  # checkpoints written before it was recorded say nothing
+    if saved is None or saved == engine or not any(name.startswith(SHARDING_ENGINES) for name in (saved, engine)):
+        return
+    def plainly(name: str) -> str:
+        return {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}.get(name, name)
+
+    raise ConfigError(f"resume_from_checkpoint={checkpoint}: written under {plainly(saved)}, but this launch runs "
+                      f"{plainly(engine)}; DeepSpeed and FSDP save and load checkpoints in layouts of their own: "
+                      "resume under the engine that wrote it (the accelerate config the run started with; "
+                      "run_info.json names its engine)")
+
+
 def warn_schedule_length_change(config, saved: dict, checkpoint: Path) -> None:
     """A resume with another length of run reads the restored step against the new length: a decaying learning
     rate jumps (extending a cosine run at its end restarts it near half the peak). Allowed, since extending a run

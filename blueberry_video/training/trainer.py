@@ -33,7 +33,6 @@ from blueberry_video.training.accelerator import (
 )
 from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
 from blueberry_video.training.checkpoints import (
-    checkpoint_step,
     load_checkpoint,
     read_checkpoint_state,
     register_lora_checkpoint_hooks,
@@ -45,7 +44,12 @@ from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
 from blueberry_video.training.preemption import PreemptionWatch
-from blueberry_video.training.preflight import check_init_lora_weights, check_objective_settings, resumed_config
+from blueberry_video.training.preflight import (
+    check_init_lora_weights,
+    check_objective_settings,
+    check_resume_engine,
+    resumed_config,
+)
 from blueberry_video.training.records import (
     MetricsLog,
     plot_losses,
@@ -122,7 +126,11 @@ def train(config, family, stop_after_step: int | None = None) -> TrainResult:
 
 def _train_holding_output_dir(config, family, accelerator, resume_path: Path | None, stop_after_step) -> TrainResult:
     resume_requested = config.resume_from_checkpoint is not None
-    resume_step = checkpoint_step(resume_path) if resume_path else None
+    saved_state = read_checkpoint_state(resume_path) if resume_path else None
+    resume_step = saved_state["global_step"] if saved_state else None
+    engine = engine_name(accelerator)
+    if saved_state:
+        check_resume_engine(saved_state, resume_path, engine)
     clear_earlier_run(accelerator, config, resuming=resume_path is not None)
     if accelerator.is_main_process:
         remove_leftovers(config.output_dir)
@@ -158,7 +166,6 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
     )
     updates_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / config.gradient_accumulation_steps)
     units = position_units(config, accelerator.num_processes)
-    saved_state = read_checkpoint_state(resume_path) if resume_path else None
     if config.max_train_steps:
         max_train_steps = config.max_train_steps
     else:
@@ -187,10 +194,11 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
     elif resume_requested and accelerator.is_main_process:
         metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
-        write_run_info(output_dir, config, family.name, accelerator.num_processes, engine_name(accelerator),
-                       resume_path, state["global_step"])
+        write_run_info(output_dir, config, family.name, accelerator.num_processes, engine, resume_path,
+                       state["global_step"])
 
-    state.update(units)  # the checkpoints this run writes say in which units their position is
+    # The checkpoints this run writes say in which units their position is, and which engine wrote them.
+    state.update(units, engine=engine)
     videos, last_validated, stop_early = [], None, False
     # SIGTERM and Ctrl-C, from the first step to the end of the run: one during the export or the final
     # validation lets the export finish and skips the rest, instead of killing the run half-written.

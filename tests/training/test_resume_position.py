@@ -30,7 +30,7 @@ def test_a_larger_batch_on_resume_takes_the_rest_of_the_epoch_once(tiny_cogvideo
                           "--resume_from_checkpoint", "latest"])
     assert epochs_by_step(out) == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1}
     saved = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
-    assert saved["samples_per_batch"] == 4 and saved["num_processes"] == 1
+    assert saved["samples_per_batch"] == 4 and saved["num_processes"] == 1 and saved["engine"] == "NO"
     # config.yaml now says batch 4; run_info.json says which steps ran with what
     segments = json.loads((out / "run_info.json").read_text())["segments"]
     assert segments == [{"from_step": 0, "num_processes": 1},
@@ -91,3 +91,24 @@ def test_a_run_of_epochs_resumed_with_a_smaller_batch_ends_its_schedule_with_its
     # The cosine schedule ends at step 14, the run's last: counted as 3 epochs of 6 it would still be at a
     # fifth of its rate.
     assert records[-1]["lr"] < 0.05 * records[0]["lr"]
+
+
+@pytest.mark.parametrize("saved, now, refused", [
+    ("NO", "MULTI_GPU", None),  # one process and DDP write the same layout
+    ("MULTI_GPU", "NO", None),
+    ("FSDP2", "FSDP2", None),
+    ("NO", "DEEPSPEED ZeRO-2", "written under one process, but this launch runs DEEPSPEED ZeRO-2"),
+    ("DEEPSPEED ZeRO-2", "DEEPSPEED ZeRO-3", "written under DEEPSPEED ZeRO-2, but this launch runs DEEPSPEED ZeRO-3"),
+    ("FSDP2", "MULTI_GPU", "written under FSDP2, but this launch runs DDP"),
+    (None, "FSDP2", None),  # a checkpoint from before the engine was recorded
+])
+def test_a_checkpoint_of_a_sharding_engine_resumes_only_under_it(tmp_path, saved, now, refused):
+    from blueberry_video.errors import ConfigError
+    from blueberry_video.training.preflight import check_resume_engine
+
+    state = {"global_step": 2} | ({"engine": saved} if saved else {})
+    if refused:
+        with pytest.raises(ConfigError, match=refused):
+            check_resume_engine(state, tmp_path / "checkpoint-2", now)
+    else:
+        check_resume_engine(state, tmp_path / "checkpoint-2", now)
