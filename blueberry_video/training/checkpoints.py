@@ -159,16 +159,17 @@ def _is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type.value == "DEEPSPEED"
 
 
-def load_checkpoint(accelerator, path: Path, optimizer) -> dict:
+def load_checkpoint(accelerator, path: Path, optimizer) -> None:
+    """Model, optimizer, schedule and random states; the position is read_checkpoint_state's."""
     if _is_fsdp1(accelerator):
         create_optimizer_state(optimizer)
     # Non-strict under DeepSpeed: the frozen weights left out of a LoRA checkpoint keep their pretrained values.
     accelerator.load_state(str(path), **({"load_module_strict": False} if _is_deepspeed(accelerator) else {}))
-    return read_checkpoint_state(path)
 
 
 def read_checkpoint_state(path: Path) -> dict:
-    """A complete checkpoint's position (step, epoch, batches into it) and the units it is counted in."""
+    """A complete checkpoint's position (step, epoch, batches into it), the units it is counted in and the
+    engine that wrote it."""
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 

@@ -62,6 +62,7 @@ def resumed_config(config, family, checkpoint: Path | None):
 
 
 SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
+ENGINES_IN_WORDS = {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}  # accelerate's names for them
 
 
 def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str) -> None:
@@ -71,11 +72,8 @@ def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str) -> Non
     saved = saved_state.get("engine")  # checkpoints written before it was recorded say nothing
     if saved is None or saved == engine or not any(name.startswith(SHARDING_ENGINES) for name in (saved, engine)):
         return
-    def plainly(name: str) -> str:
-        return {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}.get(name, name)
-
-    raise ConfigError(f"resume_from_checkpoint={checkpoint}: written under {plainly(saved)}, but this launch runs "
-                      f"{plainly(engine)}; DeepSpeed and FSDP save and load checkpoints in layouts of their own: "
+    raise ConfigError(f"resume_from_checkpoint={checkpoint}: written under {ENGINES_IN_WORDS.get(saved, saved)}, but "
+                      f"this launch runs {ENGINES_IN_WORDS.get(engine, engine)}; DeepSpeed and FSDP save and load checkpoints in layouts of their own: "
                       "resume under the engine that wrote it (the accelerate config the run started with; "
                       "run_info.json names its engine)")
 

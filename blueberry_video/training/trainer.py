@@ -185,7 +185,8 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "bad_steps": 0}
     metrics = MetricsLog(output_dir)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path, optimizer)
+        load_checkpoint(accelerator, resume_path, optimizer)
+        state = dict(saved_state)  # read before any work, for the engine check and the run's length
         rescale_lr_schedule(lr_scheduler, state, accelerator.num_processes)
         state["batches_in_epoch"] = batches_to_skip(state, units["samples_per_batch"])
         if accelerator.is_main_process:
