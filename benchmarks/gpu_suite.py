@@ -74,18 +74,22 @@ def _hunyuan_frames(frames, *flags):
                   warmup=0, frames=frames)
 
 
-# Most important first. Two H200 sessions and one H100 session (2026-11-26; results in benchmarks/results/)
-# measured every entry below the first six at least once. What they left open leads: HunyuanVideo's largest
-# frame count on an 80 GB card, a target's figure (the H100 ran 177 frames with expandable segments; 181 and 185
-# were never tried), then the speed cost, if any, of the expandable segments the recipes now use (an A/B on one
-# card: the H100 figures were taken with them, the H200 figures without).
+# Most important first. Three H200 sessions and one H100 session (2026-11-26; results in benchmarks/results/)
+# measured every entry below the first two at least once; the last H200 session (23:35 UTC) ran 181 and 185
+# frames held to an 80 GB card's memory (both fit) and the allocator A/B pairs. What is left leads: whether
+# HunyuanVideo's frame count goes past 185 on an 80 GB card, a target's figure.
 SUITE = (
-    Entry("hunyuan-181f-80gb", "HunyuanVideo at 181 frames, allocator held to an 80 GB card's 78.5 GiB "
-          "(estimated 76.18 GiB allocated; 177 frames ran on an H100 at 74.52 allocated, 77.01 reserved)",
-          "train_step", _hunyuan_frames(181, *LIMIT_80GB)),
-    Entry("hunyuan-185f-80gb", "HunyuanVideo at 185 frames held to 78.5 GiB (estimated 77.3 GiB allocated): the "
-          "frame count after 181, so the two together settle the largest; skipped when 181 did not fit",
-          "train_step", _hunyuan_frames(185, *LIMIT_80GB), unless_failed="hunyuan-181f-80gb"),
+    Entry("hunyuan-189f-80gb", "HunyuanVideo at 189 frames held to 78.5 GiB (estimated 78.41 GiB allocated, so "
+          "about 77.86 measured: the estimate ran 0.54 GiB over the measured 181 and 185 frames; 185 reserved "
+          "78.01)", "train_step", _hunyuan_frames(189, *LIMIT_80GB)),
+    Entry("hunyuan-193f-80gb", "HunyuanVideo at 193 frames held to 78.5 GiB (estimated 79.52 GiB allocated: "
+          "expected not to fit); skipped when 189 did not fit", "train_step", _hunyuan_frames(193, *LIMIT_80GB),
+          unless_failed="hunyuan-189f-80gb"),
+    Entry("hunyuan-181f-80gb", "HunyuanVideo at 181 frames held to 78.5 GiB (fit on an H200 so held: 75.64 GiB "
+          "allocated, 78.16 reserved; estimated 76.18)", "train_step", _hunyuan_frames(181, *LIMIT_80GB)),
+    Entry("hunyuan-185f-80gb", "HunyuanVideo at 185 frames held to 78.5 GiB (fit on an H200 so held: 76.75 GiB "
+          "allocated, 78.01 reserved; estimated 77.29); skipped when 181 did not fit", "train_step",
+          _hunyuan_frames(185, *LIMIT_80GB), unless_failed="hunyuan-181f-80gb"),
     Entry("2b-full-8bit-compile-default-allocator", "the MFU run with torch's default allocator: set against "
           "2b-full-8bit-compile-mfu (expandable segments), the speed cost of the recipes' allocator", "train_step",
           _train("cogvideox-2b", "--mode", "full", "--8bit-adam", "--compile", *DEFAULT_ALLOCATOR, steps=5,
@@ -158,7 +162,8 @@ ENTRIES = {entry.name: entry for entry in SUITE}
 # The figures docs/performance.md's target table names, most important first: for a card with none yet (the
 # targets name an H100, which has them since 2026-11-26 13:45 UTC).
 TARGETS = ("2b-full-8bit-compile-mfu", "2b-full-8bit-mfu", "2b-lora", "2b-lora-diffusers-layout", "5b-lora-24gb",
-           "hunyuan-33f", "hunyuan-177f-80gb", "hunyuan-181f-80gb", "hunyuan-185f-80gb", "2b-overhead")
+           "hunyuan-33f", "hunyuan-177f-80gb", "hunyuan-181f-80gb", "hunyuan-185f-80gb", "hunyuan-189f-80gb",
+           "2b-overhead")
 MIN_SECONDS_TO_START = 45  # below this an entry is left for the next call rather than cut off
 LOG_TAIL_CHARS = 3000
 
@@ -283,11 +288,18 @@ def _other_figures(record: dict) -> str:
     if "samples_per_s" in result and "mb_per_s" in result:
         return f"{result['samples_per_s']:.1f} samples/s, {result['mb_per_s']:.0f} MB/s"
     if "achieved_tflops" in result:
-        # The allocator too: the A/B pairs differ in nothing else.
-        allocator = f"allocator {result['allocator_settings'] or 'default'}" if "allocator_settings" in result else None
         return "; ".join([f"{result['achieved_tflops']:.1f} TFLOP/s",
-                          *filter(None, [result.get("time_summary"), allocator])])
+                          *filter(None, [result.get("time_summary"), _allocator(result)])])
     return ""
+
+
+def _allocator(result: dict) -> str | None:
+    """The allocator a training row ran (the A/B pairs differ in nothing else): what torch said it held, else the
+    variable the run set, which is all there is where torch does not say (2.11, on the lent GPUs)."""
+    if "allocator_settings" not in result:
+        return None
+    held = result["allocator_settings"] or (result.get("allocator_config") or "").partition("=")[2]
+    return f"allocator {held or 'default'}"
 
 
 def markdown_table(records: list[dict]) -> str:

@@ -42,6 +42,7 @@ def use_expandable_segments(wanted: bool) -> bool:
 
 
 def running_allocator_settings() -> str | None:
-    """The settings this process's allocator holds (torch >= 2.9), whatever set them; None where torch does not say."""
+    """The settings this process's allocator holds, whatever set them; None where torch does not say (2.11 did not,
+    on the lent GPUs; 2.13 does)."""
     getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
     return getter() if getter is not None else None

@@ -237,8 +237,8 @@ class MemoryEstimate:
             lines.append(f"  validation loads {parts} (the text encoders only while they encode the prompts); "
                          f"--vae_tiling bounds the decode")
         lines.append("  on the card, add about 0.5-1 GiB for the CUDA context and 0.5-2.5 GiB the allocator reserves "
-                     "beyond this (with expandable segments, the default; measured on an 80 GB H100, where 76 GiB "
-                     "allocated is the measured edge)")
+                     "beyond this (with expandable segments, the default; held to an 80 GB card's 78.5 GiB, "
+                     "HunyuanVideo allocated 76.75 GiB and reserved 78.01)")
         return "\n".join(lines)
 
 
