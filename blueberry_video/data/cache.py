@@ -43,7 +43,8 @@ from blueberry_video.stop_signals import stop_with_message
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+# 2: a video of variable frame rate sampled at an fps takes its frames by timestamp (version 1: by count).
+CACHE_FORMAT_VERSION = 2
 CHUNK_SIZE = 8
 
 
@@ -233,10 +234,9 @@ def _note_lines(notes: dict, fps: float | None) -> list[str]:
         lines.append(f"{len(slow)} video(s) have a frame rate below fps={fps:g}: their frames are repeated ("
                      + first_few([f"{item['video']} {item['fps']:g} fps" for item in slow]) + ")")
     if uneven := notes.get("variable_frame_rate"):
-        lines.append(f"{len(uneven)} video(s) have a variable frame rate: fps={fps:g} takes their frames by count at "
-                     "their average rate, not by time, so the clip's timing is uneven ("
-                     + first_few([f"{item['video']} {item['fps']:g} fps on average" for item in uneven])
-                     + "); re-encode them at a constant rate, e.g. ffmpeg -i in.mp4 -fps_mode cfr -r 30 out.mp4")
+        lines.append(f"{len(uneven)} video(s) have a variable frame rate: fps={fps:g} took their frames by timestamp, "
+                     f"the one nearest each 1/{fps:g} s (" + first_few([f"{item['video']} {item['fps']:g} fps on "
+                                                                        "average" for item in uneven]) + ")")
     by_encoder: dict[tuple[str, int], list[dict]] = {}
     for item in notes["long_captions"]:
         by_encoder.setdefault((item["encoder"], item["limit"]), []).append(item)
@@ -316,7 +316,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     # on the folder (unlisted videos) are not kept: they are looked up again on every use. The notes' items, per
     # video, go to the caches that take this one's latents.
     manifest = {"num_cached": report.num_cached, "skipped": skipped, "notes": encoding_notes, "note_items": notes,
-                "encoded_by_process": encoded_by_process,
+                "format_version": CACHE_FORMAT_VERSION, "encoded_by_process": encoded_by_process,
                 "reused_videos": {"count": num_reused, "from": reused_from}, "complete": True}
     write_file(cache_path / "manifest.json", json.dumps(manifest, indent=1))
     _remove_work_files(cache_path)

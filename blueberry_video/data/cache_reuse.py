@@ -44,10 +44,13 @@ class OlderCache:
         self.video_columns = listing["video_columns"]
         self.rows = {tuple(key[:3]): (row, key[3]) for row, key in enumerate(listing["rows"])}
         self.notes = manifest["note_items"]
+        # Format 1 took a variable-frame-rate video's frames by count: those latents are not the ones now wanted.
+        self.sampled_by_count = ({item["video"] for item in self.notes.get("variable_frame_rate", [])}
+                                 if manifest.get("format_version", 1) < 2 else set())
 
     def find(self, key: list) -> OlderRow | None:
         """The row of the video `key` (its listing key) names, if this cache holds that file unchanged."""
-        if (found := self.rows.get(tuple(key[:3]))) is None:
+        if (found := self.rows.get(tuple(key[:3]))) is None or key[0] in self.sampled_by_count:
             return None
         row, caption = found
         tensors = self.table[row]
@@ -61,7 +64,8 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
                  listing_key: list) -> OlderCache | None:
     """The complete cache beside `cache_path` whose video latents serve the most of these videos, or None.
 
-    Caches built before the listing was recorded (listing.json) cannot be matched to files and are not used."""
+    Caches built before the listing was recorded (listing.json) cannot be matched to files and are not used, nor
+    fps-sampled ones from before the variable-frame-rate note (their videos sampled by count cannot be told)."""
     ours = json.loads(settings_record(family, settings))
     wanted = {tuple(key[:3]) for key in listing_key}
     best, most = None, 0
@@ -73,14 +77,14 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
         if theirs["model"] != ours["model"] or any(theirs["settings"].get(name) != ours["settings"][name]
                                                    for name in VIDEO_SETTINGS):
             continue
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if settings.sampling.fps and "variable_frame_rate" not in manifest["note_items"]:
+            continue
         listing = json.loads(listing_file.read_text())
         matches = sum(tuple(key[:3]) in wanted for key in listing["rows"])
         if matches > most:
-            best, most = (folder, listing), matches
-    if best is None:
-        return None
-    folder, listing = best
-    return OlderCache(folder, listing, json.loads((folder / "manifest.json").read_text()))
+            best, most = (folder, listing, manifest), matches
+    return OlderCache(*best) if best else None
 
 
 def settings_record(family, settings: CacheSettings) -> str:

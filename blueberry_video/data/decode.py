@@ -53,9 +53,33 @@ class VideoDecodeError(BlueberryError):
         return type(self), (self.path, self.reason)
 
 
-class VideoNotReadableError(BlueberryError, PermissionError):
-    """This process may not read the video. The machine's setting, not the file's fault: it stops the build
-    instead of being skipped, a skip the cache would keep after the permissions are fixed."""
+class VideoAccessError(BlueberryError):
+    """The machine, not the file, is at fault (permissions, slow storage, ffmpeg that will not run): it stops the
+    build instead of being counted as a skipped video, a skip the cache would keep after the fault is gone."""
+
+
+class VideoNotReadableError(VideoAccessError, PermissionError):
+    """This process may not read the video."""
+
+
+class VideoReadTimeoutError(VideoAccessError, TimeoutError):
+    """ffmpeg did not read the video's header in time: storage that is slow or gone (a network mount)."""
+
+
+class FfmpegNotRunnableError(VideoAccessError):
+    """imageio-ffmpeg's ffmpeg binary cannot be started."""
+
+
+def _ffmpeg_exe() -> str:
+    try:
+        return _imageio_ffmpeg().get_ffmpeg_exe()
+    except RuntimeError as error:  # imageio-ffmpeg's binary is gone and none is on PATH
+        raise _ffmpeg_not_runnable(error) from error
+
+
+def _ffmpeg_not_runnable(error: Exception) -> FfmpegNotRunnableError:
+    return FfmpegNotRunnableError(f"cannot run ffmpeg ({error}); reinstall imageio-ffmpeg (pip install "
+                                  "--force-reinstall imageio-ffmpeg), on a filesystem that allows running programs")
 
 
 class VideoTooShortError(VideoDecodeError):
@@ -108,8 +132,8 @@ class VideoInfo:
     duration: float
     has_audio: bool
     sar: float = 1.0
-    # The average rate differs from the stream's base rate: frames are not evenly spaced in time, so frames taken
-    # by count at the average rate (how fps sampling picks them) are not evenly spaced either.
+    # The average rate differs from the stream's base rate: frames are not evenly spaced in time, so fps sampling
+    # picks them by their timestamps (one more ffmpeg pass) instead of by count at the average rate.
     rate_varies: bool = False
 
 
@@ -119,14 +143,17 @@ def probe_video(path) -> VideoInfo:
     _check_is_file(path)
     try:
         result = subprocess.run(
-            [_imageio_ffmpeg().get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())],
+            [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute())],
             capture_output=True,
             timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as error:
-        raise VideoDecodeError(path, f"ffmpeg did not read the header within {PROBE_TIMEOUT_S} s") from error
+        raise VideoReadTimeoutError(
+            f"{path}: ffmpeg did not read its header within {PROBE_TIMEOUT_S} s: is the storage slow or unreachable "
+            "(a network mount)? Rerun once it answers; if this file alone hangs ffmpeg, remove it from the dataset"
+        ) from error
     except OSError as error:
-        raise VideoDecodeError(path, f"cannot run ffmpeg ({error}); reinstall imageio-ffmpeg") from error
+        raise _ffmpeg_not_runnable(error) from error
     return _parse_header(path, result.stderr.decode("utf-8", errors="replace"))
 
 
@@ -136,12 +163,12 @@ def decode_video(
     """Decode `sampling.num_frames` frames from the start of the usable span of `path`.
 
     Returns float32 [F, 3, H, W], RGB, in [-1, 1]. With `sampling.fps` set, frame k is the source
-    frame nearest to time k / fps; otherwise frames are consecutive. `generator` drives the crop
+    frame nearest to time k / fps after the first; otherwise frames are consecutive. `generator` drives the crop
     position when sampling.crop == "random". `info` is `probe_video(path)` where the caller has it.
     """
     path = Path(path)
     info = info or probe_video(path)
-    wanted = _source_indices(info, sampling)
+    wanted = _clip_indices(path, info, sampling)
     unique = sorted(set(wanted))
     # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
     # skipped tail without decoding the rest of the file.
@@ -170,7 +197,8 @@ def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling
 
 
 def repeats_frames(info: VideoInfo, sampling: FrameSampling) -> bool:
-    """Whether sampling at `sampling.fps` takes some source frame twice (the video's own rate is lower)."""
+    """Whether sampling at `sampling.fps` takes some source frame twice (the video's own rate is lower; for a
+    variable frame rate, its average rate)."""
     if sampling.fps is None or info.fps <= 0:
         return False
     wanted = _source_indices(info, sampling)
@@ -272,6 +300,66 @@ def _ffmpeg_complaint(text: str) -> str:
     errors = [line for line in lines if re.search(r"error|invalid|could not|not found", line, re.IGNORECASE)]
     chosen = (errors or lines or ["no message"])[-1]
     return chosen[:300]
+
+
+def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+    """The source frames of the clip, in order: by timestamp where the frames are unevenly spaced in time."""
+    if sampling.fps is not None and info.rate_varies:
+        timed = _frame_times(path, sampling.skip_frames_start, (sampling.num_frames - 1) / sampling.fps)
+        if timed is not None:
+            return _indices_by_time(*timed, info, sampling)
+    return _source_indices(info, sampling)
+
+
+# showinfo's line for each frame: its number in decoding order (the `n` that `select` counts) and its time.
+_SHOWINFO_FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*\S+\s+pts_time:(\S+)")
+
+
+def _frame_times(path: Path, start: int, span_s: float) -> tuple[list[float], bool] | None:
+    """The presentation times (s) of the frames from the first, read until one lies more than `span_s` after
+    frame `start` or the video ends: (times, whether it ended first). None where a frame has no timestamp.
+
+    ffmpeg decodes the frames to report them, so this runs only for videos of a variable frame rate; it stops as
+    soon as the clip's frames are known, so a long video costs no more than its first seconds."""
+    command = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", str(path.absolute()),
+               "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", "showinfo", "-f", "null", "-"]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   errors="replace")
+    except OSError as error:
+        raise _ffmpeg_not_runnable(error) from error
+    times: list[float] = []
+    try:
+        for line in process.stderr:
+            if (frame := _SHOWINFO_FRAME.search(line)) is None:
+                continue
+            try:
+                times.append(float(frame.group(2)))
+            except ValueError:  # NOPTS
+                return None
+            if len(times) > start + 1 and times[-1] > times[start] + span_s:
+                return times, False
+    finally:
+        process.kill()
+        process.wait()
+    return times, True
+
+
+def _indices_by_time(times: list[float], ended: bool, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+    """Frame k is the source frame nearest to k / fps after frame `skip_frames_start` (the later one on a tie,
+    as `_source_indices` rounds). Times past the video's end get frame numbers past its last frame, at its
+    average rate, so the clip is short as it would be by count."""
+    start = sampling.skip_frames_start
+    if start >= len(times):  # nothing left after the skipped frames
+        return list(range(start, start + sampling.num_frames))
+    indices, nearest = [], start
+    for k in range(sampling.num_frames):
+        target = times[start] + k / sampling.fps
+        while nearest + 1 < len(times) and abs(times[nearest + 1] - target) <= abs(times[nearest] - target):
+            nearest += 1
+        beyond = math.floor((target - times[-1]) * info.fps + 0.5) if ended and nearest == len(times) - 1 else 0
+        indices.append(nearest + max(beyond, 0))
+    return indices
 
 
 def _source_indices(info: VideoInfo, sampling: FrameSampling) -> list[int]:

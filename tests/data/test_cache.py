@@ -431,6 +431,18 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_with_the_setting_that_
         precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "not-a-folder" / "cache", SETTINGS)
 
 
+def test_a_video_the_storage_does_not_serve_in_time_stops_the_build_and_is_not_kept_as_a_skip(
+        family, one_video_dataset_dir, tmp_path, monkeypatch):
+    from blueberry_video.data import decode
+
+    with monkeypatch.context() as stalled:
+        stalled.setattr(decode, "PROBE_TIMEOUT_S", 0.001)
+        with pytest.raises(decode.VideoReadTimeoutError):
+            precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "cache", SETTINGS)
+    assert not list((tmp_path / "cache").glob("*/manifest.json"))  # no complete cache remembers it as skipped
+    assert precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "cache", SETTINGS).skipped == []
+
+
 @pytest.fixture
 def mixed_dataset(tmp_path, sample_dataset_dir, garbage_video, zero_byte_video, truncated_video, audio_only_video):
     """Two good videos among every kind of bad one: undecodable files, a missing file, a missing caption."""
@@ -551,11 +563,32 @@ def test_a_video_slower_than_fps_is_noted_not_skipped(noted_cache):
     assert note in json.loads((report.path / "manifest.json").read_text())["notes"]
 
 
-def test_a_video_of_variable_frame_rate_is_noted_with_how_to_make_it_constant(noted_cache):
+def test_a_video_of_variable_frame_rate_is_noted_as_sampled_by_timestamp(noted_cache):
     root, _, report = noted_cache
     [note] = [line for line in report.notes if "variable frame rate" in line]
-    assert note.startswith("1 video(s) have a variable frame rate: fps=8 takes their frames by count")
-    assert "videos/uneven.mp4 10.97 fps on average" in note and "-fps_mode cfr" in note
+    assert note == ("1 video(s) have a variable frame rate: fps=8 took their frames by timestamp, the one nearest "
+                    "each 1/8 s (videos/uneven.mp4 10.97 fps on average)")
+
+
+def test_a_cache_that_took_a_variable_frame_rate_video_by_count_gives_the_others_latents_not_its(
+        noted_cache, family, tmp_path, monkeypatch):
+    root, settings, _ = noted_cache
+    data = shutil.copytree(root, tmp_path / "data", ignore=shutil.ignore_patterns("cache"))  # keeps the mtimes
+    with monkeypatch.context() as version_1:
+        version_1.setattr(cache_module, "CACHE_FORMAT_VERSION", 1)
+        old = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    assert json.loads((old.path / "manifest.json").read_text())["format_version"] == 1
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    new = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    # Version 1 sampled uneven.mp4 by count: of the three videos, only it goes through the VAE again.
+    assert new.path != old.path and new.num_reused_videos == 2 and new.reused_videos_from == [str(old.path)]
+    assert len(videos) == 1 and videos[0].shape[0] == 1
+    # One from before that note was kept cannot tell which video it took by count: it gives none.
+    manifest = json.loads((old.path / "manifest.json").read_text())
+    del manifest["note_items"]["variable_frame_rate"]
+    (old.path / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(new.path)
+    assert precompute_latent_cache(family, data, tmp_path / "cache", settings).num_reused_videos == 0
 
 
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):

@@ -105,6 +105,29 @@ def test_fps_sampling_picks_nearest_source_frames(ntsc_video, skip):
     assert frame_numbers(clip, reference) == expected
 
 
+def test_fps_sampling_of_a_variable_frame_rate_takes_the_frame_nearest_each_time(tmp_path):
+    from tests.data.conftest import H264_LOSSLESS, encode
+
+    # 24 frames, frame n of luma 16 + 8n: the first 12 at 1/16 s apart, the rest at 1/8 s (10.97 fps on average).
+    uneven = encode(tmp_path / "uneven.mp4", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=16:d=1.5", "-vf",
+                    "geq=lum='16+N*8':cb=128:cr=128,setpts='if(lt(N,12),N/16/TB,(12/16+(N-12)/8)/TB)'",
+                    "-fps_mode", "vfr", *H264_LOSSLESS)
+    assert probe_video(uneven).rate_varies
+    reference = decode_video(uneven, FrameSampling(num_frames=24, height=16, width=16))
+    clip = decode_video(uneven, FrameSampling(num_frames=10, height=16, width=16, fps=8))
+    # At k/8 s: every second frame while they come 1/16 s apart, then every frame (by count at the average rate
+    # it would be 0, 1, 3, 4, 5, 7, 8, 10, 11, 12: the motion sped up and slowed down with the recording).
+    assert frame_numbers(clip, reference) == [0, 2, 4, 6, 8, 10, 12, 13, 14, 15]
+    skipped = decode_video(uneven, FrameSampling(num_frames=5, height=16, width=16, fps=8, skip_frames_start=5))
+    assert frame_numbers(skipped, reference) == [5, 7, 9, 11, 13]  # timed from the first frame after the skip
+    # 2.4 s at 8 fps is past the video's 2.19 s: short, as by count.
+    with pytest.raises(VideoTooShortError, match="only 18 of the 20 frames"):
+        decode_video(uneven, FrameSampling(num_frames=20, height=16, width=16, fps=8))
+    # The times are read only as far as the clip reaches, not to the end of a long video.
+    times, ended = decode._frame_times(uneven, 0, 0.5)
+    assert not ended and times[:3] == [0.0, 0.0625, 0.125] and len(times) < 24
+
+
 def test_fps_above_source_rate_repeats_frames(ntsc_video):
     reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
     clip = decode_video(ntsc_video, FrameSampling(num_frames=4, height=16, width=16, fps=60000 / 1001))
@@ -255,6 +278,24 @@ def test_a_video_this_process_may_not_read_stops_the_work_instead_of_being_skipp
             result.stderr
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_header_not_read_in_time_stops_the_work_instead_of_skipping_the_video(landscape_video, monkeypatch):
+    monkeypatch.setattr(decode, "PROBE_TIMEOUT_S", 0.001)  # the real ffmpeg, given no time: as a stalled mount
+    with pytest.raises(decode.VideoReadTimeoutError, match=r"did not read its header within .* Rerun once it answers"):
+        probe_video(landscape_video)
+    assert not issubclass(decode.VideoReadTimeoutError, VideoDecodeError)  # the cache skips only those
+
+
+@pytest.mark.parametrize("broken", ["missing binary", "no binary at all"])
+def test_an_ffmpeg_that_cannot_run_stops_the_work_with_the_fix(broken, landscape_video, monkeypatch, tmp_path):
+    def no_binary():
+        raise RuntimeError("No ffmpeg exe could be found")
+
+    found = (lambda: str(tmp_path / "ffmpeg")) if broken == "missing binary" else no_binary
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", found)
+    with pytest.raises(decode.FfmpegNotRunnableError, match="reinstall imageio-ffmpeg"):
+        decode_video(landscape_video, FrameSampling(num_frames=2, height=32, width=32))
 
 
 def test_random_crop_is_seeded_and_moves(landscape_video):
