@@ -43,7 +43,8 @@ from blueberry_video.stop_signals import stop_with_message
 
 logger = logging.getLogger(__name__)
 
-# 2: a video of variable frame rate sampled at an fps takes its frames by timestamp (version 1: by count).
+# 2: sampled at an fps, a video of variable frame rate, or in a container other than MP4/MOV, takes its frames by
+# timestamp (version 1: by count at the header's rate).
 CACHE_FORMAT_VERSION = 2
 CHUNK_SIZE = 8
 

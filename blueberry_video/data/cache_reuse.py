@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # The settings the video latents depend on: an older cache that shares them (and the model) has the latents of
 # every video file it holds that did not change since. The caption settings only change the text embeddings.
 VIDEO_SETTINGS = ("sampling", "encode_dtype", "cache_dtype", "vae_tiling")
+# Files whose header tells a variable frame rate (ffmpeg's mov demuxer reads them all).
+MP4_SUFFIXES = {".mp4", ".m4v", ".mov", ".3gp"}
 
 
 @dataclass
@@ -37,16 +39,14 @@ class OlderCache:
     """A complete older cache of the same model and video settings: the rows of the video files that did not
     change since (same relative path, size and modification time) hold the latents the VAE would compute again."""
 
-    def __init__(self, path: Path, listing: dict, manifest: dict):
+    def __init__(self, path: Path, listing: dict, manifest: dict, fps_sampled: bool = False):
         self.path = path
         table = datasets.load_from_disk(str(path / "dataset"))
         self.table = table.with_format("numpy", columns=[c for c in table.column_names if c not in NON_TENSOR_COLUMNS])
         self.video_columns = listing["video_columns"]
         self.rows = {tuple(key[:3]): (row, key[3]) for row, key in enumerate(listing["rows"])}
         self.notes = manifest["note_items"]
-        # Format 1 took a variable-frame-rate video's frames by count: those latents are not the ones now wanted.
-        self.sampled_by_count = ({item["video"] for item in self.notes.get("variable_frame_rate", [])}
-                                 if manifest.get("format_version", 1) < 2 else set())
+        self.sampled_by_count = _sampled_by_count(manifest, listing, fps_sampled)
 
     def find(self, key: list) -> OlderRow | None:
         """The row of the video `key` (its listing key) names, if this cache holds that file unchanged."""
@@ -58,6 +58,16 @@ class OlderCache:
         return OlderRow(video={name: tensors[name] for name in self.video_columns},
                          text={name: value for name, value in tensors.items() if name not in self.video_columns},
                          caption=caption, notes=notes)
+
+
+def _sampled_by_count(manifest: dict, listing: dict, fps_sampled: bool) -> set[str]:
+    """The videos whose latents format 1 took by count at the header's rate, where frames are now taken by
+    timestamp: those it noted as of variable frame rate, and (their rate unknown to the header) those outside
+    MP4/MOV files."""
+    if manifest.get("format_version", 1) >= 2 or not fps_sampled:
+        return set()
+    other_containers = {key[0] for key in listing["rows"] if Path(key[0]).suffix.lower() not in MP4_SUFFIXES}
+    return other_containers | {item["video"] for item in manifest["note_items"].get("variable_frame_rate", [])}
 
 
 def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
@@ -84,7 +94,7 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
         matches = sum(tuple(key[:3]) in wanted for key in listing["rows"])
         if matches > most:
             best, most = (folder, listing, manifest), matches
-    return OlderCache(*best) if best else None
+    return OlderCache(*best, fps_sampled=bool(settings.sampling.fps)) if best else None
 
 
 def settings_record(family, settings: CacheSettings) -> str:

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,9 @@ class VideoInfo:
     # The average rate differs from the stream's base rate: frames are not evenly spaced in time, so fps sampling
     # picks them by their timestamps (one more ffmpeg pass) instead of by count at the average rate.
     rate_varies: bool = False
+    # Only MP4/MOV headers give an average rate that can differ from the base rate; Matroska, WebM, MPEG-TS and AVI
+    # state one rate whatever the spacing, so there fps sampling reads the timestamps too.
+    rate_tells_spacing: bool = True
 
 
 def probe_video(path) -> VideoInfo:
@@ -168,7 +172,7 @@ def decode_video(
     """
     path = Path(path)
     info = info or probe_video(path)
-    wanted = _clip_indices(path, info, sampling)
+    wanted, frame_count = _clip_indices(path, info, sampling)
     unique = sorted(set(wanted))
     # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
     # skipped tail without decoding the rest of the file.
@@ -180,20 +184,22 @@ def decode_video(
     position = {index: slot for slot, index in enumerate(unique)}
     slots = [position[index] for index in wanted]
     available = sum(1 for slot in slots if slot < usable)
-    truncated = available < len(slots) and _header_promised(info, unique, sampling)
+    truncated = available < len(slots) and _header_promised(info, unique, sampling, frame_count)
     slots = _fill_short_clip(slots[:available], path, info, sampling, truncated)
 
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
-def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling) -> bool:
-    """Whether the header's frame count, before any skipping, covers the clip and the skipped tail after it.
+def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling,
+                     frame_count: int | None = None) -> bool:
+    """Whether the header's frame count (or the count the timestamps gave), before any skipping, covers the clip
+    and the skipped tail after it.
 
     If it does and the frames did not come, decoding stopped early: the file is damaged, not short. The
     one frame of slack absorbs a duration rounded up in the header.
     """
-    return unique[-1] + sampling.skip_frames_end < info.num_frames - 1
+    return unique[-1] + sampling.skip_frames_end < (frame_count or info.num_frames) - 1
 
 
 def repeats_frames(info: VideoInfo, sampling: FrameSampling) -> bool:
@@ -255,8 +261,8 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
     fps = _parse_fps(stream)
-    base_rate = re.search(r"([\d.]+)(k?) tbr", stream)
-    tbr = float(base_rate.group(1)) * (1000 if base_rate.group(2) else 1) if base_rate else 0.0
+    tbr = _parse_rate(stream, "tbr")
+    container = re.search(r"Input #\d+, (.*?), from ", text)
     return VideoInfo(
         path=path,
         width=width,
@@ -266,12 +272,18 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         duration=duration,
         has_audio=re.search(r"Stream #\S+.*?: Audio: ", text) is not None,
         sar=sar,
-        rate_varies=fps > 0 and tbr > 0 and abs(fps - tbr) > 0.01 * tbr,
+        # Both printed to two decimals (NTSC rates restored alike): any difference is a real one.
+        rate_varies=fps > 0 and tbr > 0 and abs(fps - tbr) > 0.001,
+        rate_tells_spacing=bool(container and {"mov", "mp4"} & set(container.group(1).split(","))),
     )
 
 
 def _parse_fps(stream: str) -> float:
-    match = re.search(r"([\d.]+)(k?) fps", stream) or re.search(r"([\d.]+)(k?) tbr", stream)
+    return _parse_rate(stream, "fps") or _parse_rate(stream, "tbr")
+
+
+def _parse_rate(stream: str, unit: str) -> float:
+    match = re.search(rf"([\d.]+)(k?) {unit}\b", stream)
     if match is None:
         return 0.0
     fps = float(match.group(1)) * (1000 if match.group(2) else 1)
@@ -302,59 +314,71 @@ def _ffmpeg_complaint(text: str) -> str:
     return chosen[:300]
 
 
-def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> list[int]:
-    """The source frames of the clip, in order: by timestamp where the frames are unevenly spaced in time."""
-    if sampling.fps is not None and info.rate_varies:
-        timed = _frame_times(path, sampling.skip_frames_start, (sampling.num_frames - 1) / sampling.fps)
-        if timed is not None:
-            return _indices_by_time(*timed, info, sampling)
-    return _source_indices(info, sampling)
+def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> tuple[list[int], int | None]:
+    """The source frames of the clip, in order, by timestamp where the frames may be unevenly spaced in time; and
+    the video's frame count where that reading found its end (None: the header's estimate stands)."""
+    if sampling.fps is not None and (info.rate_varies or not info.rate_tells_spacing):
+        clip_span = (sampling.num_frames - 1) / Fraction(sampling.fps).limit_denominator(1_000_000)
+        if (timed := _frame_times(path, sampling.skip_frames_start, clip_span)) is not None:
+            times, ended = timed
+            return _indices_by_time(times, ended, info, sampling), len(times) if ended else None
+    return _source_indices(info, sampling), None
 
 
-# showinfo's line for each frame: its number in decoding order (the `n` that `select` counts) and its time.
-_SHOWINFO_FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*\S+\s+pts_time:(\S+)")
+# showinfo's lines: the time base its timestamps count in, then each frame's number in decoding order (the `n`
+# that `select` counts) and its timestamp in that base.
+_SHOWINFO_TIME_BASE = re.compile(r"config in time_base: (\d+)/(\d+)")
+_SHOWINFO_FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)")
 
 
-def _frame_times(path: Path, start: int, span_s: float) -> tuple[list[float], bool] | None:
-    """The presentation times (s) of the frames from the first, read until one lies more than `span_s` after
-    frame `start` or the video ends: (times, whether it ended first). None where a frame has no timestamp.
+def _frame_times(path: Path, start: int, span_s: Fraction) -> tuple[list[Fraction], bool] | None:
+    """The presentation times (s, exact) of the frames from the first, read until one lies more than `span_s`
+    after frame `start` or the video ends: (times, whether it ended first). None where they cannot be read
+    (no timestamps, ffmpeg failed): the caller falls back to the header's average rate.
 
-    ffmpeg decodes the frames to report them, so this runs only for videos of a variable frame rate; it stops as
-    soon as the clip's frames are known, so a long video costs no more than its first seconds."""
+    ffmpeg decodes the frames to report them, so this runs only where the spacing may vary; it stops as soon as
+    the clip's frames are known, so a long video costs no more than the stretch the clip takes."""
     command = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", str(path.absolute()),
-               "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", "showinfo", "-f", "null", "-"]
+               "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", "showinfo=checksum=0", "-f", "null", "-"]
     try:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    errors="replace")
     except OSError as error:
         raise _ffmpeg_not_runnable(error) from error
-    times: list[float] = []
+    time_base, times = None, []
     try:
         for line in process.stderr:
+            if time_base is None:
+                if found := _SHOWINFO_TIME_BASE.search(line):
+                    time_base = Fraction(int(found.group(1)), int(found.group(2)) or 1)
+                continue
             if (frame := _SHOWINFO_FRAME.search(line)) is None:
                 continue
-            try:
-                times.append(float(frame.group(2)))
-            except ValueError:  # NOPTS
+            if not frame.group(2).lstrip("-").isdigit():  # NOPTS
                 return None
+            times.append(int(frame.group(2)) * time_base)
             if len(times) > start + 1 and times[-1] > times[start] + span_s:
                 return times, False
+        # A failed run must not pass for the video's end: its clip would come out short, a skip the cache keeps.
+        if process.wait() != 0 or not times:
+            return None
     finally:
         process.kill()
         process.wait()
     return times, True
 
 
-def _indices_by_time(times: list[float], ended: bool, info: VideoInfo, sampling: FrameSampling) -> list[int]:
-    """Frame k is the source frame nearest to k / fps after frame `skip_frames_start` (the later one on a tie,
-    as `_source_indices` rounds). Times past the video's end get frame numbers past its last frame, at its
+def _indices_by_time(times: list[Fraction], ended: bool, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+    """Frame k is the source frame nearest to k / fps after frame `skip_frames_start` (the later one on an exact
+    tie, as `_source_indices` rounds). Times past the video's end get frame numbers past its last frame, at its
     average rate, so the clip is short as it would be by count."""
     start = sampling.skip_frames_start
     if start >= len(times):  # nothing left after the skipped frames
         return list(range(start, start + sampling.num_frames))
+    fps = Fraction(sampling.fps).limit_denominator(1_000_000)
     indices, nearest = [], start
     for k in range(sampling.num_frames):
-        target = times[start] + k / sampling.fps
+        target = times[start] + k / fps
         while nearest + 1 < len(times) and abs(times[nearest + 1] - target) <= abs(times[nearest] - target):
             nearest += 1
         beyond = math.floor((target - times[-1]) * info.fps + 0.5) if ended and nearest == len(times) - 1 else 0

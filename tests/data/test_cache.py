@@ -583,6 +583,14 @@ def test_a_cache_that_took_a_variable_frame_rate_video_by_count_gives_the_others
     # Version 1 sampled uneven.mp4 by count: of the three videos, only it goes through the VAE again.
     assert new.path != old.path and new.num_reused_videos == 2 and new.reused_videos_from == [str(old.path)]
     assert len(videos) == 1 and videos[0].shape[0] == 1
+    # Nor those of other containers, whose header states one rate whatever the spacing.
+    from blueberry_video.data.cache_reuse import _sampled_by_count
+
+    listing = {"rows": [["videos/a.mkv", 1, 1, ""], ["videos/b.MP4", 1, 1, ""], ["videos/c.webm", 1, 1, ""]]}
+    version_1 = {"note_items": {"variable_frame_rate": []}}
+    assert _sampled_by_count(version_1, listing, fps_sampled=True) == {"videos/a.mkv", "videos/c.webm"}
+    assert _sampled_by_count(version_1, listing, fps_sampled=False) == set()  # consecutive frames: no change
+    assert _sampled_by_count({**version_1, "format_version": 2}, listing, fps_sampled=True) == set()
     # One from before that note was kept cannot tell which video it took by count: it gives none.
     manifest = json.loads((old.path / "manifest.json").read_text())
     del manifest["note_items"]["variable_frame_rate"]

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -124,8 +125,43 @@ def test_fps_sampling_of_a_variable_frame_rate_takes_the_frame_nearest_each_time
     with pytest.raises(VideoTooShortError, match="only 18 of the 20 frames"):
         decode_video(uneven, FrameSampling(num_frames=20, height=16, width=16, fps=8))
     # The times are read only as far as the clip reaches, not to the end of a long video.
-    times, ended = decode._frame_times(uneven, 0, 0.5)
-    assert not ended and times[:3] == [0.0, 0.0625, 0.125] and len(times) < 24
+    times, ended = decode._frame_times(uneven, 0, Fraction(1, 2))
+    assert not ended and times[:3] == [0, Fraction(1, 16), Fraction(1, 8)] and len(times) < 24
+    # Matroska (and WebM, MPEG-TS, AVI) state one rate whatever the spacing: the same frames come from the times.
+    remuxed = encode(tmp_path / "uneven.mkv", "-i", str(uneven), "-c", "copy")
+    info = probe_video(remuxed)
+    assert not info.rate_varies and not info.rate_tells_spacing
+    assert frame_numbers(decode_video(remuxed, FrameSampling(num_frames=10, height=16, width=16, fps=8)),
+                         reference) == [0, 2, 4, 6, 8, 10, 12, 13, 14, 15]
+
+
+def test_fps_sampling_by_time_breaks_an_exact_tie_towards_the_later_frame(tmp_path):
+    from tests.data.conftest import H264_LOSSLESS, encode
+
+    # Frames at 0, 0.349, 0.449, 0.499, 0.6, 0.7 s: 0.349 + 1/8 = 0.474 lies exactly between frames 2 and 3,
+    # which a sum of decimal floats would not see.
+    times = "if(eq(N,0),0,if(eq(N,1),349,if(eq(N,2),449,if(eq(N,3),499,if(eq(N,4),600,700)))))"
+    uneven = encode(tmp_path / "tie.mp4", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=10:d=0.6", "-vf",
+                    f"geq=lum='16+N*30':cb=128:cr=128,settb=1/1000,setpts='{times}'", "-fps_mode", "vfr",
+                    "-enc_time_base", "1:1000", *H264_LOSSLESS)
+    assert probe_video(uneven).rate_varies
+    reference = decode_video(uneven, FrameSampling(num_frames=6, height=16, width=16))
+    clip = decode_video(uneven, FrameSampling(num_frames=2, height=16, width=16, fps=8, skip_frames_start=1))
+    assert frame_numbers(clip, reference) == [1, 3]
+
+
+def test_a_drop_of_a_few_frames_in_an_mp4_is_a_variable_rate(tmp_path):
+    from tests.data.conftest import H264, encode
+
+    # 30 fps for 10 s with frame 150 dropped and the others kept at their times: 29.9 fps on average.
+    dropped = encode(tmp_path / "dropped.mp4", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=30:duration=10",
+                     "-vf", "select='not(eq(n,150))'", "-fps_mode", "vfr", *H264)
+    assert probe_video(dropped).rate_varies
+
+
+def test_a_timestamp_reading_that_fails_is_not_taken_for_the_videos_end(garbage_video):
+    # ffmpeg exits with an error: no times (the clip falls back to the header's rate), not "no frames left".
+    assert decode._frame_times(garbage_video, 0, Fraction(1)) is None
 
 
 def test_fps_above_source_rate_repeats_frames(ntsc_video):
