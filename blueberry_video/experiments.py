@@ -49,13 +49,14 @@ def new_experiment(name: str, base_dir: str | Path = "experiments", from_config:
                           f"repository with the package installed from it (pip install -e .)")
     if target.exists():
         raise ConfigError(f"{target} already exists: pick another experiment name, or delete that folder first")
+    config_text = None
     if from_config is not None:
         from_config = Path(from_config)
         settings = load_yaml(from_config)  # refuse a config the run would refuse, before anything is written
         family = family or config_family(from_config, settings)
+        config_text = from_config.read_text(encoding="utf-8")
     elif family not in (None, TEMPLATE_FAMILY):
-        raise ConfigError(f"the template's config trains the {TEMPLATE_FAMILY} demo: start a {family} experiment "
-                          f"from a {family} config with --from (e.g. one in recipes/configs/)")
+        config_text = _demo_config_text(family)
     family = family or TEMPLATE_FAMILY
     shutil.copytree(template, target)
     fills = {"{{name}}": name, "{{family}}": family, "{{recipe}}": f"recipes/train_{family}.py"}
@@ -65,10 +66,30 @@ def new_experiment(name: str, base_dir: str | Path = "experiments", from_config:
             for placeholder, value in fills.items():
                 text = text.replace(placeholder, value)
             path.write_text(text, encoding="utf-8")
-    if from_config is not None:
-        (target / "config.yaml").write_text(_with_own_output_dir(from_config.read_text(encoding="utf-8"), name),
-                                            encoding="utf-8")
+    if config_text is not None:
+        (target / "config.yaml").write_text(_with_own_output_dir(config_text, name), encoding="utf-8")
     return target
+
+
+def _demo_config_text(family: str) -> str:
+    """The template's config trains the CogVideoX demo; another family starts from its own demo's config,
+    pointed at the tiny model and videos `blueberry-video demo --family NAME` builds."""
+    from blueberry_video.demo import demo_config_path
+
+    return (f"# Experiment config from the {family} demo's: the tiny model and sample videos that\n"
+            f"# `blueberry-video demo --family {family}` builds (once). Point the two paths below at your model and\n"
+            f"# data for a real run; recipes/configs/ holds the full-size configs.\n"
+            f"pretrained_model_name_or_path: .blueberry/demo/tiny-{family}\n"
+            "instance_data_root: .blueberry/demo/sample-videos\n\n" + _without_leading_comments(
+                demo_config_path(family).read_text()))
+
+
+def _without_leading_comments(text: str) -> str:
+    """The demo config's own header speaks of the demo filling in the paths, which the experiment's config sets."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
 
 
 def _with_own_output_dir(config_text: str, name: str) -> str:

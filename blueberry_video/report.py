@@ -20,7 +20,7 @@ from blueberry_video.training.records import BOOKKEEPING_SETTINGS, MetricsLog, p
 # output_dir (the first column says which run a row is), and the status column says which run continued which.
 IGNORED_SETTINGS = (*BOOKKEEPING_SETTINGS, "checkpoints_total_limit", "cache_dir")
 FINISHED = "finished"
-RESULT_COLUMNS = ("steps", "final loss", "min loss", "mean of last 10", "wall time")
+RESULT_COLUMNS = ("steps", "final loss", "min loss", "mean of last 10", "training time")
 
 
 class RunRecordsError(BlueberryError, FileNotFoundError):
@@ -64,7 +64,7 @@ class RunSummary:
             "min loss": f"{min(finite):.4f}" if finite else "-",
             "mean of last 10": f"{sum(last) / len(last):.4f}" if last else "-",
             # Step times include the validation and checkpoints in between.
-            "wall time": f"{seconds_of(self.records):.1f} s",
+            "training time": f"{seconds_of(self.records):.1f} s",
         }
 
 

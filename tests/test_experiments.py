@@ -116,7 +116,7 @@ def test_report_shows_only_the_settings_that_differ_and_the_losses(runs, tmp_pat
     header, rule, *rows = [line for line in printed.splitlines() if line.startswith("|")]
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["run", "status", "learning_rate", "steps", "final loss", "min loss", "mean of last 10",
-                       "wall time"]
+                       "training time"]
     cells = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")] for row in rows}
     assert set(cells) == {"baseline", "lr-5e-4"}
     assert cells["baseline"][1:3] == ["finished", "0.002"] and cells["lr-5e-4"][1:3] == ["finished", "0.0005"]
@@ -169,7 +169,7 @@ def test_report_marks_a_stopped_run_and_the_run_that_continued_it(runs, stopped_
     report = compare_runs([runs[0], stopped, continued])
     header, cells = table_cells(report.table)
     # Where each run wrote and what it resumed are not settings that differ.
-    assert header == ["run", "status", "steps", "final loss", "min loss", "mean of last 10", "wall time"]
+    assert header == ["run", "status", "steps", "final loss", "min loss", "mean of last 10", "training time"]
     assert cells["baseline"][1] == "finished"
     assert cells["stopped"][1:3] == ["stopped at step 3, resumed in continued", "3"]
     assert cells["continued"][1:3] == ["finished, resumed from stopped/checkpoint-3", "6"]
@@ -230,5 +230,8 @@ def test_new_experiment_from_a_recipe_config_runs_its_family_and_writes_its_own_
     assert "--family hunyuan_video" in (new_experiment("y", base_dir=tmp_path, from_config=unnamed,
                                                        family="hunyuan_video") / "README.md").read_text()
     assert load_yaml(tmp_path / "y" / "config.yaml")["output_dir"] == "outputs/y"
-    with pytest.raises(ConfigError, match="trains the cogvideox demo"):
-        new_experiment("z", base_dir=tmp_path, family="hunyuan_video")
+    # Without a config: the family's demo config, on the tiny model and videos its demo builds.
+    demo = load_yaml(new_experiment("z", base_dir=tmp_path, family="hunyuan_video") / "config.yaml")
+    assert load_yaml(demo_config_path("hunyuan_video")).items() <= demo.items()
+    assert demo["pretrained_model_name_or_path"] == ".blueberry/demo/tiny-hunyuan_video"
+    assert demo["instance_data_root"] == ".blueberry/demo/sample-videos" and demo["output_dir"] == "outputs/z"

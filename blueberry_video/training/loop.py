@@ -99,6 +99,10 @@ class BatchLoop:
         self._log(record)
         return record
 
+    def restart_step_clock(self) -> None:
+        """A checkpoint or validation between steps is not the next step's time (nor in the report's total)."""
+        self._step_start = time.perf_counter()
+
     def _loss_scale_search(self, step_loss: float) -> bool:
         """Whether a skipped fp16 update is the GradScaler's own search for a loss scale whose gradients fit
         fp16 (it halves the scale on each overflow): expected, not a diverging run, so long as the loss is finite

@@ -196,9 +196,11 @@ def usage_code(output_dir: Path, config, family) -> str:
             "num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
             **non_default_call_arguments(family, config)}
     arguments = "".join(f", {name}={value!r}" for name, value in call.items())
-    torch_import = "import torch\n" if dtype else ""
-    return (f"{torch_import}{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
-            f"video = pipe({prompt!r}{arguments}).frames[0]\n"
+    # Validation's seed, on the device it rendered on: the first validation sample of this prompt again.
+    return (f"import torch\n{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
+            "device = \"cuda\" if torch.cuda.is_available() else \"cpu\"\npipe.to(device)\n"
+            f"generator = torch.Generator(device).manual_seed({config.seed})  # validation's seed\n"
+            f"video = pipe({prompt!r}{arguments}, generator=generator).frames[0]\n"
             f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps(family):g})")
 
 

@@ -237,6 +237,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
                     if config.validation_steps and global_step % config.validation_steps == 0:
                         videos += run_validation(accelerator, family, transformer, config, global_step, dtype)
                         last_validated = global_step
+                    loop.restart_step_clock()
                     stop_early = global_step == stop_after_step or loop.stop_requested
                     if global_step >= max_train_steps or stop_early:
                         break
@@ -244,6 +245,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
                     if config.validation_epochs and (epoch + 1) % config.validation_epochs == 0:
                         videos += run_validation(accelerator, family, transformer, config, loop.global_step, dtype)
                         last_validated = loop.global_step
+                        loop.restart_step_clock()
 
             loop.flush_log()
         global_step, losses, state["bad_steps"] = loop.global_step, loop.losses, loop.bad_steps

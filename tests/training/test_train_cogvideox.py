@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from blueberry_video.data.decode import FrameSampling, decode_video
+from blueberry_video.data.video_writer import write_mp4
 from tests.conftest import REPO_ROOT
 from tests.training.helpers import transformer_output_after_fresh_lora_load
 
@@ -79,9 +80,16 @@ def test_the_model_card_code_renders_a_video_as_written(lora_run, tmp_path, monk
     assert '(validation/step-000060-prompt1-0.mp4): "a blue square"' in card
     code = card.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "model card", "exec"), {})  # as a user pastes it (the tiny model needs its text length)
+    namespace = {}
+    exec(compile(code, "model card", "exec"), namespace)  # as a user pastes it (the tiny model needs its text length)
     clip = decode_video(tmp_path / "sample.mp4", FrameSampling(num_frames=9, height=96, width=160))
     assert clip.shape == (9, 3, 96, 160)
+    # With validation's seed it renders the last validation's sample of that prompt: written as validation writes
+    # its videos, the same frames.
+    write_mp4(np.stack([np.asarray(image) for image in namespace["video"]]), tmp_path / "as_validation.mp4", fps=8)
+    sampling = FrameSampling(num_frames=9, height=96, width=160)
+    assert torch.equal(decode_video(tmp_path / "as_validation.mp4", sampling),
+                       decode_video(lora_run.output_dir / "validation/step-000060-prompt0-0.mp4", sampling))
 
 
 def test_a_resumed_runs_card_lists_the_samples_before_the_resume(tiny_cogvideox_dir, one_video_dataset_dir,
@@ -178,6 +186,32 @@ def test_with_logging_steps_each_line_averages_its_steps_and_checkpoints_and_the
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["steps"] == 12 and final["final_loss"] == records[-1]["loss"]
     assert final["train_seconds"] == pytest.approx(sum(r["step_time"] * r.get("logged_steps", 1) for r in records))
+
+
+def test_checkpoints_and_validation_are_not_counted_in_the_next_steps_time(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                           tmp_path, monkeypatch):
+    from blueberry_video.training import loop, trainer
+
+    # The step clock jumps 1000 s during each checkpoint and validation: no step may have that in its time.
+    offset = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda real=loop.time.perf_counter: real() + offset[0])
+
+    def slow(work):
+        def wrapped(*args, **kwargs):
+            offset[0] += 1000.0
+            return work(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(trainer, "save_checkpoint", slow(trainer.save_checkpoint))
+    monkeypatch.setattr(trainer, "run_validation", slow(trainer.run_validation))
+    out = tmp_path / "run"
+    train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--rank", "4", "--lora_alpha",
+                                     "4", "--max_train_steps", "4", "--checkpointing_steps", "1",
+                                     "--validation_prompt", "a red circle", "--validation_steps", "2",
+                                     "--num_inference_steps", "1"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert offset[0] >= 6000 and len(records) == 4  # four checkpoints and two validations ran
+    assert all(record["step_time"] < 1000 for record in records)
 
 
 def test_the_run_steps_with_torchs_fused_adamw(lora_run):
