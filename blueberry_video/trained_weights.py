@@ -18,6 +18,7 @@ from blueberry_video.config import TrainConfig, load_yaml
 from blueberry_video.errors import ConfigError, ModelLayoutError
 from blueberry_video.models import family_names, get_family_class
 from blueberry_video.training.checkpoints import LORA_FILE, STATE_FILE, checkpoint_steps
+from blueberry_video.training.lora import LORA_FILE_NAMES
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.lora import lora_file_in_folder
 from blueberry_video.training.records import RUN_CONFIG, RUN_INFO
@@ -124,7 +125,7 @@ def lora_file_in(folder: Path) -> Path:
     if checkpoints := checkpoint_steps(folder):
         raise ConfigError(f"--lora {folder}: no {LORA_WEIGHTS} (the run has not finished, or stopped early); give one "
                           f"of its checkpoints, e.g. --lora {checkpoints[-1][1]}")
-    raise ConfigError(f"--lora {folder}: no {LORA_WEIGHTS} or checkpoint {LORA_FILE} in it; give a training run's "
+    raise ConfigError(f"--lora {folder}: no {LORA_WEIGHTS} in it; give a training run's "
                       f"output_dir, a checkpoint-N folder or a LoRA .safetensors file")
 
 
@@ -197,7 +198,7 @@ def resolve_transformer(family, given: str | Path) -> Path:
         raise ModelLayoutError(f"--transformer {given}: no such folder; give a full fine-tune's output_dir or its "
                                f"transformer/")
     folder = path / "transformer" if (path / "transformer").is_dir() else path
-    if path.suffix == ".safetensors" or any((folder / name).is_file() for name in (LORA_WEIGHTS, LORA_FILE)):
+    if path.suffix == ".safetensors" or any((folder / name).is_file() for name in LORA_FILE_NAMES):
         raise ModelLayoutError(f"--transformer {given}: this is a LoRA, not a full fine-tune; use --lora {given}")
     if (path / STATE_FILE).is_file():
         # accelerate's saved state: one process's (DDP included) holds the whole model in one file, which

@@ -13,7 +13,7 @@ import torch
 from accelerate.state import AcceleratorState
 from diffusers import CogVideoXTransformer3DModel
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from blueberry_video.cli import main
 from blueberry_video.config import parse_config
@@ -24,7 +24,7 @@ from blueberry_video.trained_weights import resolve_lora
 from blueberry_video.models import load_family
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
-from blueberry_video.training.checkpoints import LORA_FILE, STATE_FILE
+from blueberry_video.training.checkpoints import LORA_FILE, OLDER_LORA_FILE, STATE_FILE, checkpoint_lora_state
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.lora import ADAPTER
 from blueberry_video.training.trainer import run_recipe, train
@@ -86,7 +86,7 @@ def test_a_checkpoint_generates_what_the_export_of_its_step_does(tmp_path, tiny_
     checkpoint = cogvideox_run / "checkpoint-2"
     pipe = load_pipeline(family, resolve_lora(family, checkpoint))
     loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=ADAPTER)
-    saved = load_file(checkpoint / LORA_FILE)
+    saved = checkpoint_lora_state(checkpoint)
     assert loaded.keys() == saved.keys()
     for name in saved:
         torch.testing.assert_close(loaded[name], saved[name], rtol=0, atol=0)
@@ -161,9 +161,10 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
     generate_refused(tiny_cogvideox_dir, out, "--lora", str(unfinished),
                      match=f"not finished.*--lora {re.escape(str(unfinished / 'checkpoint-2'))}")
 
-    alone = tmp_path / "alone" / LORA_FILE  # a checkpoint's adapter away from the config.yaml with its lora_alpha
+    # An older checkpoint's adapter (peft's key names, no rank or alpha) away from the config.yaml with its alpha
+    alone = tmp_path / "alone" / OLDER_LORA_FILE
     alone.parent.mkdir()
-    shutil.copy(cogvideox_run / "checkpoint-2" / LORA_FILE, alone)
+    save_file(checkpoint_lora_state(cogvideox_run / "checkpoint-2"), alone)
     generate_refused(tiny_cogvideox_dir, out, "--lora", str(alone), match="without its rank and lora_alpha")
 
 

@@ -2,7 +2,8 @@
 
 `accelerator.save_state` writes into `checkpoint-N.tmp`; only after every process has finished does the
 main process add `training_state.json` and rename the folder, so a kill mid-save never leaves a
-`checkpoint-N` that looks complete. For LoRA runs only the adapter is saved, not the frozen transformer.
+`checkpoint-N` that looks complete. For LoRA runs only the adapter is saved, not the frozen transformer, in the
+diffusers format the run's export has, so a checkpoint loads with `pipe.load_lora_weights("checkpoint-N")` too.
 """
 
 from __future__ import annotations
@@ -15,22 +16,31 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from blueberry_video.errors import ConfigError
 from blueberry_video.config import checkpoint_folder
 from blueberry_video.training.file_modes import apply_umask
-from blueberry_video.training.lora import ADAPTER, CHECKPOINT_ADAPTER_FILE, lora_state_dict
+from blueberry_video.training.lora import (
+    ADAPTER,
+    CHECKPOINT_ADAPTER_FILE,
+    DIFFUSERS_LORA_FILE,
+    DIFFUSERS_LORA_PREFIX,
+    lora_metadata,
+    lora_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
 FILES_MANIFEST = "checkpoint_files.json"
-LORA_FILE = CHECKPOINT_ADAPTER_FILE
+LORA_FILE = DIFFUSERS_LORA_FILE
+# Checkpoints written before 2026-11-27 hold the adapter in peft's key names, without rank and alpha.
+OLDER_LORA_FILE = CHECKPOINT_ADAPTER_FILE
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def register_lora_checkpoint_hooks(accelerator, training_mode: str) -> None:
+def register_lora_checkpoint_hooks(accelerator, training_mode: str, family) -> None:
     """Make save_state/load_state store only the LoRA weights of the transformer (not gigabytes of frozen ones).
 
     Not under DeepSpeed or FSDP: their engines save the model themselves, whatever the hooks do, and reading a
@@ -43,18 +53,28 @@ def register_lora_checkpoint_hooks(accelerator, training_mode: str) -> None:
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             for model in models:
-                state = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(accelerator.unwrap_model(model)).items()}
-                save_file(state, os.path.join(output_dir, LORA_FILE))
+                model = accelerator.unwrap_model(model)
+                # In the training precision (float32): the resume continues from exactly these weights.
+                state = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(model).items()}
+                family.pipeline_class.save_lora_weights(output_dir, transformer_lora_layers=state,
+                                                        transformer_lora_adapter_metadata=lora_metadata(model))
         while weights:
             weights.pop()
 
     def load_hook(models, input_dir):
         while models:
             model = accelerator.unwrap_model(models.pop())
-            set_peft_model_state_dict(model, load_file(os.path.join(input_dir, LORA_FILE)), adapter_name=ADAPTER)
+            set_peft_model_state_dict(model, checkpoint_lora_state(Path(input_dir)), adapter_name=ADAPTER)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def checkpoint_lora_state(folder: Path) -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's adapter in peft's key names, from either format."""
+    if (folder / LORA_FILE).is_file():
+        return {k.removeprefix(DIFFUSERS_LORA_PREFIX): v for k, v in load_file(folder / LORA_FILE).items()}
+    return load_file(folder / OLDER_LORA_FILE)
 
 
 def missing_files(path: Path) -> list[str]:

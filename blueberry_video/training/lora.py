@@ -19,10 +19,13 @@ from blueberry_video.training.checkpointing import enable_gradient_checkpointing
 logger = logging.getLogger(__name__)
 
 ADAPTER = "default"
-# The adapter a LoRA run's checkpoint-N holds (checkpoints.py), in peft's key names.
+# A LoRA as diffusers' pipelines save and load it: a run's export (training/export.py) and its checkpoints.
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
+DIFFUSERS_LORA_PREFIX = "transformer."
+# The adapter a LoRA run's checkpoint-N held before 2026-11-27, in peft's key names.
 CHECKPOINT_ADAPTER_FILE = "lora_adapter.safetensors"
-# Where a folder's LoRA is, in order: a run's export (training/export.py), a checkpoint's adapter.
-LORA_FILE_NAMES = ("pytorch_lora_weights.safetensors", CHECKPOINT_ADAPTER_FILE)
+# Where a folder's LoRA is, in order.
+LORA_FILE_NAMES = (DIFFUSERS_LORA_FILE, CHECKPOINT_ADAPTER_FILE)
 
 
 def lora_targets(configured: list | None, family) -> list[str]:
@@ -66,7 +69,7 @@ def lora_file(path: str | Path) -> Path:
 def load_lora_into(transformer, path: str | Path) -> None:
     """Start from an existing diffusers-format LoRA (as this toolkit or diffusers scripts save it)."""
     file = lora_file(path)
-    state = {k.removeprefix("transformer."): v for k, v in load_file(file).items()}
+    state = {k.removeprefix(DIFFUSERS_LORA_PREFIX): v for k, v in load_file(file).items()}
     try:
         result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
     except RuntimeError as error:  # "size mismatch for ...": another rank than the file's

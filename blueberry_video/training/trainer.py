@@ -175,7 +175,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
             max_train_steps = steps_to_finish_the_epochs(saved_state, units["samples_per_batch"], updates_per_epoch,
                                                          config.gradient_accumulation_steps, config.num_train_epochs)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
-    register_lora_checkpoint_hooks(accelerator, config.training_mode)
+    register_lora_checkpoint_hooks(accelerator, config.training_mode, family)
     fit_fsdp_wrap_classes(accelerator, transformer)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
     # FSDP2 replaces the parameters with sharded ones: clip (and check) those the prepared model trains.

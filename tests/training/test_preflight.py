@@ -194,15 +194,14 @@ def test_a_resume_that_changes_the_length_of_a_decaying_schedule_says_the_rate_j
 
 def test_a_new_run_can_start_from_a_checkpoint_folder(short_run, tiny_cogvideox_dir, one_video_dataset_dir,
                                                       tmp_path):
-    from safetensors.torch import load_file as load
-
+    from blueberry_video.training.checkpoints import checkpoint_lora_state
     from blueberry_video.training.lora import lora_state_dict
 
     args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "branch", *SHORT,
                        "--learning_rate", "1e-12", "--init_lora_weights", str(short_run / "checkpoint-2"))
     args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
     branch = train_cogvideox.main(args)
-    saved = load(short_run / "checkpoint-2" / "lora_adapter.safetensors")
+    saved = checkpoint_lora_state(short_run / "checkpoint-2")
     started = lora_state_dict(branch.transformer)
     assert saved.keys() == started.keys()
     for name, value in saved.items():

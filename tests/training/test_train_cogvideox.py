@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import CogVideoXPipeline
 
 from blueberry_video.data.decode import FrameSampling, decode_video
 from blueberry_video.data.video_writer import write_mp4
@@ -71,7 +72,30 @@ def test_lora_run_writes_every_output(lora_run):
     assert "load_lora_weights" in card and "step-000060-prompt0-0.mp4" in card
     # Only the adapter goes into a LoRA run's checkpoints, not the frozen transformer.
     checkpoint_files = {p.name for p in (out / "checkpoint-30").iterdir()}
-    assert "lora_adapter.safetensors" in checkpoint_files and "model.safetensors" not in checkpoint_files
+    assert "pytorch_lora_weights.safetensors" in checkpoint_files and "model.safetensors" not in checkpoint_files
+
+
+def test_a_checkpoint_loads_into_the_pipeline_with_diffusers_own_loader(lora_run, tiny_cogvideox_dir, tmp_path):
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from blueberry_video.training.checkpoints import OLDER_LORA_FILE, checkpoint_lora_state
+
+    checkpoint = lora_run.output_dir / "checkpoint-30"
+    pipe = CogVideoXPipeline.from_pretrained(tiny_cogvideox_dir, dtype=torch.float32)
+    pipe.load_lora_weights(checkpoint)  # as a user would, mid-run
+    adapter = next(iter(pipe.transformer.peft_config))
+    config = pipe.transformer.peft_config[adapter]
+    assert (config.r, config.lora_alpha) == (16, 32)  # the run's scale travels with the weights
+    saved = checkpoint_lora_state(checkpoint)
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[name], saved[name]) for name in saved)
+    # A checkpoint from before (peft's key names) still resumes: the hook reads either file.
+    older = tmp_path / "older"
+    older.mkdir()
+    save_file(saved, older / OLDER_LORA_FILE)
+    assert checkpoint_lora_state(older).keys() == saved.keys()
 
 
 def test_the_model_card_code_renders_a_video_as_written(lora_run, tmp_path, monkeypatch):
