@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from blueberry_video.errors import ConfigError
 from blueberry_video.config import checkpoint_folder
@@ -25,9 +24,10 @@ from blueberry_video.training.lora import (
     ADAPTER,
     CHECKPOINT_ADAPTER_FILE,
     DIFFUSERS_LORA_FILE,
-    DIFFUSERS_LORA_PREFIX,
+    lora_file_in_folder,
     lora_metadata,
     lora_state_dict,
+    peft_keyed_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,7 @@ def register_lora_checkpoint_hooks(accelerator, training_mode: str, family) -> N
 
 def checkpoint_lora_state(folder: Path) -> dict[str, torch.Tensor]:
     """A LoRA checkpoint's adapter in peft's key names, from either format."""
-    if (folder / LORA_FILE).is_file():
-        return {k.removeprefix(DIFFUSERS_LORA_PREFIX): v for k, v in load_file(folder / LORA_FILE).items()}
-    return load_file(folder / OLDER_LORA_FILE)
+    return peft_keyed_state(lora_file_in_folder(folder))
 
 
 def missing_files(path: Path) -> list[str]:

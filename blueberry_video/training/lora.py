@@ -66,10 +66,15 @@ def lora_file(path: str | Path) -> Path:
     return found
 
 
+def peft_keyed_state(file: Path) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors under peft's key names: diffusers' files prefix them with the pipeline component."""
+    return {k.removeprefix(DIFFUSERS_LORA_PREFIX): v for k, v in load_file(file).items()}
+
+
 def load_lora_into(transformer, path: str | Path) -> None:
     """Start from an existing diffusers-format LoRA (as this toolkit or diffusers scripts save it)."""
     file = lora_file(path)
-    state = {k.removeprefix(DIFFUSERS_LORA_PREFIX): v for k, v in load_file(file).items()}
+    state = peft_keyed_state(file)
     try:
         result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
     except RuntimeError as error:  # "size mismatch for ...": another rank than the file's
