@@ -3,7 +3,7 @@ transformer (random weights), without text encoders (validation frees them befor
 tiled or not.
 
     python benchmarks/validation_render.py --preset cogvideox-5b --frames 49 --height 480 --width 720 \
-        [--vae-tiling] [--videos 1] [--steps 2] [--estimate] [--json]
+        [--vae-tiling] [--steps 2] [--estimate] [--json]
     python benchmarks/validation_render.py --preset tiny-cogvideox --frames 9 --height 96 --width 160   # CPU
 
 Prints the render's time and, on a GPU, `max_memory_allocated` during it with the transformer and VAE weights
@@ -37,7 +37,6 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--videos", type=int, default=1, help="videos per prompt (num_validation_videos)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (memory does not grow with them)")
     parser.add_argument("--guidance-scale", type=float, default=6.0)
     parser.add_argument("--vae-tiling", action="store_true")
@@ -52,7 +51,7 @@ def estimated_render_gib(args, family) -> float:
     less its optimizer state, batch and adapter weights. (A full fine-tune's estimate would not compare: its
     transformer is float32 master weights, and autocast caches a bf16 copy of each during the render.)"""
     flags = ["--max_num_frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
-             "--validation_prompt", "a prompt", "--num_validation_videos", str(args.videos),
+             "--validation_prompt", "a prompt",
              "--guidance_scale", str(args.guidance_scale), "--mixed_precision", "bf16" if torch.cuda.is_available() else "no",
              "--training_mode", "lora", "--rank", "1", "--lora_alpha", "1",
              "--vae_tiling" if args.vae_tiling else "--no-vae_tiling"]
@@ -81,14 +80,14 @@ def run(args) -> dict:
         # Under autocast, as the trainer's validation denoises (on a GPU the transformer's norms then run in
         # float32); render_without_text_encoders decodes outside it, as the trainer does.
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.videos,
-                                                  args.guidance_scale, args.frames, args.height, args.width,
+            videos = render_without_text_encoders(family, transformer, vae, scheduler, text, args.guidance_scale,
+                                                  args.frames, args.height, args.width,
                                                   args.steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
         result = {
             "preset": args.preset, "frames": args.frames, "height": args.height, "width": args.width,
-            "videos": args.videos, "steps": args.steps, "vae_tiling": args.vae_tiling,
+            "steps": args.steps, "vae_tiling": args.vae_tiling,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "video_shape": list(videos.shape), "render_s": time.perf_counter() - start,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,

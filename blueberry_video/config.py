@@ -102,7 +102,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
     max_train_steps: int | None = _opt(None, "optimizer steps (overrides num_train_epochs)")
     num_train_epochs: int = _opt(1, "epochs, when max_train_steps is not set")
-    seed: int = _opt(42, "seed for data order, noise and timesteps")
+    seed: int = _opt(42, "seed for data order, noise and timesteps; validation video j of each prompt is "
+                         "rendered from seed + j")
     max_consecutive_bad_steps: int = _opt(5, "stop after this many non-finite losses/gradients in a row")
     # flow-matching families (HunyuanVideo): how training noise levels are drawn
     weighting_scheme: str = _opt("logit_normal", "density of training noise levels (flow matching)", ["uniform", "logit_normal", "mode"])

@@ -285,10 +285,9 @@ def test_training_benchmarks_and_the_estimate_need_no_ffmpeg():
 
 @pytest.mark.parametrize("preset", ["tiny-cogvideox", "tiny-hunyuan-video"])
 def test_validation_render_benchmark_renders_the_videos_it_estimates(preset):
-    one = validation_render.main(["--preset", preset, "--estimate", "--json"])
-    two = validation_render.main(["--preset", preset, "--videos", "2", "--estimate", "--json"])
-    assert one["video_shape"] == [1, 9, 3, 96, 160] and two["video_shape"][0] == 2
-    assert 0 < one["estimated_peak_memory_gb"] < two["estimated_peak_memory_gb"]
+    result = validation_render.main(["--preset", preset, "--estimate", "--json"])
+    assert result["video_shape"] == [1, 9, 3, 96, 160]  # one video, as validation renders them
+    assert result["estimated_peak_memory_gb"] > 0
 
 
 def test_gpu_suite_keeps_each_entrys_result_and_error_and_tabulates_them(tmp_path):

@@ -367,7 +367,7 @@ def _estimate(family, config, num_frames, height, width, batch_size) -> MemoryEs
 
 def _validation_render_peak(family, config, transformer, vae, scheduler, text, dtype, num_frames, height, width,
                             fake_mode, live: LiveBytes) -> int:
-    """The peak while the family's pipeline renders one validation prompt's videos around the training
+    """The peak while the family's pipeline renders one validation video around the training
     transformer (training state still held), from cached-shape conditioning: the text encoders are gone by
     then. Two denoising steps hold what fifty do."""
     with fake_mode:
@@ -381,19 +381,20 @@ def _validation_render_peak(family, config, transformer, vae, scheduler, text, d
     transformer.eval()
     with fake_mode, _module_conversion_allowed(), GpuFloat32Ops(), live, torch.autocast(
             "cpu", dtype=dtype, enabled=dtype != torch.float32):
-        render_without_text_encoders(family, transformer, vae, scheduler, text, config.num_validation_videos,
-                                     config.guidance_scale, num_frames, height, width, num_inference_steps=2)
+        render_without_text_encoders(family, transformer, vae, scheduler, text, config.guidance_scale, num_frames,
+                                     height, width, num_inference_steps=2)
     transformer.train(was_training)
     return live.peak
 
 
 @torch.no_grad()
-def render_without_text_encoders(family, transformer, vae, scheduler, text_conditioning: dict, num_videos: int,
+def render_without_text_encoders(family, transformer, vae, scheduler, text_conditioning: dict,
                                  guidance_scale: float, num_frames: int, height: int, width: int,
                                  num_inference_steps: int) -> torch.Tensor:
     """What validation holds once the prompts are encoded: the family's pipeline around `transformer` and `vae`,
-    with no text encoders, rendering `num_videos` videos (decoded, as a tensor) from text conditioning of the
-    shapes in `text_conditioning` (`family.dummy_text_conditioning`'s; the values do not matter)."""
+    with no text encoders, rendering one video (validation renders them one at a time; decoded, as a tensor) from
+    text conditioning of the shapes in `text_conditioning` (`family.dummy_text_conditioning`'s; the values do not
+    matter)."""
     import inspect
 
     components = {name: None for name in inspect.signature(family.pipeline_class.__init__).parameters if name != "self"}
@@ -401,8 +402,8 @@ def render_without_text_encoders(family, transformer, vae, scheduler, text_condi
     pipe.set_progress_bar_config(disable=True)
     decode_without_autocast(vae)  # as the trainer's validation decodes
     device, dtype = vae.device, vae.dtype
-    batched = {name: (torch.zeros((num_videos, *value.shape), dtype=dtype, device=device) if value.is_floating_point()
-                      else torch.ones((num_videos, *value.shape), dtype=value.dtype, device=device))
+    batched = {name: (torch.zeros((1, *value.shape), dtype=dtype, device=device) if value.is_floating_point()
+                      else torch.ones((1, *value.shape), dtype=value.dtype, device=device))
                for name, value in text_conditioning.items()}
     return pipe(**family.pipeline_conditioning(batched, guidance_scale), num_videos_per_prompt=1,
                 num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,

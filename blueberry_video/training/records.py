@@ -197,9 +197,10 @@ def usage_code(output_dir: Path, config, family) -> str:
             **non_default_call_arguments(family, config)}
     arguments = "".join(f", {name}={value!r}" for name, value in call.items())
     # Validation's seed, on the device it rendered on: the first validation sample of this prompt again.
+    others = (f"; its video j used seed {config.seed} + j" if config.num_validation_videos > 1 else "")
     return (f"import torch\n{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
             "device = \"cuda\" if torch.cuda.is_available() else \"cpu\"\npipe.to(device)\n"
-            f"generator = torch.Generator(device).manual_seed({config.seed})  # validation's seed\n"
+            f"generator = torch.Generator(device).manual_seed({config.seed})  # validation's first video{others}\n"
             f"video = pipe({prompt!r}{arguments}, generator=generator).frames[0]\n"
             f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps(family):g})")
 

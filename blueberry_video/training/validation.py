@@ -10,6 +10,7 @@ and the main process logs all of them to the trackers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -122,25 +123,26 @@ def run_validation(accelerator, family, transformer, config, step: int, dtype: t
     with gathered:
         pipe = family.build_pipeline(model, dtype=dtype)
         prompts = {0 if i is None else i: config.validation_prompt[0 if i is None else i] for i in mine}
-        encoded = encode_prompts_then_free_encoders(pipe, family, prompts, config.num_validation_videos,
-                                                    config.guidance_scale, accelerator.device)
+        encoded = encode_prompts_then_free_encoders(pipe, family, prompts, 1, config.guidance_scale,
+                                                    accelerator.device)
         _to_device_except(pipe, model, accelerator.device)
         if config.vae_tiling:
             pipe.vae.enable_tiling()
         decode_without_autocast(pipe.vae)
         pipe.set_progress_bar_config(disable=True)
-        for i in mine:
-            # The same seed at every validation and on every process: a prompt's videos differ only by training.
-            generator = torch.Generator(device=accelerator.device).manual_seed(config.seed)
+        for i, j in itertools.product(mine, range(config.num_validation_videos)):
+            # Video j of every prompt from seed + j, at every validation and on every process: a prompt's videos
+            # differ only by training, and `generate --seed <seed + j>` renders video j again. One video per
+            # call, so a batch's numerics cannot differ from generate's, and the peak is one video's.
+            generator = torch.Generator(device=accelerator.device).manual_seed(config.seed + j)
             with torch.no_grad(), accelerator.autocast():
-                clips = generate_videos(pipe, family, encoded[0 if i is None else i], config, generator)
+                clip = generate_videos(pipe, family, encoded[0 if i is None else i], config, generator)[0]
             if i is None:
                 continue
-            for j, clip in enumerate(clips):
-                frames = (np.clip(clip, 0, 1) * 255).round().astype(np.uint8)
-                path = _unique(out_dir / f"step-{step:06d}-prompt{i}-{j}.mp4")
-                write_mp4(frames, path, fps=config.resolved_validation_fps(family))
-                rendered.append((i, j, str(path), frames[[0, len(frames) // 2, -1]]))
+            frames = (np.clip(clip, 0, 1) * 255).round().astype(np.uint8)
+            path = _unique(out_dir / f"step-{step:06d}-prompt{i}-{j}.mp4")
+            write_mp4(frames, path, fps=config.resolved_validation_fps(family))
+            rendered.append((i, j, str(path), frames[[0, len(frames) // 2, -1]]))
         del pipe
     model.train(was_training)
     if accelerator.num_processes > 1:

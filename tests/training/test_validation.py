@@ -89,3 +89,25 @@ def test_validation_videos_play_at_the_rate_training_clips_were_sampled_at(famil
     videos = run_validation(Accelerator(cpu=True), family, family.load_transformer(dtype=torch.float32), config,
                             step=1, dtype=torch.float32)
     assert iio.immeta(videos[0])["fps"] == saved_at
+
+
+def test_generate_with_seed_plus_j_renders_validation_video_j_again(tiny_cogvideox_dir, tmp_path,
+                                                                    fresh_accelerate_state):
+    import imageio.v3 as iio
+    from accelerate import Accelerator
+
+    from blueberry_video.generate import generate
+    from blueberry_video.training.validation import run_validation
+
+    family = get_family_class("cogvideox")(tiny_cogvideox_dir)
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_cogvideox_dir), dummy_data=True, max_num_frames=9,
+                         height=96, width=160, num_inference_steps=2, validation_prompt=["a red ball"], seed=5,
+                         num_validation_videos=2, output_dir=str(tmp_path / "run"))
+    videos = run_validation(Accelerator(cpu=True), family, family.load_transformer(dtype=torch.float32), config,
+                            step=1, dtype=torch.float32)
+    assert [v.name for v in videos] == ["step-000001-prompt0-0.mp4", "step-000001-prompt0-1.mp4"]
+    again = generate("cogvideox", tiny_cogvideox_dir, "a red ball", tmp_path / "again.mp4", num_frames=9, height=96,
+                     width=160, num_inference_steps=2, guidance_scale=config.guidance_scale, seed=6,
+                     dtype=torch.float32)
+    assert np.array_equal(iio.imread(again), iio.imread(videos[1]))
+    assert not np.array_equal(iio.imread(videos[0]), iio.imread(videos[1]))
