@@ -1,5 +1,6 @@
 """Exception types a user can meet; each message names the file or setting and the fix."""
 
+import hashlib
 import json
 import os
 import sys
@@ -38,15 +39,37 @@ class StoppedBySignal(BlueberryError):
 def exit_on_error(entry_point, *args):
     """Run a script's entry point: the toolkit's own errors (a setting, a file, a launch to fix) print as one
     `error: ...` line on stderr and exit with status 1, where a traceback would bury the message under lines of
-    code. BLUEBERRY_DEBUG=1 keeps the traceback. Every process of a multi-process launch prints its own."""
+    code. BLUEBERRY_DEBUG=1 keeps the traceback. Under a multi-process launch a message is printed once per
+    machine, however many of its processes meet it; one only some processes meet is printed too."""
     try:
         return entry_point(*args)
     except BlueberryError as error:
         if os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
             raise
-        print(f"error: {error}", file=sys.stderr)
-        tell_the_launcher(f"error: {error}")
+        message = f"error: {error}"
+        if first_to_say(message):
+            print(message, file=sys.stderr)
+        tell_the_launcher(message)
         raise SystemExit(getattr(error, "exit_status", 1)) from None
+
+
+def first_to_say(message: str) -> bool:
+    """False when another process of this launch on this machine has printed `message`: eight processes meeting
+    one bad setting would print eight identical lines. The processes' shared folder is the launcher's attempt
+    folder, the parent of each one's TORCHELASTIC_ERROR_FILE folder; creating a file named by the message there
+    succeeds for one process only."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return True
+    marker = os.path.join(os.path.dirname(os.path.dirname(error_file)),
+                          "said-" + hashlib.sha256(message.encode()).hexdigest()[:16])
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:
+        pass  # no shared folder to tell by: print
+    return True
 
 
 def tell_the_launcher(message: str) -> None:

@@ -3,6 +3,7 @@ exit status 1; a finished training run's closing line. The real scripts run as s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,25 @@ def test_exit_on_error_reports_only_the_toolkits_own_errors(capsys, monkeypatch)
     monkeypatch.setenv("BLUEBERRY_DEBUG", "1")
     with pytest.raises(ConfigError):
         exit_on_error(refuse)
+
+
+def test_processes_of_one_launch_on_one_machine_print_a_message_once(capsys, monkeypatch, tmp_path):
+    # The launcher gives each local process an error file in its own folder under one attempt folder.
+    monkeypatch.setenv("BLUEBERRY_DEBUG", "")
+    for local_rank in range(3):
+        (tmp_path / "attempt_0" / str(local_rank)).mkdir(parents=True)
+
+    def process(local_rank, message):
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "attempt_0" / str(local_rank) / "error.json"))
+        def refuse():
+            raise ConfigError(message)
+
+        with pytest.raises(SystemExit):
+            exit_on_error(refuse)
+        launcher_reads = json.loads((tmp_path / "attempt_0" / str(local_rank) / "error.json").read_text())
+        assert launcher_reads["message"] == f"error: {message}"  # every process still tells the launcher
+        return capsys.readouterr().err
+
+    assert process(0, "rank=0: must be positive") == "error: rank=0: must be positive\n"
+    assert process(1, "rank=0: must be positive") == ""
+    assert process(2, "/data/x.mp4: not readable") == "error: /data/x.mp4: not readable\n"  # its own: printed

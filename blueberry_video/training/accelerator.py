@@ -184,6 +184,15 @@ def check_launch(accelerator: Accelerator) -> None:
                 f"only; ACCELERATE_USE_CPU=1 turns both off. On a CPU machine use accelerate_configs/cpu_test.yaml "
                 f"(DDP) or a DeepSpeed config with --num_processes 1."
             )
+    if engine_name(accelerator) == "FSDP1" and accelerator.num_processes == 1:
+        # torch turns FSDP1 on one process into NO_SHARD, whose state dict then misses the root unit's weights:
+        # the first checkpoint would fail ("FSDP assumes patch_embed.proj.weight is in the state_dict").
+        raise LaunchError(
+            "an FSDP1 config launched with one process: torch runs FSDP1 there as NO_SHARD, which shards nothing and "
+            "fails at the first checkpoint. Launch it with --num_processes 2 or more; on one GPU leave out the "
+            "engine config and use the memory options (--gradient_checkpointing, --use_8bit_adam), or "
+            "accelerate_configs/deepspeed_zero2_offload.yaml to keep the optimizer state in CPU memory"
+        )
     world_size = launched_world_size()
     if world_size > 1 and accelerator.num_processes == 1:
         hint = (

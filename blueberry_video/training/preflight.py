@@ -65,11 +65,18 @@ SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
 ENGINES_IN_WORDS = {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}  # accelerate's names for them
 
 
-def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str) -> None:
+def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str, num_processes: int) -> None:
     """DeepSpeed and FSDP save the model and optimizer in layouts of their own, which only the engine that wrote
     them loads: refused here, before the cache and the model load, instead of failing inside accelerate's
-    load_state. One process and DDP share a layout, so a resume may pass between them."""
+    load_state. One process and DDP share a layout, so a resume may pass between them. DeepSpeed's ZeRO
+    optimizer state is split by process count and loads only into as many processes."""
     saved = saved_state.get("engine")  # checkpoints written before it was recorded say nothing
+    saved_processes = saved_state.get("num_processes", num_processes)
+    if saved == engine and engine.startswith("DEEPSPEED") and saved_processes != num_processes:
+        raise ConfigError(f"resume_from_checkpoint={checkpoint}: written by {saved_processes} processes under "
+                          f"{engine}, but this launch has {num_processes}; DeepSpeed splits the optimizer state "
+                          f"over the processes and loads it only into as many. Resume with {saved_processes} "
+                          "processes in all (--num_processes, over every machine), as the run started")
     if saved is None or saved == engine or not any(name.startswith(SHARDING_ENGINES) for name in (saved, engine)):
         return
     raise ConfigError(f"resume_from_checkpoint={checkpoint}: written under {ENGINES_IN_WORDS.get(saved, saved)}, but "

@@ -130,7 +130,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
     resume_step = saved_state["global_step"] if saved_state else None
     engine = engine_name(accelerator)
     if saved_state:
-        check_resume_engine(saved_state, resume_path, engine)
+        check_resume_engine(saved_state, resume_path, engine, accelerator.num_processes)
     clear_earlier_run(accelerator, config, resuming=resume_path is not None)
     if accelerator.is_main_process:
         remove_leftovers(config.output_dir)

@@ -197,6 +197,7 @@ def test_an_fsdp_config_that_would_train_as_plain_ddp_is_refused(tiny_cogvideox_
                          timeout=600, cwd=REPO_ROOT)
     assert run.returncode != 0
     assert "asked for FSDP" in run.stderr and "MULTI_CPU" in run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.startswith("error: ")]) == 1  # not once a process
     assert not (out / "metrics.jsonl").exists()
     # The launcher's closing report names our message as the root cause, not a link and the other rank's SIGTERM.
     root_cause = run.stderr.split("Root Cause")[-1]

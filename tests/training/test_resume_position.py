@@ -109,6 +109,22 @@ def test_a_checkpoint_of_a_sharding_engine_resumes_only_under_it(tmp_path, saved
     state = {"global_step": 2} | ({"engine": saved} if saved else {})
     if refused:
         with pytest.raises(ConfigError, match=refused):
-            check_resume_engine(state, tmp_path / "checkpoint-2", now)
+            check_resume_engine(state, tmp_path / "checkpoint-2", now, 2)
     else:
-        check_resume_engine(state, tmp_path / "checkpoint-2", now)
+        check_resume_engine(state, tmp_path / "checkpoint-2", now, 2)
+
+
+@pytest.mark.parametrize("engine, refused", [("DEEPSPEED ZeRO-2", True), ("DEEPSPEED ZeRO-3", True),
+                                             ("MULTI_GPU", False), ("FSDP2", False)])
+def test_a_deepspeed_checkpoint_resumes_only_on_as_many_processes(tmp_path, engine, refused):
+    # DeepSpeed would refuse too, but only inside load_state: after the latent cache and the weights.
+    from blueberry_video.errors import ConfigError
+    from blueberry_video.training.preflight import check_resume_engine
+
+    state = {"global_step": 2, "engine": engine, "num_processes": 2}
+    check_resume_engine(state, tmp_path / "checkpoint-2", engine, 2)
+    if refused:
+        with pytest.raises(ConfigError, match="written by 2 processes .* this launch has 1.*Resume with 2 processes"):
+            check_resume_engine(state, tmp_path / "checkpoint-2", engine, 1)
+    else:
+        check_resume_engine(state, tmp_path / "checkpoint-2", engine, 1)

@@ -166,3 +166,16 @@ def test_float8_frozen_weights_are_refused_where_the_engine_shards_them(engine, 
     assert run.returncode != 0
     assert f"layerwise_casting (float8 storage of the frozen weights) does not run under {name}" in run.stderr
     assert not (tmp_path / "cache").exists()  # refused before any video was encoded
+
+
+def test_fsdp1_on_one_process_is_refused_before_any_work(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    # torch runs it as NO_SHARD, whose first checkpoint fails ("FSDP assumes patch_embed.proj.weight is in the
+    # state_dict"): found by resuming a 2-process run on one.
+    args = training_args(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "run", tmp_path / "cache")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+               str(free_port()), str(SCRIPTS / ENGINES["fsdp1"][1]), RECIPE, *args]
+    run = subprocess.run(command, env=engine_environment("fsdp1", tmp_path), capture_output=True, text=True,
+                         timeout=600, cwd=REPO_ROOT)
+    assert run.returncode != 0
+    assert "an FSDP1 config launched with one process" in run.stderr
+    assert not (tmp_path / "cache").exists()
