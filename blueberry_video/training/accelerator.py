@@ -237,11 +237,30 @@ def transformer_load_dtype(accelerator: Accelerator, training_mode: str) -> torc
     return weight_dtype(accelerator) if training_mode == "lora" and not fsdp1 else torch.float32
 
 
+# What a run writes before its first step: the trackers' files (started before the latent cache is built) and,
+# once the model is ready, its settings. An attempt stopped before then (a tracker that could not start, a bad
+# video, out of memory in the first step) left nothing else, so the run started again once that is fixed
+# starts over them instead of being refused as an earlier run.
+START_RECORDS = frozenset({"logs", "config.yaml", "run_info.json"})
+
+
+def records_of_an_attempt_that_trained_nothing(config) -> list[str]:
+    """The names in output_dir that an attempt stopped before its first step left; [] when output_dir holds
+    anything else (or nothing). config.yaml counts only beside run_info.json: alone it may be the user's."""
+    out = Path(config.output_dir)
+    names = {p.name for p in out.iterdir() if p.name != LOCK_FILE} if out.is_dir() else set()
+    cache = config.resolved_cache_dir.resolve()
+    names -= {name for name in names if cache.is_relative_to((out / name).resolve())}  # kept and reused
+    if not names or not names <= START_RECORDS or ("config.yaml" in names and "run_info.json" not in names):
+        return []
+    return sorted(names)
+
+
 def check_output_dir(config, resuming: bool) -> None:
     """Refuse to mix a new run's files into an earlier run's, before anything is written."""
     out = Path(config.output_dir)
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resuming \
-            and not config.overwrite_output_dir:
+            and not config.overwrite_output_dir and not records_of_an_attempt_that_trained_nothing(config):
         raise ConfigError(
             f"output_dir={out} is not empty: a new run would mix its checkpoints and videos with an earlier run's. "
             f"Resume it with --resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir."
@@ -287,10 +306,19 @@ def clear_earlier_run(accelerator: Accelerator, config, resuming: bool) -> None:
     """--overwrite_output_dir starts a new run from a clean output_dir: an earlier run's checkpoints would be
     what `--resume_from_checkpoint latest` finds (and, having higher steps, outlive the new ones under
     checkpoints_total_limit), and its metrics lines, videos and plots would mix into the new run's records.
+    Without it, only what an attempt stopped before its first step left is cleared (check_output_dir let the
+    run through for it).
 
     Once, on the main process, before the run writes anything; the others wait so that none writes first.
     """
-    if resuming or not config.overwrite_output_dir:
+    if resuming:
+        return
+    if not config.overwrite_output_dir:
+        if accelerator.is_main_process and (names := records_of_an_attempt_that_trained_nothing(config)):
+            remove_run_outputs(Path(config.output_dir), keep=config.resolved_cache_dir)
+            logger.warning("output_dir=%s held only %s from an earlier attempt that stopped before its first step: "
+                           "starting over them", config.output_dir, ", ".join(names))
+        accelerator.wait_for_everyone()
         return
     if accelerator.is_main_process:
         output_dir = Path(config.output_dir)

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from blueberry_video.training.accelerator import remove_run_outputs
 
@@ -134,3 +135,33 @@ def test_resuming_latest_before_any_checkpoint_is_a_new_run_over_the_earlier_att
     train_in(out, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", "--max_train_steps", "2",
              "--checkpointing_steps", "0")
     assert steps_logged(out) == [1, 2] and not (out / "validation").exists()
+
+
+def test_a_run_started_again_after_an_attempt_that_trained_nothing_is_not_refused(train_in, tmp_path, caplog):
+    from blueberry_video.errors import ConfigError
+
+    out = tmp_path / "run"
+    # Stopped before its first step (here: a batch the one-video dataset cannot fill), after the trackers started.
+    with pytest.raises(ConfigError, match="fewer than train_batch_size"):
+        train_in(out, "--report_to", "tensorboard", "--train_batch_size", "2", "--max_train_steps", "2")
+    assert names(out) == [".blueberry-run.lock", "logs"]
+    # Fixed and started again, with no --overwrite_output_dir or --resume_from_checkpoint: it runs, over them.
+    assert train_in(out, "--report_to", "tensorboard", "--max_train_steps", "2").global_step == 2
+    assert "held only logs from an earlier attempt that stopped before its first step" in caplog.text
+    assert steps_logged(out) == [1, 2]
+
+    # The same for what an attempt that failed in its first step leaves: its settings beside the trackers' files.
+    for name in names(out):
+        if name not in ("config.yaml", "run_info.json", "logs", ".blueberry-run.lock"):
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    assert train_in(out, "--max_train_steps", "1").global_step == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_train_steps"] == 1
+    assert steps_logged(out) == [1]
+
+    # A config.yaml without run_info.json may be the user's: refused, and kept.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("learning_rate: 1.0e-4\n")
+    with pytest.raises(ConfigError, match="is not empty"):
+        train_in(mine, "--max_train_steps", "1")
+    assert (mine / "config.yaml").read_text() == "learning_rate: 1.0e-4\n"
