@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import warnings
 import typing
@@ -19,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from blueberry_video.errors import ConfigError
+from blueberry_video.foreign_flags import instead_of
 from blueberry_video.training.trackers import trackers_to_start
 
 
@@ -77,6 +79,10 @@ class TrainConfig:
                                                "activations: faster, more memory; estimate-memory "
                                                "--min-checkpointing finds the lowest that fits)")
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
+    nccl_timeout: int = _opt(1800, "seconds a process waits for the others in a collective before the run is "
+                                   "stopped (torch's NCCL default, and diffusers', is 600: the main process alone "
+                                   "writes checkpoints and the export, which for a large full fine-tune on slow "
+                                   "storage takes longer)")
     expandable_segments: bool = _opt(True, "CUDA allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
                                      "expandable_segments:True): less memory lost to fragmentation; a "
                                      "PYTORCH_CUDA_ALLOC_CONF you set yourself wins")
@@ -203,7 +209,7 @@ def _coerce(name: str, value, source: str):
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
+        return value.lower() if FIELDS[name].metadata["choices"] else value  # the choices are lower case
     # YAML 1.1 reads unquoted no/yes/off/on as booleans: `mixed_precision: no` arrives as False.
     hint = ""
     if kind is str and isinstance(value, bool):
@@ -260,6 +266,13 @@ def _flag_type(kind, may_be_unset: bool):
     return convert
 
 
+def _lowercase(text: str) -> str:
+    return text.lower()
+
+
+_lowercase.__name__ = "str"  # argparse names it in "invalid str value"
+
+
 class _SettingsParser(argparse.ArgumentParser):
     """A flag's bad value is reported as one line, like every other setting error, not after the 60-line usage
     summary argparse prints first."""
@@ -281,22 +294,47 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         if kind is bool:
             parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(f"--{name}", type=_flag_type(str if kind is list else kind, _may_be_unset(name)),
+            # Choices are lower case, and so taken in any case: diffusers' README writes --optimizer Adam.
+            flag_kind = _lowercase if f.metadata["choices"] else str if kind is list else kind
+            parser.add_argument(f"--{name}", type=_flag_type(flag_kind, _may_be_unset(name)),
                                 default=None, choices=f.metadata["choices"], help=help_text)
     return parser
+
+
+def _stray_value_message(value: str, argv: list[str]) -> str:
+    flags_before = [token for token in argv[:argv.index(value)] if token.startswith("--")]
+    if flags_before and flags_before[-1] == "--lora_target_modules":
+        return (f"unexpected value {value!r} on the command line: --lora_target_modules takes its module names "
+                f"comma-separated, in one value (--lora_target_modules to_q,to_k,to_v,to_out.0)")
+    return (f"unexpected value {value!r} on the command line: put a value with spaces in quotes "
+            f"(--validation_prompt \"a red cat\"), and give on/off settings no value "
+            f"(--gradient_checkpointing, --no-gradient_checkpointing)")
+
+
+def _unknown_flags_message(flags: list[str]) -> str:
+    """Every unknown flag at once (one run per flag is slow to learn from), each with what to use instead where
+    it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling of ours."""
+    described = []
+    for flag in dict.fromkeys(flags):
+        instead = instead_of(flag)
+        if instead is None:
+            described.append(f"{flag}{nearest_flag_hint(flag, training_flags())}")
+        else:
+            described.append(f"{flag} ({'use ' if instead.startswith('--') else ''}{instead})")
+    if len(described) == 1:
+        return f"unknown flag {described[0]}; see --help"
+    return f"{len(described)} unknown flags: {'; '.join(described)}; see --help"
 
 
 def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:
     """Defaults < `defaults` (the recipe's) < YAML file < flags."""
     parser = build_parser(description)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not unknown[0].startswith("-"):
-        raise ConfigError(f"unexpected value {unknown[0]!r} on the command line: put a value with spaces in quotes "
-                          f"(--validation_prompt \"a red cat\"), and give on/off settings no value "
-                          f"(--gradient_checkpointing, --no-gradient_checkpointing)")
-    if unknown:
-        flag = unknown[0].split("=")[0]
-        raise ConfigError(f"unknown flag {flag}{nearest_flag_hint(flag, training_flags())}; see --help")
+        raise ConfigError(_stray_value_message(unknown[0], argv))
+    if flags := [token.split("=")[0] for token in unknown if token.startswith("--")]:
+        raise ConfigError(_unknown_flags_message(flags))
     values = dict(defaults or {})
     if args.config:
         values.update(load_yaml(args.config))
@@ -342,6 +380,10 @@ def validate(config: TrainConfig) -> None:
     if config.mixed_precision == "fp16":
         warnings.warn("mixed_precision=fp16: fp16 training of video transformers often produces NaN losses; "
                       "bf16 is the safe choice", UserWarning, stacklevel=3)
+    if sized := [prompt for prompt in config.validation_prompt or [] if "@@@" in prompt]:
+        raise ConfigError(f"validation_prompt={sized[0]!r}: '@@@' (finetrainers' size suffix) would be read as part of "
+                          f"the prompt; validation renders at the training shape (max_num_frames, height, width): "
+                          f"leave out the @@@ and what follows")
     for name, f in FIELDS.items():
         choices = f.metadata["choices"]
         value = getattr(config, name)
@@ -357,7 +399,7 @@ def validate(config: TrainConfig) -> None:
                           f"choose one of {', '.join(backends)}")
     positive = ["height", "width", "max_num_frames", "train_batch_size", "gradient_accumulation_steps", "rank",
                 "num_train_epochs", "dataset_repeats", "num_validation_videos", "num_inference_steps",
-                "num_dummy_samples", "logging_steps", "max_consecutive_bad_steps"]
+                "num_dummy_samples", "logging_steps", "max_consecutive_bad_steps", "nccl_timeout"]
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}={getattr(config, name)}: must be at least 1")

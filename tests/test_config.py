@@ -300,3 +300,45 @@ def test_a_stray_value_is_named_as_a_value_not_as_a_flag(tmp_path):
         parse_config([*base, "--validation_prompt", "a", "red", "cat"])
     with pytest.raises(ConfigError, match="give on/off settings no value"):
         parse_config([*base, "--gradient_checkpointing", "true"])
+
+
+def test_flags_of_diffusers_and_finetrainers_scripts_say_what_to_use_instead_all_at_once(required):
+    # diffusers' examples/cogvideo README command, less what the recipe takes as it is.
+    with pytest.raises(ConfigError) as raised:
+        parse_config([*required, "--dataset_name", "my-videos", "--validation_prompt_separator", ":::",
+                      "--enable_slicing", "--enable_tiling", "--hub_token", "abc", "--push_to_hub", "--fooo_bar", "1"])
+    message = str(raised.value)
+    assert message.startswith("7 unknown flags: ")
+    assert "--enable_tiling (use --vae_tiling)" in message
+    assert "--dataset_name (datasets are local folders: --instance_data_root" in message
+    assert "--hub_token (nothing is uploaded" in message and "id_token" not in message  # not the nearest spelling
+    assert "--fooo_bar;" in message  # an unknown one of no script: named, with no hint that fits
+
+
+def test_every_flag_named_instead_of_a_foreign_one_is_ours_and_none_of_them_is():
+    import re
+
+    from blueberry_video.config import training_flags
+    from blueberry_video.foreign_flags import INSTEAD
+
+    ours = set(training_flags())
+    assert not ours & set(INSTEAD)
+    named = {flag for instead in INSTEAD.values() for flag in re.findall(r"--[a-z_0-9]+", instead)}
+    assert named and named <= ours
+
+
+def test_choices_are_taken_in_any_case(tmp_path, required):
+    assert parse_config([*required, "--optimizer", "Adam", "--lr_scheduler", "Cosine"]).optimizer == "adam"
+    path = write_yaml(tmp_path, "optimizer: AdamW\n")
+    assert parse_config(["--config", str(path), *required]).optimizer == "adamw"
+
+
+def test_space_separated_lora_target_modules_are_told_to_use_commas(required):
+    with pytest.raises(ConfigError, match="unexpected value 'to_k' .* comma-separated"):
+        parse_config([*required, "--lora_target_modules", "to_q", "to_k", "to_v"])
+    assert parse_config([*required, "--lora_target_modules", "to_q,to_k"]).lora_target_modules == ["to_q", "to_k"]
+
+
+def test_a_validation_prompt_with_finetrainers_size_suffix_is_refused(required):
+    with pytest.raises(ConfigError, match="'@@@' .* training shape"):
+        parse_config([*required, "--validation_prompt", "a goat:::afkx A cat@@@49x480x720"])

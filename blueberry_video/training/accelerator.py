@@ -9,11 +9,13 @@ import os
 import re
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import (DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, ProjectConfiguration,
+                               set_seed)
 from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
@@ -42,6 +44,7 @@ def build_accelerator(config) -> Accelerator:
         # Pinned host memory (set in the trainer's DataLoader) lets batches copy to the GPU without blocking.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed,
                                                   non_blocking=torch.cuda.is_available()),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.nccl_timeout))],
     )
     check_launch(accelerator)
     if accelerator.device.type == "cpu" and config.mixed_precision == "fp16":
@@ -55,6 +58,18 @@ def build_accelerator(config) -> Accelerator:
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     return accelerator
+
+
+def process_group_timeout_s() -> float | None:
+    """The timeout torch's process group holds (read back from it, whatever set it); None where none is held."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return None
+    group = dist.distributed_c10d._get_default_group()
+    device = torch.device("cuda" if torch.device("cuda") in group._device_types else "cpu")
+    options = getattr(group._get_backend(device), "options", None)
+    return options._timeout.total_seconds() if options is not None else None
 
 
 def release_process_group() -> None:

@@ -46,13 +46,15 @@ def git_commit() -> str | None:
 
 
 def write_run_info(output_dir, config, family_name: str, num_processes: int, engine: str,
-                   resumed_from: Path | None = None, resumed_step: int = 0) -> None:
+                   resumed_from: Path | None = None, resumed_step: int = 0, timeout_s: float | None = None) -> None:
     """config.yaml (the settings the run continues with) and run_info.json, whose `segments` record each start
     of the run: from which step and checkpoint, on how many processes, and the settings changed at a resume (which
     config.yaml alone, rewritten, would hide)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     segment = {"from_step": resumed_step, "num_processes": num_processes}
+    if timeout_s is not None:  # what a collective waited at most before the run was stopped (--nccl_timeout)
+        segment["process_group_timeout_s"] = timeout_s
     segments = []
     if resumed_from is not None:
         earlier_run = Path(resumed_from).parent

@@ -27,6 +27,7 @@ from blueberry_video.training.accelerator import (
     clear_earlier_run,
     engine_name,
     fit_fsdp_wrap_classes,
+    process_group_timeout_s,
     release_process_group,
     transformer_load_dtype,
     weight_dtype,
@@ -196,7 +197,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
         metrics.truncate_after(0)  # no checkpoint: from step 0, so an attempt's lines before its first one go
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine, resume_path,
-                       state["global_step"])
+                       state["global_step"], timeout_s=process_group_timeout_s())
 
     # The checkpoints this run writes say in which units their position is, and which engine wrote them.
     state.update(units, engine=engine)

@@ -25,9 +25,12 @@ pytestmark = pytest.mark.slow
 
 def test_two_process_ddp_trains_saves_once_and_resumes(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
     out = tmp_path / "ddp"
-    run = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache"))
+    run = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache",
+                               "--nccl_timeout", "1234"))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["num_processes"] == 2
+    assert info["segments"][0]["process_group_timeout_s"] == 1234  # read back from torch's process group
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]  # one writer: no line twice
     lora = load_file(out / "pytorch_lora_weights.safetensors")
