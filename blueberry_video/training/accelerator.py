@@ -23,7 +23,7 @@ from blueberry_video.training.cuda_allocator import use_expandable_segments
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.run_folder import LEFTOVER_FOLDERS, LOCK_FILE, SET_ASIDE_FOLDERS
 from blueberry_video.training.records import MODEL_CARD_BESIDE_README, MODEL_CARD_MARK
-from blueberry_video.training.trackers import trackers_to_start
+from blueberry_video.training.trackers import WANDB_RUN_ID_FILE, trackers_to_start
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,18 @@ def records_of_an_attempt_that_trained_nothing(config) -> list[str]:
     names -= {name for name in names if cache.is_relative_to((out / name).resolve())}  # kept and reused
     if not names or not names <= START_RECORDS or ("config.yaml" in names and "run_info.json" not in names):
         return []
+    if "logs" in names and not _written_by_trackers(out / "logs"):
+        return []  # a logs folder of the user's
     return sorted(names)
+
+
+def _written_by_trackers(folder: Path) -> bool:
+    """Whether every file under `folder` is one the trackers write: TensorBoard's event files and the settings
+    accelerate stores beside them, wandb's folder and the run id kept for it (trackers.py)."""
+    return folder.is_dir() and not folder.is_symlink() and all(
+        path.name.startswith("events.out.tfevents.") or path.name in ("hparams.yml", WANDB_RUN_ID_FILE)
+        or "wandb" in path.relative_to(folder).parts[:-1]
+        for path in folder.rglob("*") if not path.is_dir())
 
 
 def check_output_dir(config, resuming: bool) -> None:

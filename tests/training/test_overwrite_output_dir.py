@@ -158,9 +158,13 @@ def test_a_run_started_again_after_an_attempt_that_trained_nothing_is_not_refuse
     assert yaml.safe_load((out / "config.yaml").read_text())["max_train_steps"] == 1
     assert steps_logged(out) == [1]
 
-    # A config.yaml without run_info.json may be the user's: refused, and kept.
+    # A config.yaml without run_info.json, or a logs folder of other files, may be the user's: refused, and kept.
     mine = tmp_path / "mine"
-    mine.mkdir()
+    (mine / "logs").mkdir(parents=True)
+    (mine / "logs" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty"):
+        train_in(mine, "--max_train_steps", "1")
+    (mine / "logs" / "notes.txt").unlink()
     (mine / "config.yaml").write_text("learning_rate: 1.0e-4\n")
     with pytest.raises(ConfigError, match="is not empty"):
         train_in(mine, "--max_train_steps", "1")
