@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -58,11 +59,13 @@ def first_to_say(message: str) -> bool:
     one bad setting would print eight identical lines. The processes' shared folder is the launcher's attempt
     folder, the parent of each one's TORCHELASTIC_ERROR_FILE folder; creating a file named by the message there
     succeeds for one process only."""
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not error_file:
+    rank_folder = os.path.dirname(os.environ.get("TORCHELASTIC_ERROR_FILE", ""))
+    attempt_folder = os.path.dirname(rank_folder)
+    # Only the launcher's own layout (<attempt_N>/<local rank>/error.json): a file named by hand may lie in a
+    # folder that outlives the launch, where a marker would silence the same error in every later run.
+    if not (os.path.basename(rank_folder).isdigit() and re.fullmatch(r"attempt_\d+", os.path.basename(attempt_folder))):
         return True
-    marker = os.path.join(os.path.dirname(os.path.dirname(error_file)),
-                          "said-" + hashlib.sha256(message.encode()).hexdigest()[:16])
+    marker = os.path.join(attempt_folder, "said-" + hashlib.sha256(message.encode()).hexdigest()[:16])
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

@@ -97,3 +97,13 @@ def test_processes_of_one_launch_on_one_machine_print_a_message_once(capsys, mon
     assert process(0, "rank=0: must be positive") == "error: rank=0: must be positive\n"
     assert process(1, "rank=0: must be positive") == ""
     assert process(2, "/data/x.mp4: not readable") == "error: /data/x.mp4: not readable\n"  # its own: printed
+    # An error file named by hand, outside the launcher's layout: every run prints, and leaves no marker behind.
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    def refuse():
+        raise ConfigError("rank=0: must be positive")
+
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            exit_on_error(refuse)
+        assert capsys.readouterr().err == "error: rank=0: must be positive\n"
+    assert not list(tmp_path.glob("said-*"))
