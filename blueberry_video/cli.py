@@ -313,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "embedding) (default: the run's validation guidance_scale, "
                                                         "else 6.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise; the run's seed + j renders its "
-                                                        "validation video j again (default: %(default)s)")
+                                                        "validation video j again when --steps is the run's "
+                                                        "num_inference_steps (and --dtype bfloat16 for a bf16 run on "
+                                                        "the CPU) (default: %(default)s)")
     p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
                                              "the family's usual)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
@@ -395,15 +397,13 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
     """An unknown flag is named with the nearest known one, looking at this verb's own flags (dashes:
     --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
     slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
-    from blueberry_video.config import nearest_flag_hint, training_flags
+    from blueberry_video.config import training_flags, unknown_flags_message
 
     own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
     known = own + (training_flags() if takes_training_flags else [])
-    for token in extra:
-        flag = token.split("=")[0]
-        if flag.startswith("--") and flag not in known:
-            raise ConfigError(f"unknown flag {flag}{nearest_flag_hint(flag, known)}; see blueberry-video "
-                              f"{verb_parser.prog.split()[-1]} --help")
+    if unknown := [flag for flag in (token.split("=")[0] for token in extra) if flag.startswith("--") and
+                   flag not in known]:
+        raise ConfigError(unknown_flags_message(unknown, known, f"blueberry-video {verb_parser.prog.split()[-1]} --help"))
 
 
 if __name__ == "__main__":

@@ -232,7 +232,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: the top level must be a mapping of setting: value")
     unknown = [key for key in data if key not in FIELDS]
     if unknown:
-        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{_suggest(unknown[0])}")
+        instead = instead_of(f"--{unknown[0]}")
+        hint = f" ({'use ' if instead.startswith('--') else ''}{instead})" if instead else _suggest(unknown[0])
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{hint}")
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
 
@@ -311,19 +313,28 @@ def _stray_value_message(value: str, argv: list[str]) -> str:
             f"(--gradient_checkpointing, --no-gradient_checkpointing)")
 
 
-def _unknown_flags_message(flags: list[str]) -> str:
+def _looks_like_a_flag(token: str) -> bool:
+    """-x and --x, but not a negative number (the value of an unknown flag before it)."""
+    try:
+        float(token)
+    except ValueError:
+        return token.startswith("-")
+    return False
+
+
+def unknown_flags_message(flags: list[str], known, see: str = "--help") -> str:
     """Every unknown flag at once (one run per flag is slow to learn from), each with what to use instead where
-    it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling of ours."""
+    it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling among `known`."""
     described = []
     for flag in dict.fromkeys(flags):
         instead = instead_of(flag)
         if instead is None:
-            described.append(f"{flag}{nearest_flag_hint(flag, training_flags())}")
+            described.append(f"{flag}{nearest_flag_hint(flag, known)}")
         else:
             described.append(f"{flag} ({'use ' if instead.startswith('--') else ''}{instead})")
     if len(described) == 1:
-        return f"unknown flag {described[0]}; see --help"
-    return f"{len(described)} unknown flags: {'; '.join(described)}; see --help"
+        return f"unknown flag {described[0]}; see {see}"
+    return f"{len(described)} unknown flags: {'; '.join(described)}; see {see}"
 
 
 def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:
@@ -333,8 +344,8 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     args, unknown = parser.parse_known_args(argv)
     if unknown and not unknown[0].startswith("-"):
         raise ConfigError(_stray_value_message(unknown[0], argv))
-    if flags := [token.split("=")[0] for token in unknown if token.startswith("--")]:
-        raise ConfigError(_unknown_flags_message(flags))
+    if flags := [token.split("=")[0] for token in unknown if _looks_like_a_flag(token)]:
+        raise ConfigError(unknown_flags_message(flags, training_flags()))
     values = dict(defaults or {})
     if args.config:
         values.update(load_yaml(args.config))
@@ -380,6 +391,11 @@ def validate(config: TrainConfig) -> None:
     if config.mixed_precision == "fp16":
         warnings.warn("mixed_precision=fp16: fp16 training of video transformers often produces NaN losses; "
                       "bf16 is the safe choice", UserWarning, stacklevel=3)
+    if spaced := [name for name in config.lora_target_modules or [] if len(name.split()) > 1]:
+        raise ConfigError(f"lora_target_modules: {spaced[0]!r} is not a module name: separate the names with commas "
+                          f"(to_q,to_k,to_v,to_out.0; in YAML, a list or one comma-separated string)")
+    if config.nccl_timeout > 7 * 24 * 3600:  # torch's store takes milliseconds in a C++ integer
+        raise ConfigError(f"nccl_timeout={config.nccl_timeout}: at most 604800 s (a week)")
     if sized := [prompt for prompt in config.validation_prompt or [] if "@@@" in prompt]:
         raise ConfigError(f"validation_prompt={sized[0]!r}: '@@@' (finetrainers' size suffix) would be read as part of "
                           f"the prompt; validation renders at the training shape (max_num_frames, height, width): "

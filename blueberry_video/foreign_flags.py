@@ -1,5 +1,5 @@
-"""Flags of diffusers' CogVideoX example scripts and of finetrainers that the recipes do not take, each with what
-to use instead. People bring their command lines from those scripts: the nearest spelling would point some of
+"""Flags of diffusers' CogVideoX example scripts, cogvideox-factory and finetrainers that the recipes do not take,
+each with what to use instead. People bring their command lines from those scripts: the nearest spelling would point some of
 these at the wrong setting (--hub_token at --id_token, which would put the token into every caption)."""
 
 from __future__ import annotations
@@ -37,7 +37,21 @@ INSTEAD = {
     "--validation_images": "image-to-video training is not available: the recipes train text-to-video",
     "--image_column": "image-to-video training is not available: the recipes train text-to-video",
     "--enable_model_cpu_offload": "not available for validation; --vae_tiling saves the decode's memory",
-    # finetrainers
+    # cogvideox-factory and finetrainers
+    "--dataset_file": "--instance_data_root (a folder with metadata.json, .csv, .jsonl or prompts.txt + videos.txt)",
+    "--validation_separator": "the separator is ':::'",
+    "--validation_frame_rate": "--validation_fps",
+    "--validation_videos": "validation renders --validation_prompt only (text to video)",
+    "--validation_dataset_file": "--validation_prompt ('a:::b')",
+    "--validation_heights": "validation renders at the training shape (--height)",
+    "--validation_widths": "validation renders at the training shape (--width)",
+    "--validation_num_frames": "validation renders at the training shape (--max_num_frames)",
+    "--vae_dtype": "the VAE runs in the run's precision (--mixed_precision); --cache_dtype sets the stored latents'",
+    "--use_4bit": "4-bit weights are not available: --layerwise_casting stores the frozen weights in float8 (LoRA)",
+    "--flow_base_shift": "a resolution-dependent shift is not available: --flow_shift",
+    "--flow_max_shift": "a resolution-dependent shift is not available: --flow_shift",
+    "--train_epochs": "--num_train_epochs",
+    "--lora_rank": "--rank",
     "--model_name": "the recipe is the model family: recipes/train_cogvideox.py or recipes/train_hunyuan_video.py",
     "--data_root": "--instance_data_root",
     "--video_resolution_buckets": "one clip shape per run: --max_num_frames, --height, --width",

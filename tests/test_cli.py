@@ -226,6 +226,12 @@ def test_an_unknown_flag_is_named_with_the_nearest_flag_of_that_command(argv, su
         main(argv)
 
 
+def test_a_verb_taking_training_flags_says_what_to_use_instead_of_foreign_ones_all_at_once():
+    with pytest.raises(ConfigError, match=r"^2 unknown flags: --hub_token \(nothing is uploaded.*; --lr \(use "
+                                          r"--learning_rate\); see blueberry-video estimate-memory --help$"):
+        main(["estimate-memory", "--preset", "cogvideox-2b", "--hub_token", "x", "--lr", "1e-4"])
+
+
 def test_estimate_memory_without_a_model_names_both_ways_to_give_one():
     with pytest.raises(ConfigError, match="estimate-memory needs a model: --preset .* or --pretrained_model_name_or_path"):
         main(["estimate-memory", "--gradient_checkpointing"])

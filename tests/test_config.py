@@ -87,7 +87,7 @@ def test_unknown_yaml_key_names_the_file_and_the_close_setting(tmp_path, require
 @pytest.mark.parametrize("flag, suggestion", [("--learning_rat", "learning_rate"),
                                               ("--gradient_checkpoint", "gradient_checkpointing"),
                                               ("--max_train_step=5", "max_train_steps"),
-                                              ("--lora_rank", "rank"),  # not --no-rank: only on/off settings have it
+                                              ("--ranks", "rank"),  # not --no-rank: only on/off settings have it
                                               ("--no-gradient_checkpoint", "no-gradient_checkpointing")])
 def test_unknown_flag_suggests_the_close_one(required, flag, suggestion):
     with pytest.raises(ConfigError) as raised:
@@ -342,3 +342,20 @@ def test_space_separated_lora_target_modules_are_told_to_use_commas(required):
 def test_a_validation_prompt_with_finetrainers_size_suffix_is_refused(required):
     with pytest.raises(ConfigError, match="'@@@' .* training shape"):
         parse_config([*required, "--validation_prompt", "a goat:::afkx A cat@@@49x480x720"])
+
+
+def test_single_dash_and_yaml_foreign_flags_are_refused_too(tmp_path, required):
+    with pytest.raises(ConfigError, match="unknown flag -lr"):
+        parse_config([*required, "-lr", "0.5"])
+    with pytest.raises(ConfigError, match=r"2 unknown flags: --fooo_bar; -x"):
+        parse_config([*required, "--fooo_bar", "-1", "-x"])  # -1: the value of the flag before it
+    path = write_yaml(tmp_path, "hub_token: abc\n")
+    with pytest.raises(ConfigError, match="unknown setting 'hub_token' \\(nothing is uploaded"):
+        parse_config(["--config", str(path), *required])
+
+
+def test_lora_target_modules_with_spaces_and_an_endless_nccl_timeout_are_refused(tmp_path, required):
+    with pytest.raises(ConfigError, match="'to_q to_k' is not a module name: separate the names with commas"):
+        parse_config([*required, "--lora_target_modules", "to_q to_k"])
+    with pytest.raises(ConfigError, match="nccl_timeout=100000000000: at most 604800"):
+        parse_config([*required, "--nccl_timeout", "100000000000"])

@@ -206,7 +206,8 @@ def check_launch(accelerator: Accelerator) -> None:
             "an FSDP1 config launched with one process: torch runs FSDP1 there as NO_SHARD, which shards nothing and "
             "fails at the first checkpoint. Launch it with --num_processes 2 or more; on one GPU leave out the "
             "engine config and use the memory options (--gradient_checkpointing, --use_8bit_adam), or "
-            "accelerate_configs/deepspeed_zero2_offload.yaml to keep the optimizer state in CPU memory"
+            "accelerate_configs/deepspeed_zero2_offload.yaml with --num_processes 1 to keep the optimizer state in "
+            "CPU memory"
         )
     world_size = launched_world_size()
     if world_size > 1 and accelerator.num_processes == 1:
@@ -259,17 +260,18 @@ def transformer_load_dtype(accelerator: Accelerator, training_mode: str) -> torc
 START_RECORDS = frozenset({"logs", "config.yaml", "run_info.json"})
 
 
-def records_of_an_attempt_that_trained_nothing(config) -> list[str]:
-    """The names in output_dir that an attempt stopped before its first step left; [] when output_dir holds
-    anything else (or nothing). config.yaml counts only beside run_info.json: alone it may be the user's."""
+def records_of_an_attempt_that_trained_nothing(config) -> list[str] | None:
+    """The names in output_dir that an attempt stopped before its first step left ([] for none: an empty
+    output_dir, or one holding only the latent cache, which is kept and reused); None when output_dir holds
+    anything else. config.yaml counts only beside run_info.json: alone it may be the user's."""
     out = Path(config.output_dir)
     names = {p.name for p in out.iterdir() if p.name != LOCK_FILE} if out.is_dir() else set()
     cache = config.resolved_cache_dir.resolve()
-    names -= {name for name in names if cache.is_relative_to((out / name).resolve())}  # kept and reused
-    if not names or not names <= START_RECORDS or ("config.yaml" in names and "run_info.json" not in names):
-        return []
+    names -= {name for name in names if cache.is_relative_to((out / name).resolve())}
+    if not names <= START_RECORDS or ("config.yaml" in names and "run_info.json" not in names):
+        return None
     if "logs" in names and not _written_by_trackers(out / "logs"):
-        return []  # a logs folder of the user's
+        return None  # a logs folder of the user's
     return sorted(names)
 
 
@@ -286,7 +288,7 @@ def check_output_dir(config, resuming: bool) -> None:
     """Refuse to mix a new run's files into an earlier run's, before anything is written."""
     out = Path(config.output_dir)
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resuming \
-            and not config.overwrite_output_dir and not records_of_an_attempt_that_trained_nothing(config):
+            and not config.overwrite_output_dir and records_of_an_attempt_that_trained_nothing(config) is None:
         raise ConfigError(
             f"output_dir={out} is not empty: a new run would mix its checkpoints and videos with an earlier run's. "
             f"Resume it with --resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir."

@@ -130,6 +130,10 @@ class BatchLoop:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             self.progress.update(1)
         self._unlogged.append(record)
+        if self.metrics is not None and self.accelerator.is_main_process:
+            # From the first step on, metrics.jsonl exists (empty until logging_steps): output_dir then shows a run
+            # that trained, which a new run must not start over (records_of_an_attempt_that_trained_nothing).
+            self.metrics.open()
         if self.global_step % self.config.logging_steps == 0:
             self.flush_log()
 

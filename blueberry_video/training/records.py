@@ -111,11 +111,14 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = None
 
-    def append(self, step: int, metrics: dict) -> None:
-        # Opened once, line-buffered: each line reaches the file as written (a killed run loses none), without
-        # an open and close per training step.
+    def open(self) -> None:
+        """Create the file (if new) and keep it open. Opened once, line-buffered: each line reaches the file as
+        written (a killed run loses none), without an open and close per training step."""
         if self._file is None:
             self._file = self.path.open("a", buffering=1)
+
+    def append(self, step: int, metrics: dict) -> None:
+        self.open()
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def close(self) -> None:

@@ -158,6 +158,24 @@ def test_a_run_started_again_after_an_attempt_that_trained_nothing_is_not_refuse
     assert yaml.safe_load((out / "config.yaml").read_text())["max_train_steps"] == 1
     assert steps_logged(out) == [1]
 
+    # A run killed after training steps it did not log or checkpoint: its records are not an attempt's leftovers.
+    trained = tmp_path / "trained"
+    train_in(trained, "--report_to", "tensorboard", "--max_train_steps", "2", "--logging_steps", "5",
+             "--checkpointing_steps", "0")
+    for name in names(trained):
+        if name not in ("config.yaml", "run_info.json", "logs", "metrics.jsonl", ".blueberry-run.lock"):
+            shutil.rmtree(trained / name) if (trained / name).is_dir() else (trained / name).unlink()
+    (trained / "metrics.jsonl").write_text("")  # as it stood before the 5th step
+    with pytest.raises(ConfigError, match="is not empty"):
+        train_in(trained, "--max_train_steps", "1")
+
+    # The latent cache alone in output_dir (a dummy-data run's place for it) is kept and reused, not refused.
+    cached = tmp_path / "cached"
+    (cached / "latent_cache").mkdir(parents=True)
+    (cached / "latent_cache" / "chunk").write_text("kept")
+    assert train_in(cached, "--max_train_steps", "1", "--cache_dir", str(cached / "latent_cache")).global_step == 1
+    assert (cached / "latent_cache" / "chunk").read_text() == "kept"
+
     # A config.yaml without run_info.json, or a logs folder of other files, may be the user's: refused, and kept.
     mine = tmp_path / "mine"
     (mine / "logs").mkdir(parents=True)
