@@ -80,7 +80,7 @@ class TrainConfig:
                                                "--min-checkpointing finds the lowest that fits)")
     allow_tf32: bool = _opt(False, "allow TF32 matmuls on Ampere and newer GPUs")
     nccl_timeout: int = _opt(1800, "seconds a process waits for the others in a collective before the run is "
-                                   "stopped (torch's NCCL default, and diffusers', is 600: the main process alone "
+                                   "stopped (torch's NCCL default is 600, as in cogvideox-factory: the main process alone "
                                    "writes checkpoints and the export, which for a large full fine-tune on slow "
                                    "storage takes longer)")
     expandable_segments: bool = _opt(True, "CUDA allocator grows segments in place (PYTORCH_CUDA_ALLOC_CONF="
