@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from blueberry_video.errors import ConfigError
-from blueberry_video.foreign_flags import instead_of
+from blueberry_video.foreign_flags import instead_hint
 from blueberry_video.training.trackers import trackers_to_start
 
 
@@ -232,8 +232,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: the top level must be a mapping of setting: value")
     unknown = [key for key in data if key not in FIELDS]
     if unknown:
-        instead = instead_of(f"--{unknown[0]}")
-        hint = f" ({'use ' if instead.startswith('--') else ''}{instead})" if instead else _suggest(unknown[0])
+        hint = instead_hint(f"--{unknown[0]}") or _suggest(unknown[0])
         raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{hint}")
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
@@ -327,11 +326,7 @@ def unknown_flags_message(flags: list[str], known, see: str = "--help") -> str:
     it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling among `known`."""
     described = []
     for flag in dict.fromkeys(flags):
-        instead = instead_of(flag)
-        if instead is None:
-            described.append(f"{flag}{nearest_flag_hint(flag, known)}")
-        else:
-            described.append(f"{flag} ({'use ' if instead.startswith('--') else ''}{instead})")
+        described.append(f"{flag}{instead_hint(flag) or nearest_flag_hint(flag, known)}")
     if len(described) == 1:
         return f"unknown flag {described[0]}; see {see}"
     return f"{len(described)} unknown flags: {'; '.join(described)}; see {see}"

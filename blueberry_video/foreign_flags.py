@@ -5,6 +5,8 @@ these at the wrong setting (--hub_token at --id_token, which would put the token
 from __future__ import annotations
 
 _NO_HUB = "nothing is uploaded or downloaded here"
+_NO_PRODIGY = "Prodigy is not available: --optimizer adamw or adam"
+_NO_IMAGE_TO_VIDEO = "image-to-video training is not available: the recipes train text-to-video"
 _LOCAL_MODEL = "the model is read as it is from the local folder --pretrained_model_name_or_path: point it at the files"
 
 INSTEAD = {
@@ -29,13 +31,13 @@ INSTEAD = {
     "--use_cpu_offload_optimizer": "accelerate_configs/deepspeed_zero2_offload.yaml keeps the optimizer state in CPU "
                                    "memory",
     "--offload_gradients": "accelerate_configs/deepspeed_zero2_offload.yaml",
-    "--prodigy_beta3": "Prodigy is not available: --optimizer adamw or adam",
-    "--prodigy_decouple": "Prodigy is not available: --optimizer adamw or adam",
-    "--prodigy_use_bias_correction": "Prodigy is not available: --optimizer adamw or adam",
-    "--prodigy_safeguard_warmup": "Prodigy is not available: --optimizer adamw or adam",
-    "--noised_image_dropout": "image-to-video training is not available: the recipes train text-to-video",
-    "--validation_images": "image-to-video training is not available: the recipes train text-to-video",
-    "--image_column": "image-to-video training is not available: the recipes train text-to-video",
+    "--prodigy_beta3": _NO_PRODIGY,
+    "--prodigy_decouple": _NO_PRODIGY,
+    "--prodigy_use_bias_correction": _NO_PRODIGY,
+    "--prodigy_safeguard_warmup": _NO_PRODIGY,
+    "--noised_image_dropout": _NO_IMAGE_TO_VIDEO,
+    "--validation_images": _NO_IMAGE_TO_VIDEO,
+    "--image_column": _NO_IMAGE_TO_VIDEO,
     "--enable_model_cpu_offload": "not available for validation; --vae_tiling saves the decode's memory",
     # cogvideox-factory and finetrainers
     "--dataset_file": "--instance_data_root (a folder with metadata.json, .csv, .jsonl or prompts.txt + videos.txt)",
@@ -81,3 +83,11 @@ INSTEAD = {
 def instead_of(flag: str) -> str | None:
     """What to use instead of `flag` (`--name` or `--name=value`), or None when it is not a known foreign flag."""
     return INSTEAD.get(flag.split("=")[0].replace("-", "_").replace("__", "--", 1))
+
+
+def instead_hint(flag: str) -> str | None:
+    """` (use --x)` or ` (why not, and what instead)` for a known foreign flag, else None."""
+    instead = instead_of(flag)
+    if instead is None:
+        return None
+    return f" ({'use ' if instead.startswith('--') else ''}{instead})"
