@@ -308,14 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "family's usual)")
     p.add_argument("--height", type=int, help="frame height in pixels (default: the run's, else the family's usual)")
     p.add_argument("--width", type=int, help="frame width in pixels (default: the run's, else the family's usual)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the run's validation num_inference_steps, "
+                                             "else 50)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (HunyuanVideo: its guidance "
                                                         "embedding) (default: the run's validation guidance_scale, "
                                                         "else 6.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise; the run's seed + j renders its "
-                                                        "validation video j again when --steps is the run's "
-                                                        "num_inference_steps (and --dtype bfloat16 for a bf16 run on "
-                                                        "the CPU) (default: %(default)s)")
+                                                        "validation video j again (with --dtype bfloat16 for a bf16 "
+                                                        "run on the CPU) (default: %(default)s)")
     p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
                                              "the family's usual)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],

@@ -115,15 +115,18 @@ def default_dtype() -> torch.dtype:
 
 
 DEFAULT_GUIDANCE_SCALE = 6.0  # both families' pipelines' default
+DEFAULT_INFERENCE_STEPS = 50  # both families' pipelines' default
 
 
 def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=None, transformer_dir=None,
              num_frames: int | None = None, height: int | None = None, width: int | None = None,
-             num_inference_steps: int = 50, guidance_scale: float | None = None, seed: int = 0, fps: float | None = None,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+             fps: float | None = None,
              lora_scale: float = 1.0, device: str | None = None, dtype: torch.dtype | None = None,
              vae_tiling: bool = False, attention_backend: str = NATIVE) -> Path:
     """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`),
-    and so is the guidance scale (the one its validation videos were rendered with), else 6.0."""
+    and so are the guidance scale and the denoising steps (those its validation videos were rendered with), else
+    6.0 and 50."""
     if Path(out).suffix.lower() != ".mp4":  # checked before minutes of rendering
         raise ConfigError(f"--out {out}: generate writes an H.264 .mp4 video; give a file name ending in .mp4")
     family = load_family(family_name, model_dir)
@@ -142,9 +145,13 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or default_dtype()
     check_attention_backend(family, attention_backend, device, dtype, backward=False)
+    origin = "the training run" if run is not None else "default"
     if guidance_scale is None:
         guidance_scale = run.config.guidance_scale if run is not None else DEFAULT_GUIDANCE_SCALE
-        summary += f"; guidance scale {guidance_scale:g} ({'the training run' if run is not None else 'default'})"
+        summary += f"; guidance scale {guidance_scale:g} ({origin})"
+    if num_inference_steps is None:
+        num_inference_steps = run.config.num_inference_steps if run is not None else DEFAULT_INFERENCE_STEPS
+        summary += f"; {num_inference_steps} denoising steps ({origin})"
     for exported in (lora.file if lora else None, transformer_folder):
         if exported is not None and (note := earlier_export_note(exported)):
             print(f"warning: {note}")

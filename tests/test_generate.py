@@ -57,7 +57,7 @@ def cogvideox_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
     # the high learning rate makes the LoRA change the video visibly within two steps.
     return train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path_factory.mktemp("runs") / "cogvideox",
                           "--rank=4", "--lora_alpha=8", "--learning_rate=0.05", "--max_train_steps=2",
-                          "--checkpointing_steps=1", "--guidance_scale=3.5")
+                          "--checkpointing_steps=1", "--guidance_scale=3.5", "--num_inference_steps=3")
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +112,22 @@ def test_video_settings_default_to_the_runs_then_to_the_familys(tmp_path, tiny_c
     said = capsys.readouterr().out
     assert f"12 fps (--num-frames, --height, --width, --fps from the training run's {cogvideox_run}" in said
     assert "guidance scale 3.5 (the training run)" in said  # as its validation videos were rendered
+    # Without --steps, the run's validation steps (3): the same video as asking for them, not the 2 others asked for.
+    run_steps = tmp_path / "run-steps.mp4"
+    main(["generate", "--model", str(tiny_cogvideox_dir), "--prompt", PROMPT, "--out", str(run_steps), "--seed", "3",
+          "--lora", str(cogvideox_run / "checkpoint-1")])
+    assert "3 denoising steps (the training run)" in capsys.readouterr().out
+    three = generate(tiny_cogvideox_dir, tmp_path / "three.mp4", "--lora", str(cogvideox_run / "checkpoint-1"),
+                     "--steps", "3")
+    num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(run_steps))
+    torch.testing.assert_close(decode_video(run_steps, FrameSampling(num_frames=num_frames, height=32, width=48)),
+                               three, rtol=0, atol=0)
+    assert not torch.equal(three, video)
 
     shape = ["--num-frames", "9", "--height", "32", "--width", "48"]
     generate(tiny_cogvideox_dir, tmp_path / "cog.mp4", *shape)
-    assert "guidance scale 6 (default)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "guidance scale 6 (default)" in said and "denoising steps" not in said  # --steps 2 given
     generate(tiny_hunyuan_video_dir, tmp_path / "hunyuan.mp4", *shape, "--guidance-scale", "1")
     assert mp4_fps(tmp_path / "cog.mp4") == 8 and mp4_fps(tmp_path / "hunyuan.mp4") == 15
     said = capsys.readouterr().out
@@ -252,7 +264,7 @@ def test_generate_help_shows_what_each_option_defaults_to(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for line in ("--steps STEPS denoising steps (default: 50)",
+    for line in ("--steps STEPS denoising steps (default: the run's validation num_inference_steps, else 50)",
                  "--lora-scale LORA_SCALE strength of the LoRA (default: 1.0)",
                  "--fps FPS frame rate of the .mp4 (default: the run's validation_fps or fps, else the family's "
                  "usual)"):
