@@ -51,6 +51,9 @@ class TrainConfig:
     width: int = _opt(720, "frame width in pixels")
     max_num_frames: int = _opt(49, "frames per training clip")
     fps: float | None = _opt(None, "sample source frames at this rate (None: consecutive frames)")
+    spread_frames: bool = _opt(False, "spread each clip over its whole video (between the skipped frames): every "
+                               "n-th frame, n as large as fits max_num_frames, as diffusers' CogVideoX script does; "
+                               "a clip's speed then depends on its video's length (not with fps)")
     skip_frames_start: int = _opt(0, "source frames skipped at the start of each video")
     skip_frames_end: int = _opt(0, "source frames skipped at the end of each video")
     crop: str = _opt("center", "how frames are cropped to height x width (random: one crop per video, drawn when "
@@ -336,7 +339,18 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     """Defaults < `defaults` (the recipe's) < YAML file < flags."""
     parser = build_parser(description)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser.parse_known_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except ConfigError as error:
+        # argparse stops at the first bad value; unknown flags beside it (diffusers' `--optimizer prodigy
+        # --push_to_hub`) would then come one run later. Name them all with it.
+        known = {"-h", "--help", *training_flags()}
+        if flags := [token.split("=")[0] for token in argv if _looks_like_a_flag(token) and
+                     token.split("=")[0] not in known]:
+            see = "; see --help"
+            raise ConfigError(f"{unknown_flags_message(flags, training_flags()).removesuffix(see)}; and "
+                              f"{str(error).removesuffix(see)}{see}") from None
+        raise
     if unknown and not unknown[0].startswith("-"):
         raise ConfigError(_stray_value_message(unknown[0], argv))
     if flags := [token.split("=")[0] for token in unknown if _looks_like_a_flag(token)]:
@@ -450,6 +464,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"validation_fps={config.validation_fps}: must be positive, or unset to save at fps")
     if config.fps is not None and config.fps <= 0:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
+    if config.spread_frames and config.fps is not None:
+        raise ConfigError(f"spread_frames and fps={config.fps:g} both choose which frames a clip takes (spread over "
+                          f"the whole video, or at that rate): set one of them (--fps {UNSET} to unset it)")
     if not config.pretrained_model_name_or_path:
         raise ConfigError("pretrained_model_name_or_path is required: a local model directory in the diffusers layout")
     if not config.dummy_data and not config.instance_data_root:

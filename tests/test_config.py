@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -178,6 +179,13 @@ def test_a_schedule_setting_the_chosen_schedule_would_ignore_is_refused(required
         parse_config([*required, *fine])
 
 
+def test_spread_frames_and_fps_together_are_refused(required):
+    assert parse_config([*required, "--spread_frames"]).spread_frames
+    with pytest.raises(ConfigError, match=r"spread_frames and fps=8 both choose which frames a clip takes .* "
+                                          r"\(--fps none to unset it\)"):
+        parse_config([*required, "--spread_frames", "--fps", "8"])
+
+
 def test_an_invalid_choice_in_yaml_lists_the_choices(tmp_path, required):
     path = write_yaml(tmp_path, "crop: middle\n")
     with pytest.raises(ConfigError, match="crop='middle': choose one of center, random"):
@@ -272,6 +280,25 @@ def test_fp16_on_the_cpu_is_refused_before_any_work(tmp_path, fresh_accelerate_s
         build_accelerator(config)
 
 
+def test_the_launchers_mixed_precision_the_recipe_overrides_is_told(tmp_path, fresh_accelerate_state,
+                                                                    no_allocator_setting, caplog):
+    from accelerate.state import AcceleratorState
+
+    from blueberry_video.training.accelerator import build_accelerator
+
+    config = parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data",
+                           "--output_dir", str(tmp_path / "out"), "--mixed_precision", "no"])
+    told = "accelerate launch asked for mixed_precision=bf16 (its --mixed_precision flag or config file)"
+    for launched, warned in (("bf16", True), ("no", False)):  # "no" is also what a launch with none set exports
+        no_allocator_setting.setenv("ACCELERATE_MIXED_PRECISION", launched)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="blueberry_video.training.accelerator"):
+            assert build_accelerator(config).mixed_precision == "no"
+        assert (told in caplog.text) == warned
+        assert ("give the recipe --mixed_precision bf16" in caplog.text) == warned
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_validation_steps_without_a_prompt_are_warned_about(required):
     with pytest.warns(UserWarning, match="validation_steps=5 has no effect without validation_prompt"):
         parse_config([*required, "--validation_steps", "5"])
@@ -313,6 +340,14 @@ def test_flags_of_diffusers_and_finetrainers_scripts_say_what_to_use_instead_all
     assert "--dataset_name (datasets are local folders: --instance_data_root" in message
     assert "--hub_token (nothing is uploaded" in message and "id_token" not in message  # not the nearest spelling
     assert "--fooo_bar;" in message  # an unknown one of no script: named, with no hint that fits
+    # A bad value argparse stops at (diffusers' --optimizer prodigy) does not hide the unknown flags beside it.
+    with pytest.raises(ConfigError) as raised:
+        parse_config([*required, "--optimizer", "prodigy", "--push_to_hub", "--prodigy_beta3=0.1", "--rank", "8"])
+    message = str(raised.value)
+    assert message.startswith("2 unknown flags: --push_to_hub (nothing is uploaded")
+    assert "--prodigy_beta3 (Prodigy is not available" in message
+    assert message.endswith("; and argument --optimizer: invalid choice: 'prodigy' (choose from 'adamw', 'adam'); "
+                            "see --help")
 
 
 def test_every_flag_named_instead_of_a_foreign_one_is_ours_and_none_of_them_is():

@@ -67,11 +67,19 @@ class CacheSettings:
         sampling = FrameSampling(
             num_frames=config.max_num_frames, height=config.height, width=config.width, fps=config.fps,
             skip_frames_start=config.skip_frames_start, skip_frames_end=config.skip_frames_end,
-            crop=config.crop, short_video=config.short_video,
+            crop=config.crop, short_video=config.short_video, spread=config.spread_frames,
         )
         return cls(sampling=sampling, encode_dtype=str(encode_dtype).removeprefix("torch."),
                    cache_dtype=config.cache_dtype, caption_column=config.caption_column,
                    video_column=config.video_column, id_token=config.id_token, vae_tiling=config.vae_tiling)
+
+    def record(self) -> dict:
+        """The settings as the cache's fingerprint and settings.json hold them. A setting added after caches were
+        first built is left out while it has its default, so the caches built before it keep their fingerprint."""
+        fields = asdict(self)
+        if not self.sampling.spread:
+            del fields["sampling"]["spread"]
+        return fields
 
 
 @dataclass
@@ -113,7 +121,7 @@ def cache_fingerprint(family, listing_key: list, settings: CacheSettings) -> str
     payload = {
         "version": CACHE_FORMAT_VERSION,
         "model": family.cache_key(),
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "entries": listing_key,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -5,7 +5,7 @@ told about the others (how the nearest differs, which folders the run no longer 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +99,7 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
 
 def settings_record(family, settings: CacheSettings) -> str:
     """settings.json: what a cache was built with, for people and for `why_not_reused`."""
-    return json.dumps({"model": family.cache_key(), "settings": asdict(settings)}, indent=1, default=str)
+    return json.dumps({"model": family.cache_key(), "settings": settings.record()}, indent=1, default=str)
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:

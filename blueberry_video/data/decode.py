@@ -99,6 +99,9 @@ class FrameSampling:
     skip_frames_end: int = 0
     crop: str = "center"
     short_video: str = "skip"
+    # Every n-th frame, n as large as fits num_frames in the usable span, whatever the video's length (a clip's speed
+    # then differs from video to video), as diffusers' CogVideoX script takes them.
+    spread: bool = False
 
     def __post_init__(self):
         for name in ("num_frames", "height", "width"):
@@ -113,6 +116,11 @@ class FrameSampling:
             isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0
         ):
             raise ValueError(f"FrameSampling.fps must be None (consecutive frames) or a number > 0, got {self.fps!r}")
+        if not isinstance(self.spread, bool):
+            raise ValueError(f"FrameSampling.spread must be True or False, got {self.spread!r}")
+        if self.spread and self.fps is not None:
+            raise ValueError(f"FrameSampling.spread takes frames by count, fps by time: set one, not both "
+                             f"(fps={self.fps!r})")
         if self.crop not in CROP_MODES:
             raise ValueError(f"FrameSampling.crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}")
         if self.short_video not in SHORT_VIDEO_POLICIES:
@@ -167,7 +175,8 @@ def decode_video(
     """Decode `sampling.num_frames` frames from the start of the usable span of `path`.
 
     Returns float32 [F, 3, H, W], RGB, in [-1, 1]. With `sampling.fps` set, frame k is the source
-    frame nearest to time k / fps after the first; otherwise frames are consecutive. `generator` drives the crop
+    frame nearest to time k / fps after the first; with `sampling.spread`, every n-th frame, spread over the whole
+    usable span; otherwise they are consecutive. `generator` drives the crop
     position when sampling.crop == "random". `info` is `probe_video(path)` where the caller has it.
     """
     path = Path(path)
@@ -317,6 +326,10 @@ def _ffmpeg_complaint(text: str) -> str:
 def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> tuple[list[int], int | None]:
     """The source frames of the clip, in order, by timestamp where the frames may be unevenly spaced in time; and
     the video's frame count where that reading found its end (None: the header's estimate stands)."""
+    if sampling.spread:
+        # The header's frame count is an estimate (duration x rate); spacing by it could aim past the end.
+        frame_count = _count_frames(path)
+        return _spread_indices(frame_count, sampling), frame_count
     if sampling.fps is not None and (info.rate_varies or not info.rate_tells_spacing):
         clip_span = (sampling.num_frames - 1) / Fraction(sampling.fps).limit_denominator(1_000_000)
         if (timed := _frame_times(path, sampling.skip_frames_start, clip_span)) is not None:
@@ -384,6 +397,15 @@ def _indices_by_time(times: list[Fraction], ended: bool, info: VideoInfo, sampli
         beyond = math.floor((target - times[-1]) * info.fps + 0.5) if ended and nearest == len(times) - 1 else 0
         indices.append(nearest + max(beyond, 0))
     return indices
+
+
+def _spread_indices(frame_count: int, sampling: FrameSampling) -> list[int]:
+    """Every n-th frame from the first usable one, n the largest whole number that fits num_frames frames in the
+    usable span: a clip's motion stays evenly timed (frames spaced by fractions would stutter). A span shorter
+    than the clip gives its consecutive frames, and `short_video` decides what fills the rest."""
+    first, last, wanted = sampling.skip_frames_start, frame_count - 1 - sampling.skip_frames_end, sampling.num_frames
+    stride = max(1, (last - first) // (wanted - 1)) if wanted > 1 else 1
+    return [first + k * stride for k in range(wanted)]
 
 
 def _source_indices(info: VideoInfo, sampling: FrameSampling) -> list[int]:
@@ -502,7 +524,8 @@ def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: Fr
         damaged = (f"its header says {info.duration:.2f} s ({info.num_frames} frames) but decoding stops early: the "
                    "file looks truncated or damaged; re-encode or re-download it")
     if not slots or sampling.short_video == "skip":
-        rate = f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps else "consecutive frames"
+        rate = (f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps
+                else "spread over the video" if sampling.spread else "consecutive frames")
         raise VideoTooShortError(
             path,
             f"only {len(slots)} of the {needed} frames needed are available ({rate}, skipping "

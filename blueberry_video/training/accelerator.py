@@ -47,6 +47,7 @@ def build_accelerator(config) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.nccl_timeout))],
     )
     check_launch(accelerator)
+    warn_of_the_launchers_mixed_precision(accelerator, config)
     if accelerator.device.type == "cpu" and config.mixed_precision == "fp16":
         # accelerate runs fp16 on the CPU without autocast, so the float16 frozen weights meet float32 inputs.
         raise ConfigError("mixed_precision=fp16 needs a GPU, and this run is on the CPU: use --mixed_precision no "
@@ -223,6 +224,19 @@ def check_launch(accelerator: Accelerator) -> None:
             f"WORLD_SIZE={world_size} but this process trains alone (accelerate found no distributed backend): "
             f"every process would train on all the data and write the same outputs. {hint}."
         )
+
+
+def warn_of_the_launchers_mixed_precision(accelerator: Accelerator, config) -> None:
+    """`accelerate launch --mixed_precision X` (or X in its config file, `accelerate config`'s default one included)
+    reaches the recipe as ACCELERATE_MIXED_PRECISION, which the recipe's own setting overrides: diffusers' scripts
+    default to it, so a user coming from them would train in another precision than they asked for. "no" is also
+    what the launcher exports when nothing is set, so only another precision than the run's is told."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched not in ("", "no", config.mixed_precision) and accelerator.is_main_process:
+        logger.warning("accelerate launch asked for mixed_precision=%s (its --mixed_precision flag or config file) but "
+                       "this run uses the recipe's mixed_precision=%s (its YAML, its --mixed_precision after the "
+                       "script, else bf16): to train in %s, give the recipe --mixed_precision %s",
+                       launched, config.mixed_precision, launched, launched)
 
 
 def autocast(accelerator: Accelerator):

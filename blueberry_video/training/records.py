@@ -238,7 +238,8 @@ def write_model_card(output_dir, config, family, num_samples: int, global_step: 
     weights = "pytorch_lora_weights.safetensors" if lora else "transformer/"
     trigger = (f"\nTrigger word: every training caption began with `{config.id_token}`; start prompts with it.\n"
                if config.id_token else "")
-    sampled_at = f", sampled at {config.fps:g} fps" if config.fps else ""
+    sampled_at = (f", sampled at {config.fps:g} fps" if config.fps
+                  else ", every n-th frame over each whole video" if config.spread_frames else "")
     tags = "\n".join(f"- {tag}" for tag in ("text-to-video", "diffusers", family.name, "lora" if lora else
                                              "full-fine-tune", "blueberry-video"))
     card = f"""---

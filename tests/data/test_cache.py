@@ -125,10 +125,11 @@ def one_video(one_video_dataset_dir, family, tmp_path_factory):
         dict(sampling=dataclasses.replace(SAMPLING, num_frames=5)),
         dict(sampling=dataclasses.replace(SAMPLING, fps=4.0)),
         dict(sampling=dataclasses.replace(SAMPLING, crop="random")),
+        dict(sampling=dataclasses.replace(SAMPLING, spread=True)),
         dict(cache_dtype="float16"),
         dict(id_token="sks"),
     ],
-    ids=["height", "width", "num_frames", "fps", "crop", "cache_dtype", "id_token"],
+    ids=["height", "width", "num_frames", "fps", "crop", "spread", "cache_dtype", "id_token"],
 )
 def test_a_changed_setting_builds_a_new_cache(one_video, family, change):
     data, cache_root, base = one_video
@@ -137,6 +138,14 @@ def test_a_changed_setting_builds_a_new_cache(one_video, family, change):
     assert not changed.reused and changed.num_cached == 1
     unchanged = precompute_latent_cache(family, data, cache_root, SETTINGS)
     assert unchanged.path == base.path and unchanged.reused
+
+
+def test_a_setting_added_since_caches_were_built_leaves_their_fingerprint_while_it_has_its_default():
+    # The keys every cache built before spread_frames hashed: the same record finds (and reuses) those caches.
+    assert list(SETTINGS.record()["sampling"]) == ["num_frames", "height", "width", "fps", "skip_frames_start",
+                                                   "skip_frames_end", "crop", "short_video"]
+    assert dataclasses.replace(SETTINGS, sampling=dataclasses.replace(SAMPLING, spread=True)).record()["sampling"][
+        "spread"] is True
 
 
 def test_a_new_cache_beside_others_says_which_settings_differ(one_video_dataset_dir, family, tmp_path, caplog):

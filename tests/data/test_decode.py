@@ -106,6 +106,31 @@ def test_fps_sampling_picks_nearest_source_frames(ntsc_video, skip):
     assert frame_numbers(clip, reference) == expected
 
 
+@pytest.mark.parametrize("num_frames, skip_start, skip_end, expected", [
+    (10, 0, 0, range(0, 55, 6)),  # 59 // 9 = 6: the whole 60-frame video
+    (10, 3, 2, range(3, 58, 6)),  # from the first usable frame to the last
+    (5, 0, 0, range(0, 57, 14)),
+    (50, 0, 0, range(50)),  # no room for every other frame: consecutive
+    (1, 7, 0, [7]),
+])
+def test_spread_sampling_takes_every_nth_frame_over_the_whole_video(ntsc_video, num_frames, skip_start, skip_end,
+                                                                    expected):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    clip = decode_video(ntsc_video, FrameSampling(num_frames=num_frames, height=16, width=16, spread=True,
+                                                  skip_frames_start=skip_start, skip_frames_end=skip_end))
+    assert frame_numbers(clip, reference) == list(expected)
+
+
+def test_spread_sampling_of_a_video_shorter_than_the_clip_follows_the_short_video_policy(ntsc_video):
+    reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    with pytest.raises(VideoTooShortError, match=r"only 50 of the 61 frames needed are available \(spread over the "
+                                                 r"video, skipping 0 frames at the start and 10 at the end\)"):
+        decode_video(ntsc_video, FrameSampling(num_frames=61, height=16, width=16, spread=True, skip_frames_end=10))
+    looped = decode_video(ntsc_video, FrameSampling(num_frames=61, height=16, width=16, spread=True,
+                                                    skip_frames_end=10, short_video="loop"))
+    assert frame_numbers(looped, reference) == [*range(50), *range(11)]
+
+
 def test_fps_sampling_of_a_variable_frame_rate_takes_the_frame_nearest_each_time(tmp_path):
     from tests.data.conftest import H264_LOSSLESS, encode
 
@@ -413,6 +438,8 @@ def test_select_expression_merges_consecutive_runs():
         {"skip_frames_end": 1.0},
         {"crop": "left"},
         {"short_video": "repeat"},
+        {"spread": 1},
+        {"spread": True, "fps": 8},
     ],
 )
 def test_frame_sampling_rejects_bad_settings(overrides):
