@@ -314,12 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "embedding) (default: the run's validation guidance_scale, "
                                                         "else 6.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise; the run's seed + j renders its "
-                                                        "validation video j again (with --dtype bfloat16 for a bf16 "
-                                                        "run on the CPU) (default: %(default)s)")
+                                                        "validation video j again (default: %(default)s)")
     p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
                                              "the family's usual)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)")
+                   help="weights' dtype (default: the run's mixed_precision, else bfloat16 on a GPU, float32 on "
+                        "the CPU)")
     p.add_argument("--vae-tiling", action="store_true", help="decode tile by tile (less memory for large videos)")
     p.add_argument("--attention-backend", default="native",
                    help="diffusers attention backend for the transformer (HunyuanVideo), as in training "

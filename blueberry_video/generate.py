@@ -114,6 +114,18 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+RUN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+
+
+def run_dtype(run: TrainingRun, device: str) -> tuple[torch.dtype, str]:
+    """The dtype the run's validation videos were rendered in (its mixed_precision), and where that came from;
+    float16 only on a GPU (the CPU has no float16 kernels for much of the pipeline)."""
+    dtype = RUN_DTYPES[run.config.mixed_precision]
+    if dtype == torch.float16 and not str(device).startswith("cuda"):
+        return torch.float32, "float32 (the training run's fp16 needs a GPU)"
+    return dtype, f"{str(dtype).removeprefix('torch.')} (the training run's mixed_precision)"
+
+
 DEFAULT_GUIDANCE_SCALE = 6.0  # both families' pipelines' default
 DEFAULT_INFERENCE_STEPS = 50  # both families' pipelines' default
 
@@ -125,8 +137,8 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
              lora_scale: float = 1.0, device: str | None = None, dtype: torch.dtype | None = None,
              vae_tiling: bool = False, attention_backend: str = NATIVE) -> Path:
     """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`),
-    and so are the guidance scale and the denoising steps (those its validation videos were rendered with), else
-    6.0 and 50."""
+    and so are the guidance scale, the denoising steps and the dtype (those its validation videos were rendered
+    with), else 6.0, 50 and bfloat16 on a GPU, float32 on the CPU."""
     if Path(out).suffix.lower() != ".mp4":  # checked before minutes of rendering
         raise ConfigError(f"--out {out}: generate writes an H.264 .mp4 video; give a file name ending in .mp4")
     family = load_family(family_name, model_dir)
@@ -143,6 +155,9 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
             message = message.replace(setting, flag)
         raise ConfigError(message) from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_origin = None
+    if dtype is None and run is not None:
+        dtype, dtype_origin = run_dtype(run, device)
     dtype = dtype or default_dtype()
     check_attention_backend(family, attention_backend, device, dtype, backward=False)
     origin = "the training run" if run is not None else "default"
@@ -152,6 +167,8 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     if num_inference_steps is None:
         num_inference_steps = run.config.num_inference_steps if run is not None else DEFAULT_INFERENCE_STEPS
         summary += f"; {num_inference_steps} denoising steps ({origin})"
+    if dtype_origin:
+        summary += f"; weights in {dtype_origin}"
     for exported in (lora.file if lora else None, transformer_folder):
         if exported is not None and (note := earlier_export_note(exported)):
             print(f"warning: {note}")

@@ -116,13 +116,18 @@ def test_video_settings_default_to_the_runs_then_to_the_familys(tmp_path, tiny_c
     run_steps = tmp_path / "run-steps.mp4"
     main(["generate", "--model", str(tiny_cogvideox_dir), "--prompt", PROMPT, "--out", str(run_steps), "--seed", "3",
           "--lora", str(cogvideox_run / "checkpoint-1")])
-    assert "3 denoising steps (the training run)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    # ... and its precision (mixed_precision bf16, the recipe's default), on the CPU too.
+    assert "3 denoising steps (the training run); weights in bfloat16 (the training run's mixed_precision)" in said
     three = generate(tiny_cogvideox_dir, tmp_path / "three.mp4", "--lora", str(cogvideox_run / "checkpoint-1"),
-                     "--steps", "3")
+                     "--steps", "3", "--dtype", "bfloat16")
     num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(run_steps))
     torch.testing.assert_close(decode_video(run_steps, FrameSampling(num_frames=num_frames, height=32, width=48)),
                                three, rtol=0, atol=0)
     assert not torch.equal(three, video)
+    in_float32 = generate(tiny_cogvideox_dir, tmp_path / "fp32.mp4", "--lora", str(cogvideox_run / "checkpoint-1"),
+                          "--steps", "3", "--dtype", "float32")
+    assert not torch.equal(three, in_float32)
 
     shape = ["--num-frames", "9", "--height", "32", "--width", "48"]
     generate(tiny_cogvideox_dir, tmp_path / "cog.mp4", *shape)
@@ -276,3 +281,16 @@ def test_generate_help_shows_what_each_option_defaults_to(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--num NUM number of videos (default: 8)" in text
     assert "--num-frames NUM_FRAMES frames per video (default: 49)" in text
+
+
+def test_a_runs_precision_is_generated_in_where_the_device_has_it(tmp_path):
+    from blueberry_video.config import TrainConfig
+    from blueberry_video.generate import run_dtype
+    from blueberry_video.trained_weights import TrainingRun
+
+    def run(precision):
+        return TrainingRun(tmp_path, TrainConfig(mixed_precision=precision), "cogvideox")
+
+    assert run_dtype(run("bf16"), "cpu")[0] == torch.bfloat16 and run_dtype(run("no"), "cuda")[0] == torch.float32
+    assert run_dtype(run("fp16"), "cuda:0")[0] == torch.float16
+    assert run_dtype(run("fp16"), "cpu") == (torch.float32, "float32 (the training run's fp16 needs a GPU)")
