@@ -233,10 +233,11 @@ def warn_of_the_launchers_mixed_precision(accelerator: Accelerator, config) -> N
     what the launcher exports when nothing is set, so only another precision than the run's is told."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if launched not in ("", "no", config.mixed_precision) and accelerator.is_main_process:
+        fix = (f"to train in {launched}, give the recipe --mixed_precision {launched}" if launched in ("fp16", "bf16")
+               else "the recipes train in no, fp16 or bf16")
         logger.warning("accelerate launch asked for mixed_precision=%s (its --mixed_precision flag or config file) but "
                        "this run uses the recipe's mixed_precision=%s (its YAML, its --mixed_precision after the "
-                       "script, else bf16): to train in %s, give the recipe --mixed_precision %s",
-                       launched, config.mixed_precision, launched, launched)
+                       "script, else bf16): %s", launched, config.mixed_precision, fix)
 
 
 def autocast(accelerator: Accelerator):
