@@ -181,23 +181,34 @@ def decode_video(
     """
     path = Path(path)
     info = info or probe_video(path)
+    crop_fractions = _crop_fractions(sampling, generator)
     wanted, frame_count = _clip_indices(path, info, sampling)
-    unique = sorted(set(wanted))
-    # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
-    # skipped tail without decoding the rest of the file.
-    sentinel = [unique[-1] + sampling.skip_frames_end] if sampling.skip_frames_end else []
-    frames = _stream_frames(path, unique + sentinel, sampling, _crop_fractions(sampling, generator))
-
-    usable = _usable_count(path, unique, len(frames), sampling)
-    # `wanted` is non-decreasing, so the frames we can serve are a prefix of it.
-    position = {index: slot for slot, index in enumerate(unique)}
-    slots = [position[index] for index in wanted]
-    available = sum(1 for slot in slots if slot < usable)
-    truncated = available < len(slots) and _header_promised(info, unique, sampling, frame_count)
+    frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
+    if sampling.spread and available < len(slots) and (decoded := _count_frames(path)) < frame_count:
+        # The packets promised frames that do not decode (a damaged tail, packets that hold no frame): spread the
+        # clip over those that do.
+        frame_count, wanted = decoded, _spread_indices(decoded, sampling)
+        frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
+    truncated = available < len(slots) and _header_promised(info, sorted(set(wanted)), sampling, frame_count)
     slots = _fill_short_clip(slots[:available], path, info, sampling, truncated)
 
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+
+
+def _decode_frames(path: Path, wanted: list[int], sampling: FrameSampling,
+                   crop_fractions: tuple[float, float] | None) -> tuple[np.ndarray, list[int], int]:
+    """The source frames `wanted` (non-decreasing) as decoded, each once; the slot of each wanted frame among
+    them; and how many of the wanted frames, a prefix, came back inside the usable span."""
+    unique = sorted(set(wanted))
+    # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
+    # skipped tail without decoding the rest of the file.
+    sentinel = [unique[-1] + sampling.skip_frames_end] if sampling.skip_frames_end else []
+    frames = _stream_frames(path, unique + sentinel, sampling, crop_fractions)
+    usable = _usable_count(path, unique, len(frames), sampling)
+    position = {index: slot for slot, index in enumerate(unique)}
+    slots = [position[index] for index in wanted]
+    return frames, slots, sum(1 for slot in slots if slot < usable)
 
 
 def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling,
@@ -328,7 +339,7 @@ def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> tuple
     the video's frame count where that reading found its end (None: the header's estimate stands)."""
     if sampling.spread:
         # The header's frame count is an estimate (duration x rate); spacing by it could aim past the end.
-        frame_count = _count_frames(path)
+        frame_count = _count_packets(path) or _count_frames(path)
         return _spread_indices(frame_count, sampling), frame_count
     if sampling.fps is not None and (info.rate_varies or not info.rate_tells_spacing):
         clip_span = (sampling.num_frames - 1) / Fraction(sampling.fps).limit_denominator(1_000_000)
@@ -498,6 +509,22 @@ def _raise_a_stop_within(error: BaseException) -> None:
         if isinstance(seen, StoppedBySignal):
             raise seen
         seen = seen.__cause__ or seen.__context__
+
+
+_FRAME_PROGRESS = re.compile(r"frame=\s*(\d+)")
+
+
+def _count_packets(path: Path) -> int | None:
+    """The video stream's frame count as its packets give it, read without decoding: milliseconds where
+    `_count_frames` decodes the whole video. None where ffmpeg fails or reports no count."""
+    command = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute()), "-map", "0:v:0", "-c", "copy",
+               "-f", "null", "-"]
+    try:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    except OSError as error:
+        raise _ffmpeg_not_runnable(error) from error
+    counts = _FRAME_PROGRESS.findall(done.stderr)
+    return int(counts[-1]) if done.returncode == 0 and counts and int(counts[-1]) > 0 else None
 
 
 def _count_frames(path: Path) -> int:

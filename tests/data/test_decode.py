@@ -114,11 +114,21 @@ def test_fps_sampling_picks_nearest_source_frames(ntsc_video, skip):
     (1, 7, 0, [7]),
 ])
 def test_spread_sampling_takes_every_nth_frame_over_the_whole_video(ntsc_video, num_frames, skip_start, skip_end,
-                                                                    expected):
+                                                                    expected, monkeypatch):
     reference = decode_video(ntsc_video, FrameSampling(num_frames=60, height=16, width=16))
+    decoded_to_count = []
+    monkeypatch.setattr(decode, "_count_frames", lambda path: decoded_to_count.append(path))
     clip = decode_video(ntsc_video, FrameSampling(num_frames=num_frames, height=16, width=16, spread=True,
                                                   skip_frames_start=skip_start, skip_frames_end=skip_end))
     assert frame_numbers(clip, reference) == list(expected)
+    assert not decoded_to_count  # the packets gave the count: the video is decoded once, for the clip
+
+
+def test_spread_sampling_counts_the_frames_that_decode_where_the_packets_promise_more(truncated_faststart_video):
+    # Cut short: 18 packets, of which 17 decode. Spaced by the packets, the second frame would be the 18th.
+    reference = decode_video(truncated_faststart_video, FrameSampling(num_frames=17, height=32, width=32))
+    clip = decode_video(truncated_faststart_video, FrameSampling(num_frames=2, height=32, width=32, spread=True))
+    assert torch.equal(clip, reference[[0, 16]])
 
 
 def test_spread_sampling_of_a_video_shorter_than_the_clip_follows_the_short_video_policy(ntsc_video):
