@@ -320,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="weights' dtype (default: the run's mixed_precision, else bfloat16 on a GPU, float32 on "
                         "the CPU)")
-    p.add_argument("--vae-tiling", action="store_true", help="decode tile by tile (less memory for large videos)")
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction,
+                   help="decode tile by tile: less memory for large videos (default: as the run's validation did, "
+                        "else off)")
     p.add_argument("--attention-backend", default="native",
                    help="diffusers attention backend for the transformer (HunyuanVideo), as in training "
                         "(default: %(default)s)")

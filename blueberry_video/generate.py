@@ -135,10 +135,10 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
              num_inference_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
              fps: float | None = None,
              lora_scale: float = 1.0, device: str | None = None, dtype: torch.dtype | None = None,
-             vae_tiling: bool = False, attention_backend: str = NATIVE) -> Path:
+             vae_tiling: bool | None = None, attention_backend: str = NATIVE) -> Path:
     """Render `prompt` to the .mp4 `out`; video settings left None are the training run's (see `video_settings`),
-    and so are the guidance scale, the denoising steps and the dtype (those its validation videos were rendered
-    with), else 6.0, 50 and bfloat16 on a GPU, float32 on the CPU."""
+    and so are the guidance scale, the denoising steps, the dtype and VAE tiling (those its validation videos were
+    rendered with), else 6.0, 50, bfloat16 on a GPU or float32 on the CPU, and no tiling."""
     if Path(out).suffix.lower() != ".mp4":  # checked before minutes of rendering
         raise ConfigError(f"--out {out}: generate writes an H.264 .mp4 video; give a file name ending in .mp4")
     family = load_family(family_name, model_dir)
@@ -169,6 +169,9 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
         summary += f"; {num_inference_steps} denoising steps ({origin})"
     if dtype_origin:
         summary += f"; weights in {dtype_origin}"
+    if vae_tiling is None:
+        vae_tiling = run is not None and run.config.vae_tiling
+        summary += "; VAE tiling (the training run)" if vae_tiling else ""
     for exported in (lora.file if lora else None, transformer_folder):
         if exported is not None and (note := earlier_export_note(exported)):
             print(f"warning: {note}")

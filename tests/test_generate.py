@@ -63,7 +63,7 @@ def cogvideox_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hunyuan_video_run(tiny_hunyuan_video_dir, tmp_path_factory) -> Path:
     return train_tiny_run(HunyuanVideoFamily, tiny_hunyuan_video_dir, tmp_path_factory.mktemp("runs") / "hunyuan",
-                          "--max_train_steps=1")
+                          "--max_train_steps=1", "--vae_tiling")
 
 
 def generate(model: Path, out: Path, *flags: str) -> torch.Tensor:
@@ -251,6 +251,20 @@ def test_an_export_older_than_the_runs_last_checkpoint_is_named_as_the_earlier_f
     assert (f"warning: {resumed / LORA_WEIGHTS} is older than checkpoint-3: the run was resumed past its finish"
             in out)
     assert f"--lora {resumed / 'checkpoint-3'}" in out
+
+
+def test_vae_tiling_is_the_runs_unless_turned_off(tmp_path, tiny_hunyuan_video_dir, hunyuan_video_run, capsys,
+                                                  monkeypatch):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    tiled = []  # the real enable_tiling, watched
+    enable_tiling = AutoencoderKLHunyuanVideo.enable_tiling
+    monkeypatch.setattr(AutoencoderKLHunyuanVideo, "enable_tiling",
+                        lambda vae, *args, **kwargs: (tiled.append(vae), enable_tiling(vae, *args, **kwargs))[1])
+    generate(tiny_hunyuan_video_dir, tmp_path / "tiled.mp4", "--lora", str(hunyuan_video_run))
+    assert "VAE tiling (the training run)" in capsys.readouterr().out and len(tiled) == 1 and tiled[0].use_tiling
+    generate(tiny_hunyuan_video_dir, tmp_path / "untiled.mp4", "--lora", str(hunyuan_video_run), "--no-vae-tiling")
+    assert "VAE tiling" not in capsys.readouterr().out and len(tiled) == 1
 
 
 def test_another_familys_lora_is_refused_naming_its_family(tmp_path, tiny_cogvideox_dir, hunyuan_video_run):
