@@ -399,13 +399,18 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
     """An unknown flag is named with the nearest known one, looking at this verb's own flags (dashes:
     --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
     slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
-    from blueberry_video.config import training_flags, unknown_flags_message
+    from blueberry_video.config import bad_value_message, training_flags, unknown_flags_message
 
     own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
     known = own + (training_flags() if takes_training_flags else [])
     if unknown := [flag for flag in (token.split("=")[0] for token in extra) if flag.startswith("--") and
                    flag not in known]:
-        raise ConfigError(unknown_flags_message(unknown, known, f"blueberry-video {verb_parser.prog.split()[-1]} --help"))
+        see = f"blueberry-video {verb_parser.prog.split()[-1]} --help"
+        message = unknown_flags_message(unknown, known, see)
+        # A bad value given with them would otherwise come one run later.
+        if takes_training_flags and (bad := bad_value_message(extra)):
+            message = f"{message.removesuffix(f'; see {see}')}; and {bad}; see {see}"
+        raise ConfigError(message)
 
 
 if __name__ == "__main__":

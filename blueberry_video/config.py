@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import sys
 import types
 import warnings
@@ -282,6 +283,10 @@ class _SettingsParser(argparse.ArgumentParser):
     summary argparse prints first."""
 
     def error(self, message):
+        if found := re.match(r"argument (--[\w.]+)/--no-[\w.]+: ignored explicit argument (.*)", message):
+            flag, value = found.group(1), found.group(2).strip("'")  # --gradient_checkpointing=true
+            raise ConfigError(f"{flag}={value}: give on/off settings no value ({flag} turns it on, --no-{flag[2:]} "
+                              f"off)")
         raise ConfigError(f"{message}; see --help")
 
 
@@ -335,6 +340,19 @@ def unknown_flags_message(flags: list[str], known, see: str = "--help") -> str:
     return f"{len(described)} unknown flags: {'; '.join(described)}; see {see}"
 
 
+def bad_value_message(argv: list[str]) -> str | None:
+    """argparse's complaint about the value of a training flag in `argv` (`--optimizer prodigy`, `--rank abc`), with
+    no "see --help"; None where the values are fine. Unknown flags are left to the caller."""
+    try:
+        build_parser().parse_known_args(argv)
+    except ConfigError as error:
+        return str(error).removesuffix(SEE_HELP)
+    return None
+
+
+SEE_HELP = "; see --help"
+
+
 def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:
     """Defaults < `defaults` (the recipe's) < YAML file < flags."""
     parser = build_parser(description)
@@ -347,9 +365,8 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
         known = {"-h", "--help", *training_flags()}
         if flags := [token.split("=")[0] for token in argv if _looks_like_a_flag(token) and
                      token.split("=")[0] not in known]:
-            see = "; see --help"
-            raise ConfigError(f"{unknown_flags_message(flags, training_flags()).removesuffix(see)}; and "
-                              f"{str(error).removesuffix(see)}{see}") from None
+            raise ConfigError(f"{unknown_flags_message(flags, training_flags()).removesuffix(SEE_HELP)}; and "
+                              f"{str(error).removesuffix(SEE_HELP)}{SEE_HELP}") from None
         raise
     if unknown and not unknown[0].startswith("-"):
         raise ConfigError(_stray_value_message(unknown[0], argv))
@@ -466,7 +483,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"fps={config.fps}: must be positive, or unset to take consecutive frames")
     if config.spread_frames and config.fps is not None:
         raise ConfigError(f"spread_frames and fps={config.fps:g} both choose which frames a clip takes (spread over "
-                          f"the whole video, or at that rate): set one of them (--fps {UNSET} to unset it)")
+                          f"the whole video, or at that rate): set one of them (--fps {UNSET} unsets fps, "
+                          f"--no-spread_frames spread_frames)")
     if not config.pretrained_model_name_or_path:
         raise ConfigError("pretrained_model_name_or_path is required: a local model directory in the diffusers layout")
     if not config.dummy_data and not config.instance_data_root:

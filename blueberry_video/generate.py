@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import SAFE_WEIGHTS_NAME
+from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from blueberry_video.data.video_writer import write_mp4
@@ -29,7 +30,8 @@ from blueberry_video.trained_weights import (
 )
 from blueberry_video.training.attention import NATIVE, apply_attention_backend, check_attention_backend
 from blueberry_video.training.checkpoints import STATE_FILE
-from blueberry_video.training.lora import ADAPTER, add_lora
+from blueberry_video.training.decode import decode_without_autocast
+from blueberry_video.training.lora import ADAPTER, DIFFUSERS_LORA_PREFIX, add_lora, adapter_to_float32
 
 
 def video_settings(family, run: TrainingRun | None, **given) -> tuple[VideoSettings, str]:
@@ -73,6 +75,11 @@ def load_pipeline(family, lora: LoraWeights | None = None, transformer_folder: P
         add_lora(pipe.transformer, dataclasses.replace(lora.run.config, init_lora_weights=str(lora.file)), family)
     else:
         pipe.load_lora_weights(str(lora.file), adapter_name=ADAPTER)
+        # Loaded into weights of the pipeline's dtype: load them again, exactly, into float32 ones.
+        adapter_to_float32(pipe.transformer)
+        state = pipe.lora_state_dict(str(lora.file))  # in the transformer's key names, whatever the file's format
+        set_peft_model_state_dict(pipe.transformer, {k.removeprefix(DIFFUSERS_LORA_PREFIX): v.to(torch.float32)
+                                                     for k, v in state.items()}, adapter_name=ADAPTER)
     pipe.set_adapters([ADAPTER], [lora_scale])
     return pipe
 
@@ -182,10 +189,13 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     pipe.to(device)
     if vae_tiling:
         pipe.vae.enable_tiling()
-    frames = pipe(
-        **conditioning, num_frames=video.num_frames, height=video.height, width=video.width,
-        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-        generator=torch.Generator(device=device).manual_seed(seed), output_type="np",
-        **family.generation_kwargs(video.num_frames, video.height, video.width),
-    ).frames[0]
+    # As validation renders: the float32 LoRA computes in the half dtype under autocast; the VAE decodes outside.
+    decode_without_autocast(pipe.vae)
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16)):
+        frames = pipe(
+            **conditioning, num_frames=video.num_frames, height=video.height, width=video.width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=torch.Generator(device=device).manual_seed(seed), output_type="np",
+            **family.generation_kwargs(video.num_frames, video.height, video.width),
+        ).frames[0]
     return write_mp4((np.clip(frames, 0, 1) * 255).round().astype(np.uint8), out, fps=video.fps)

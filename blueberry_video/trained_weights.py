@@ -44,16 +44,32 @@ def find_run(path: Path) -> TrainingRun | None:
     file in one of those; None for weights from elsewhere."""
     folder = path if path.is_dir() else path.parent
     candidates = [folder]
-    if folder.name == "transformer" or re.fullmatch(r"checkpoint-\d+", folder.name):
+    checkpoint = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+    if folder.name == "transformer" or checkpoint:
         candidates.append(folder.parent)
     for run_dir in candidates:
         if (run_dir / RUN_INFO).is_file() and (run_dir / RUN_CONFIG).is_file():
             try:
-                family = json.loads((run_dir / RUN_INFO).read_text()).get("family")
+                info = json.loads((run_dir / RUN_INFO).read_text())
+                family, segments = info.get("family"), info.get("segments", [])
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
                 raise ConfigError(f"{run_dir / RUN_INFO}: not a run's run_info.json ({error})") from error
-            return TrainingRun(run_dir, TrainConfig(**load_yaml(run_dir / RUN_CONFIG)), family)
+            settings = load_yaml(run_dir / RUN_CONFIG)
+            if checkpoint and run_dir != folder:
+                settings = settings_at_step(settings, segments, int(checkpoint.group(1)))
+            return TrainingRun(run_dir, TrainConfig(**settings), family)
     return None
+
+
+def settings_at_step(settings: dict, segments: list[dict], step: int) -> dict:
+    """The run's settings (config.yaml: those it continues with) as they were when it reached `step`: the changes
+    of every resume from that step on undone, last first, as run_info.json records them."""
+    settings = dict(settings)
+    for segment in reversed(segments):
+        if segment.get("from_step", 0) >= step:
+            for name, (before, _) in segment.get("changed", {}).items():
+                settings[name] = before
+    return settings
 
 
 @dataclass(frozen=True)

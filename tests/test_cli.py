@@ -230,6 +230,12 @@ def test_a_verb_taking_training_flags_says_what_to_use_instead_of_foreign_ones_a
     with pytest.raises(ConfigError, match=r"^2 unknown flags: --hub_token \(nothing is uploaded.*; --lr \(use "
                                           r"--learning_rate\); see blueberry-video estimate-memory --help$"):
         main(["estimate-memory", "--preset", "cogvideox-2b", "--hub_token", "x", "--lr", "1e-4"])
+    # with a bad value of a training flag: named in the same message, not one run later
+    with pytest.raises(ConfigError, match=r"^unknown flag --push_to_hub \(nothing is uploaded.*; and argument "
+                                          r"--optimizer: invalid choice: 'prodigy' .*; see blueberry-video train "
+                                          r"--help$"):
+        main(["train", "--pretrained_model_name_or_path", "m", "--dummy_data", "--optimizer", "prodigy",
+              "--push_to_hub"])
 
 
 def test_estimate_memory_without_a_model_names_both_ways_to_give_one():

@@ -182,8 +182,11 @@ def test_a_schedule_setting_the_chosen_schedule_would_ignore_is_refused(required
 def test_spread_frames_and_fps_together_are_refused(required):
     assert parse_config([*required, "--spread_frames"]).spread_frames
     with pytest.raises(ConfigError, match=r"spread_frames and fps=8 both choose which frames a clip takes .* "
-                                          r"\(--fps none to unset it\)"):
+                                          r"\(--fps none unsets fps, --no-spread_frames spread_frames\)"):
         parse_config([*required, "--spread_frames", "--fps", "8"])
+    with pytest.raises(ConfigError, match=r"^--spread_frames=true: give on/off settings no value \(--spread_frames "
+                                          r"turns it on, --no-spread_frames off\)$"):
+        parse_config([*required, "--spread_frames=true"])
 
 
 def test_an_invalid_choice_in_yaml_lists_the_choices(tmp_path, required):

@@ -253,6 +253,40 @@ def test_an_export_older_than_the_runs_last_checkpoint_is_named_as_the_earlier_f
     assert f"--lora {resumed / 'checkpoint-3'}" in out
 
 
+@pytest.mark.parametrize("family_class, model_fixture", [(CogVideoXFamily, "tiny_cogvideox_dir"),
+                                                         (HunyuanVideoFamily, "tiny_hunyuan_video_dir")])
+def test_generate_renders_a_bf16_runs_validation_video_again_with_no_flag_but_its_seed(family_class, model_fixture,
+                                                                                       request, tmp_path):
+    # bf16, the recipes' default: the float32 LoRA computes under autocast in validation; HunyuanVideo's pipeline
+    # steps its scheduler in what the transformer returns (float32 from accelerate's wrapper, in training).
+    model = request.getfixturevalue(model_fixture)
+    run = train_tiny_run(family_class, model, tmp_path / "run", "--max_train_steps=1", "--rank=4",
+                         "--learning_rate=0.01", "--seed=11", "--validation_prompt=a red circle",
+                         "--num_validation_videos=2", "--num_inference_steps=2", "--guidance_scale=2.0")
+    validation = sorted((run / "validation").glob("*.mp4"))
+    assert [v.name for v in validation] == ["step-000001-prompt0-0.mp4", "step-000001-prompt0-1.mp4"]
+    again = tmp_path / "again.mp4"
+    main(["generate", "--model", str(model), "--prompt", "a red circle", "--out", str(again), "--lora", str(run),
+          "--seed", "12"])
+    assert again.read_bytes() == validation[1].read_bytes()
+
+
+def test_a_checkpoint_generates_with_the_settings_of_its_step_not_those_a_resume_changed(tiny_cogvideox_dir,
+                                                                                       tmp_path, capsys):
+    flags = ["--rank=4", "--learning_rate=0.01", "--seed=3", "--validation_prompt=a red circle",
+             "--validation_steps=2", "--checkpointing_steps=2", "--mixed_precision=no"]
+    run = train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path / "run", *flags, "--max_train_steps=2",
+                         "--num_inference_steps=3")
+    train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, run, *flags, "--max_train_steps=4", "--num_inference_steps=2",
+                   "--resume_from_checkpoint=latest")
+    capsys.readouterr()
+    again = tmp_path / "again.mp4"
+    main(["generate", "--model", str(tiny_cogvideox_dir), "--prompt", "a red circle", "--out", str(again), "--lora",
+          str(run / "checkpoint-2"), "--seed", "3"])
+    assert "3 denoising steps (the training run)" in capsys.readouterr().out
+    assert again.read_bytes() == (run / "validation" / "step-000002-prompt0-0.mp4").read_bytes()
+
+
 def test_vae_tiling_is_the_runs_unless_turned_off(tmp_path, tiny_hunyuan_video_dir, hunyuan_video_run, capsys,
                                                   monkeypatch):
     from diffusers import AutoencoderKLHunyuanVideo

@@ -233,8 +233,12 @@ def warn_of_the_launchers_mixed_precision(accelerator: Accelerator, config) -> N
     what the launcher exports when nothing is set, so only another precision than the run's is told."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if launched not in ("", "no", config.mixed_precision) and accelerator.is_main_process:
-        fix = (f"to train in {launched}, give the recipe --mixed_precision {launched}" if launched in ("fp16", "bf16")
-               else "the recipes train in no, fp16 or bf16")
+        if launched not in ("fp16", "bf16"):
+            fix = "the recipes train in no, fp16 or bf16"
+        elif launched == "fp16" and accelerator.device.type == "cpu":
+            fix = "fp16 needs a GPU, and this run is on the CPU"
+        else:
+            fix = f"to train in {launched}, give the recipe --mixed_precision {launched}"
         logger.warning("accelerate launch asked for mixed_precision=%s (its --mixed_precision flag or config file) but "
                        "this run uses the recipe's mixed_precision=%s (its YAML, its --mixed_precision after the "
                        "script, else bf16): %s", launched, config.mixed_precision, fix)

@@ -44,8 +44,17 @@ def add_lora(transformer, config, family) -> None:
             target_modules=targets,
         )
     )
+    adapter_to_float32(transformer)
     if config.init_lora_weights:
         load_lora_into(transformer, config.init_lora_weights)
+
+
+def adapter_to_float32(transformer) -> None:
+    """The adapter's weights in float32, as training keeps them. peft makes them in the frozen weights' dtype, so
+    a LoRA loaded into a bf16 model would be rounded to bf16 (a 0.4 % change that validation never saw)."""
+    for name, param in transformer.named_parameters():
+        if "lora_" in name and f".{ADAPTER}." in name:
+            param.data = param.data.to(torch.float32)
 
 
 def lora_file_in_folder(folder: Path) -> Path | None:

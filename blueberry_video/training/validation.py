@@ -88,6 +88,24 @@ def _pipeline_transformer(transformer):
     return unwrap_model(transformer), contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _forward_as_at_inference(model):
+    """Under mixed precision accelerate makes the prepared model's forward return float32 (where it wrapped the
+    model itself: one process); a diffusers pipeline at inference gets the model's own dtype, and HunyuanVideo's
+    steps its scheduler in it. Validation renders as inference does, so that `generate` and the model card's code
+    render its videos again."""
+    inference_forward = getattr(model, "_original_forward", None)
+    if inference_forward is None:
+        yield
+        return
+    training_forward = model.forward
+    model.forward = inference_forward
+    try:
+        yield
+    finally:
+        model.forward = training_forward
+
+
 def _to_device_except(pipe, module, device) -> None:
     """Move the pipeline's other parts; the training transformer stays where the engine placed its shards."""
     for component in pipe.components.values():
@@ -120,7 +138,7 @@ def run_validation(accelerator, family, transformer, config, step: int, dtype: t
     rendered: list[tuple[int, int, str, np.ndarray]] = []  # (prompt, video, path, first/middle/last frames)
     was_training = model.training
     model.eval()
-    with gathered:
+    with gathered, _forward_as_at_inference(model):
         pipe = family.build_pipeline(model, dtype=dtype)
         prompts = {0 if i is None else i: config.validation_prompt[0 if i is None else i] for i in mine}
         encoded = encode_prompts_then_free_encoders(pipe, family, prompts, 1, config.guidance_scale,

@@ -111,3 +111,25 @@ def test_generate_with_seed_plus_j_renders_validation_video_j_again(tiny_cogvide
                      dtype=torch.float32)
     assert np.array_equal(iio.imread(again), iio.imread(videos[1]))
     assert not np.array_equal(iio.imread(videos[0]), iio.imread(videos[1]))
+
+
+def test_a_lora_loaded_into_a_bf16_model_keeps_its_float32_weights_exactly(tiny_cogvideox_dir, tmp_path):
+    # training's --init_lora_weights and generate's checkpoint-N: peft makes the adapter in the frozen weights'
+    # dtype, where the file's values would be rounded to bf16
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from blueberry_video.training.lora import ADAPTER, add_lora
+
+    family = get_family_class("cogvideox")(tiny_cogvideox_dir)
+    source = family.load_transformer(dtype=torch.float32)
+    add_lora(source, TrainConfig(rank=4, lora_alpha=4), family)
+    state = {name: torch.randn_like(value) / 3 for name, value in
+             get_peft_model_state_dict(source, adapter_name=ADAPTER).items()}
+    save_file({f"transformer.{name}": value for name, value in state.items()}, tmp_path / "lora.safetensors")
+    model = family.load_transformer(dtype=torch.bfloat16)
+    add_lora(model, TrainConfig(rank=4, lora_alpha=4, init_lora_weights=str(tmp_path / "lora.safetensors")), family)
+    loaded = get_peft_model_state_dict(model, adapter_name=ADAPTER)
+    assert loaded.keys() == state.keys()
+    for name, value in state.items():
+        assert loaded[name].dtype == torch.float32 and torch.equal(loaded[name], value), name
