@@ -406,11 +406,8 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
     if unknown := [flag for flag in (token.split("=")[0] for token in extra) if flag.startswith("--") and
                    flag not in known]:
         see = f"blueberry-video {verb_parser.prog.split()[-1]} --help"
-        message = unknown_flags_message(unknown, known, see)
-        # A bad value given with them would otherwise come one run later.
-        if takes_training_flags and (bad := bad_value_message(extra)):
-            message = f"{message.removesuffix(f'; see {see}')}; and {bad}; see {see}"
-        raise ConfigError(message)
+        raise ConfigError(unknown_flags_message(unknown, known, see,
+                                                also=bad_value_message(extra) if takes_training_flags else None))
 
 
 if __name__ == "__main__":

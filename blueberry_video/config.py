@@ -329,15 +329,16 @@ def _looks_like_a_flag(token: str) -> bool:
     return False
 
 
-def unknown_flags_message(flags: list[str], known, see: str = "--help") -> str:
+def unknown_flags_message(flags: list[str], known, see: str = "--help", also: str | None = None) -> str:
     """Every unknown flag at once (one run per flag is slow to learn from), each with what to use instead where
-    it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling among `known`."""
+    it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling among `known`; and `also`, a bad
+    value given with them (argparse stops at it), which would otherwise come one run later."""
     described = []
     for flag in dict.fromkeys(flags):
         described.append(f"{flag}{instead_hint(flag) or nearest_flag_hint(flag, known)}")
-    if len(described) == 1:
-        return f"unknown flag {described[0]}; see {see}"
-    return f"{len(described)} unknown flags: {'; '.join(described)}; see {see}"
+    said = f"unknown flag {described[0]}" if len(described) == 1 else \
+        f"{len(described)} unknown flags: {'; '.join(described)}"
+    return f"{said}{f'; and {also}' if also else ''}; see {see}"
 
 
 def bad_value_message(argv: list[str]) -> str | None:
@@ -346,11 +347,8 @@ def bad_value_message(argv: list[str]) -> str | None:
     try:
         build_parser().parse_known_args(argv)
     except ConfigError as error:
-        return str(error).removesuffix(SEE_HELP)
+        return str(error).removesuffix("; see --help")
     return None
-
-
-SEE_HELP = "; see --help"
 
 
 def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:
@@ -359,14 +357,13 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, unknown = parser.parse_known_args(argv)
-    except ConfigError as error:
+    except ConfigError:
         # argparse stops at the first bad value; unknown flags beside it (diffusers' `--optimizer prodigy
-        # --push_to_hub`) would then come one run later. Name them all with it.
+        # --push_to_hub`) are named with it.
         known = {"-h", "--help", *training_flags()}
         if flags := [token.split("=")[0] for token in argv if _looks_like_a_flag(token) and
                      token.split("=")[0] not in known]:
-            raise ConfigError(f"{unknown_flags_message(flags, training_flags()).removesuffix(SEE_HELP)}; and "
-                              f"{str(error).removesuffix(SEE_HELP)}{SEE_HELP}") from None
+            raise ConfigError(unknown_flags_message(flags, training_flags(), also=bad_value_message(argv))) from None
         raise
     if unknown and not unknown[0].startswith("-"):
         raise ConfigError(_stray_value_message(unknown[0], argv))
