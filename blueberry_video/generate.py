@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from blueberry_video.data.video_writer import write_mp4
 from blueberry_video.errors import ConfigError, ModelLayoutError
 from blueberry_video.models import load_family
-from blueberry_video.models.base import VideoSettings
+from blueberry_video.models.base import PRECISION_DTYPES, VideoSettings
 from blueberry_video.trained_weights import (
     RUN_CONFIG,
     LoraWeights,
@@ -121,13 +121,10 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-RUN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
-
-
 def run_dtype(run: TrainingRun, device: str) -> tuple[torch.dtype, str]:
     """The dtype the run's validation videos were rendered in (its mixed_precision), and where that came from;
     float16 only on a GPU (the CPU has no float16 kernels for much of the pipeline)."""
-    dtype = RUN_DTYPES[run.config.mixed_precision]
+    dtype = PRECISION_DTYPES[run.config.mixed_precision]
     if dtype == torch.float16 and not str(device).startswith("cuda"):
         return torch.float32, "float32 (the training run's fp16 needs a GPU)"
     return dtype, f"{str(dtype).removeprefix('torch.')} (the training run's mixed_precision)"

@@ -35,6 +35,10 @@ class PromptLengths:
     counts: list[int]
 
 
+# The dtype each mixed_precision setting computes in (and stores frozen weights in, where it can).
+PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
+
+
 @dataclass(frozen=True)
 class VideoSettings:
     num_frames: int

@@ -19,6 +19,7 @@ from accelerate.utils import (DataLoaderConfiguration, DistributedType, InitProc
 from accelerate.utils.dataclasses import get_module_class_from_name
 
 from blueberry_video.errors import ConfigError, LaunchError
+from blueberry_video.models.base import PRECISION_DTYPES
 from blueberry_video.training.cuda_allocator import use_expandable_segments
 from blueberry_video.training.export import LORA_WEIGHTS
 from blueberry_video.training.run_folder import LEFTOVER_FOLDERS, LOCK_FILE, SET_ASIDE_FOLDERS
@@ -258,7 +259,7 @@ def autocast(accelerator: Accelerator):
 
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     """The autocast precision: what the encoders run in, and frozen weights are stored in where they can be."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return PRECISION_DTYPES.get(accelerator.mixed_precision, torch.float32)
 
 
 def transformer_load_dtype(accelerator: Accelerator, training_mode: str) -> torch.dtype:

@@ -35,6 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from blueberry_video.data.latent_dataset import DummyLatentDataset
+from blueberry_video.models.base import PRECISION_DTYPES
 from blueberry_video.models.presets import default_dtype
 from blueberry_video.training.checkpointing import enable_gradient_checkpointing, ratio_label, transformer_blocks
 from blueberry_video.training.lora import make_trainable
@@ -46,7 +47,6 @@ from blueberry_video.training.decode import decode_without_autocast
 GIB = 2**30
 # The caching allocator hands out blocks in multiples of 512 bytes.
 ALLOCATION_GRANULE = 512
-PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
 
 
 class LiveBytes(TorchDispatchMode):
