@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
 from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
-from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video, probe_video, repeats_frames
+from blueberry_video.data.decode import (
+    CutShort,
+    FrameSampling,
+    VideoDecodeError,
+    decode_clip,
+    probe_video,
+    repeats_frames,
+)
 from blueberry_video.data.formats import (
     DatasetFormatError,
     DatasetListing,
@@ -47,6 +54,10 @@ logger = logging.getLogger(__name__)
 # timestamp (version 1: by count at the header's rate).
 CACHE_FORMAT_VERSION = 2
 CHUNK_SIZE = 8
+# The kinds of the report's notes: those on videos are kept per video, so a cache that takes a video's latents from
+# an older one takes its notes too.
+VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short")
+NOTE_KINDS = (*VIDEO_NOTE_KINDS, "long_captions")
 
 
 @dataclass(frozen=True)
@@ -182,26 +193,30 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
     taken as they are, and so are the text embeddings where the caption is the same; an edited caption alone is
     encoded again (text encoding costs little beside the VAE)."""
     skipped, decoded, kept = [], [], []
-    notes = {"low_frame_rate": [], "variable_frame_rate": [], "long_captions": []}
+    notes = {kind: [] for kind in NOTE_KINDS}
     videos: dict[int, dict] = {}
     text: dict[int, dict] = {}
     for entry, key in zip(entries, keys, strict=True):
         if older and (old := older.find(key)):
             kept.append(entry)
             videos[entry.index] = old.video
-            notes["low_frame_rate"] += old.notes["low_frame_rate"]
-            notes["variable_frame_rate"] += old.notes.get("variable_frame_rate", [])  # absent in older caches
+            for kind in VIDEO_NOTE_KINDS:
+                notes[kind] += old.notes.get(kind, [])  # a kind added since is absent in older caches
             if old.caption == entry.caption:
                 text[entry.index] = old.text
                 notes["long_captions"] += old.notes["long_captions"]
             continue
         try:
             info = probe_video(entry.video_path)
-            decoded.append((entry, decode_video(entry.video_path, settings.sampling, info=info)))
+            clip = decode_clip(entry.video_path, settings.sampling, info=info)
+            decoded.append((entry, clip.frames))
             kept.append(entry)
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "reason": error.reason})
             continue
+        if clip.cut_short:
+            notes["cut_short"].append({"video": _relative(entry, root), "reached_s": clip.cut_short.reached_s,
+                                       "header_s": clip.cut_short.header_s})
         if repeats_frames(info, settings.sampling):
             notes["low_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
         if info.rate_varies and settings.sampling.fps:
@@ -236,8 +251,9 @@ def _long_captions(family, encoders, entries, root: Path) -> list[dict]:
     return found
 
 
-def _note_lines(notes: dict, fps: float | None) -> list[str]:
+def _note_lines(notes: dict, sampling: FrameSampling) -> list[str]:
     """The report's lines for the chunks' notes, merged: one line per kind (and per text encoder)."""
+    fps = sampling.fps
     lines = []
     if slow := notes["low_frame_rate"]:
         lines.append(f"{len(slow)} video(s) have a frame rate below fps={fps:g}: their frames are repeated ("
@@ -246,6 +262,12 @@ def _note_lines(notes: dict, fps: float | None) -> list[str]:
         lines.append(f"{len(uneven)} video(s) have a variable frame rate: fps={fps:g} took their frames by timestamp, "
                      f"the one nearest each 1/{fps:g} s (" + first_few([f"{item['video']} {item['fps']:g} fps on "
                                                                         "average" for item in uneven]) + ")")
+    if cut := notes.get("cut_short"):
+        lines.append(f"{len(cut)} video(s) look truncated or damaged: their streams end before the duration their "
+                     f"header gives, and their clips are {CutShort.taken(sampling)} the part that decodes; re-encode "
+                     "or re-download "
+                     "them (" + first_few([f"{item['video']} {item['reached_s']:.2f} of {item['header_s']:.2f} s"
+                                           for item in cut]) + ")")
     by_encoder: dict[tuple[str, int], list[dict]] = {}
     for item in notes["long_captions"]:
         by_encoder.setdefault((item["encoder"], item["limit"]), []).append(item)
@@ -286,11 +308,11 @@ def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_inde
 
 
 def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list], listing_skipped: list[dict],
-           listing_notes: list[str], fps: float | None) -> CacheReport:
+           listing_notes: list[str], sampling: FrameSampling) -> CacheReport:
     """Join the chunks into the cache; `listing_key` maps item index to its listing key, kept per row in
     listing.json so that a later cache can tell which videos it shares."""
     parts, skipped = [], list(listing_skipped)
-    notes = {"low_frame_rate": [], "variable_frame_rate": [], "long_captions": []}
+    notes = {kind: [] for kind in NOTE_KINDS}
     encoded_by_process: dict[str, int] = {}
     num_reused, reused_from, video_columns = 0, [], []
     for chunk_dir in chunk_dirs:
@@ -315,7 +337,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     with _quiet_datasets():
         merged.save_to_disk(str(tmp))
     move_into_place(tmp, cache_path / "dataset")
-    encoding_notes = _note_lines(notes, fps)
+    encoding_notes = _note_lines(notes, sampling)
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped,
                          notes=listing_notes + encoding_notes, num_reused_videos=num_reused,
                          reused_videos_from=reused_from)
@@ -461,7 +483,7 @@ def precompute_latent_cache(
             accelerator.wait_for_everyone()
         if is_main:
             report = _merge_or_take_theirs(cache_path, chunk_dirs, dict(zip((e.index for e in entries), listing_key)),
-                                           listing_skipped, listing_notes, settings.sampling.fps)
+                                           listing_skipped, listing_notes, settings.sampling)
             logger.info(report.summary())
         if accelerator:
             accelerator.wait_for_everyone()
@@ -470,12 +492,13 @@ def precompute_latent_cache(
 
 
 def _merge_or_take_theirs(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list],
-                          listing_skipped: list[dict], listing_notes: list[str], fps: float | None) -> CacheReport:
+                          listing_skipped: list[dict], listing_notes: list[str],
+                          sampling: FrameSampling) -> CacheReport:
     """Merge the chunks, unless another job building the same cache without the lock (a filesystem that does not
     lock) completed it meanwhile: then take theirs, and drop the chunks this job wrote after it did."""
     try:
         if not (cache_path / "manifest.json").exists():
-            return _merge(cache_path, chunk_dirs, listing_key, listing_skipped, listing_notes, fps)
+            return _merge(cache_path, chunk_dirs, listing_key, listing_skipped, listing_notes, sampling)
     except FileNotFoundError:  # the other job's merge removed the chunks
         if not (cache_path / "manifest.json").exists():
             raise

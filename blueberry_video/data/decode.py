@@ -177,23 +177,68 @@ def decode_video(
     Returns float32 [F, 3, H, W], RGB, in [-1, 1]. With `sampling.fps` set, frame k is the source
     frame nearest to time k / fps after the first; with `sampling.spread`, every n-th frame, spread over the whole
     usable span; otherwise they are consecutive. `generator` drives the crop
-    position when sampling.crop == "random". `info` is `probe_video(path)` where the caller has it.
+    position when sampling.crop == "random". `info` is `probe_video(path)` where the caller has it. A file that
+    looks cut short, whose clip came from the part that decodes, is logged as a warning.
     """
+    clip = decode_clip(path, sampling, generator, info)
+    if clip.cut_short:
+        logger.warning("%s: %s; %s", path, clip.cut_short.reason(), clip.cut_short.consequence(sampling))
+    return clip.frames
+
+
+@dataclass
+class CutShort:
+    """A file whose streams end well before the duration its header gives (a partial download or copy)."""
+
+    reached_s: float
+    header_s: float
+
+    def reason(self) -> str:
+        return (f"its header says {self.header_s:.2f} s but its streams end at {self.reached_s:.2f} s: the file looks "
+                "truncated or damaged; re-encode or re-download it")
+
+    def consequence(self, sampling: FrameSampling) -> str:
+        return f"its clip is {self.taken(sampling)} the {self.reached_s:.2f} s that decode"
+
+    @staticmethod
+    def taken(sampling: FrameSampling) -> str:
+        """How the clip of a file cut short was made from what decodes."""
+        return "spread over" if sampling.spread else f"filled by short_video={sampling.short_video} from"
+
+
+@dataclass
+class DecodedClip:
+    frames: torch.Tensor  # float32 [F, 3, H, W], RGB, in [-1, 1]
+    # Set where the file looks cut short and the clip came from the part that decodes (spread over it, or filled
+    # by short_video), so the caller can tell the user; a clip that fits before the cut is as it would be.
+    cut_short: CutShort | None = None
+
+
+def decode_clip(
+    path, sampling: FrameSampling, generator: torch.Generator | None = None, info: VideoInfo | None = None
+) -> DecodedClip:
+    """`decode_video`, telling where the file looks cut short instead of logging it."""
     path = Path(path)
     info = info or probe_video(path)
     crop_fractions = _crop_fractions(sampling, generator)
-    wanted, frame_count = _clip_indices(path, info, sampling)
+    # Spread sampling counts the packets anyway; elsewhere they are read only where the clip came out short.
+    packets = _read_packets(path) if sampling.spread else None
+    wanted, frame_count = _clip_indices(path, info, sampling, packets)
     frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
     if sampling.spread and available < len(slots) and (decoded := _count_frames(path)) < frame_count:
         # The packets promised frames that do not decode (a damaged tail, packets that hold no frame): spread the
         # clip over those that do.
         frame_count, wanted = decoded, _spread_indices(decoded, sampling)
         frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
-    truncated = available < len(slots) and _header_promised(info, sorted(set(wanted)), sampling, frame_count)
-    slots = _fill_short_clip(slots[:available], path, info, sampling, truncated)
-
+    came_short = available < len(slots)
+    if came_short and packets is None:
+        packets = _read_packets(path)
+    cut_short = _cut_short(info, packets)
+    slots = _fill_short_clip(slots[:available], path, info, sampling, cut_short)
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
-    return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+    frames = clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
+    # A clip that fits before the cut is what the whole file would give: nothing to tell.
+    return DecodedClip(frames, cut_short if sampling.spread or came_short else None)
 
 
 def _decode_frames(path: Path, wanted: list[int], sampling: FrameSampling,
@@ -209,17 +254,6 @@ def _decode_frames(path: Path, wanted: list[int], sampling: FrameSampling,
     position = {index: slot for slot, index in enumerate(unique)}
     slots = [position[index] for index in wanted]
     return frames, slots, sum(1 for slot in slots if slot < usable)
-
-
-def _header_promised(info: VideoInfo, unique: list[int], sampling: FrameSampling,
-                     frame_count: int | None = None) -> bool:
-    """Whether the header's frame count (or the count the timestamps gave), before any skipping, covers the clip
-    and the skipped tail after it.
-
-    If it does and the frames did not come, decoding stopped early: the file is damaged, not short. The
-    one frame of slack absorbs a duration rounded up in the header.
-    """
-    return unique[-1] + sampling.skip_frames_end < (frame_count or info.num_frames) - 1
 
 
 def repeats_frames(info: VideoInfo, sampling: FrameSampling) -> bool:
@@ -334,12 +368,14 @@ def _ffmpeg_complaint(text: str) -> str:
     return chosen[:300]
 
 
-def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling) -> tuple[list[int], int | None]:
+def _clip_indices(path: Path, info: VideoInfo, sampling: FrameSampling,
+                  packets: PacketSpan | None) -> tuple[list[int], int | None]:
     """The source frames of the clip, in order, by timestamp where the frames may be unevenly spaced in time; and
-    the video's frame count where that reading found its end (None: the header's estimate stands)."""
+    the video's frame count where that reading found its end (None: the header's estimate stands). `packets` is
+    `_read_packets(path)` where spread sampling read it."""
     if sampling.spread:
         # The header's frame count is an estimate (duration x rate); spacing by it could aim past the end.
-        frame_count = _count_packets(path) or _count_frames(path)
+        frame_count = (packets and packets.frames) or _count_frames(path)
         return _spread_indices(frame_count, sampling), frame_count
     if sampling.fps is not None and (info.rate_varies or not info.rate_tells_spacing):
         clip_span = (sampling.num_frames - 1) / Fraction(sampling.fps).limit_denominator(1_000_000)
@@ -511,20 +547,43 @@ def _raise_a_stop_within(error: BaseException) -> None:
         seen = seen.__cause__ or seen.__context__
 
 
+# ffmpeg's last progress line: the video frames it passed, and how far (h:m:s) the streams reached.
 _FRAME_PROGRESS = re.compile(r"frame=\s*(\d+)")
+_TIME_PROGRESS = re.compile(r"time=\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
-def _count_packets(path: Path) -> int | None:
-    """The video stream's frame count as its packets give it, read without decoding: milliseconds where
-    `_count_frames` decodes the whole video. None where ffmpeg fails or reports no count."""
-    command = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute()), "-map", "0:v:0", "-c", "copy",
-               "-f", "null", "-"]
+@dataclass
+class PacketSpan:
+    """What a file's packets give, read without decoding."""
+
+    frames: int | None  # the video stream's packets: its frame count (None where ffmpeg reports none)
+    reached_s: float | None  # where the last packet of the video or audio ends, from the start
+
+
+def _read_packets(path: Path) -> PacketSpan | None:
+    """The video stream's frame count and how far its (and the audio's) packets reach, read without decoding:
+    milliseconds where `_count_frames` decodes the whole video. None where ffmpeg fails."""
+    # The audio is read too: a header's duration is that of its longest stream, often the audio.
+    command = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.absolute()), "-map", "0:v:0", "-map", "0:a?",
+               "-c", "copy", "-f", "null", "-"]
     try:
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     except OSError as error:
         raise _ffmpeg_not_runnable(error) from error
-    counts = _FRAME_PROGRESS.findall(done.stderr)
-    return int(counts[-1]) if done.returncode == 0 and counts and int(counts[-1]) > 0 else None
+    if done.returncode != 0:
+        return None
+    counts, times = _FRAME_PROGRESS.findall(done.stderr), _TIME_PROGRESS.findall(done.stderr)
+    reached = int(times[-1][0]) * 3600 + int(times[-1][1]) * 60 + float(times[-1][2]) if times else None
+    return PacketSpan(frames=int(counts[-1]) if counts and int(counts[-1]) > 0 else None, reached_s=reached)
+
+
+def _cut_short(info: VideoInfo, packets: PacketSpan | None) -> CutShort | None:
+    """Whether the file's streams end well before the duration its header gives: it was cut short. Two frames and
+    50 ms of slack absorb the header's rounding and a last audio packet's length."""
+    if not info.duration or packets is None or packets.reached_s is None:
+        return None
+    slack = 2 / info.fps + 0.05 if info.fps > 0 else 0.15
+    return CutShort(packets.reached_s, info.duration) if info.duration - packets.reached_s > slack else None
 
 
 def _count_frames(path: Path) -> int:
@@ -537,19 +596,11 @@ def _count_frames(path: Path) -> int:
 
 
 def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: FrameSampling,
-                     truncated: bool = False) -> list[int]:
+                     cut_short: CutShort | None = None) -> list[int]:
     needed = sampling.num_frames
     if len(slots) == needed:
         return slots
-    damaged = ""
-    if truncated and info.has_audio:
-        # ffmpeg's header gives the longest stream's duration: an audio track that outlasts the video is common
-        # and harmless, so this is a short video, not (necessarily) a damaged one.
-        damaged = (f"the video stream ends before the {info.duration:.2f} s its header gives, which may be its audio "
-                   f"track's length (or the file is truncated); {_short_clip_advice(len(slots), info, sampling)}")
-    elif truncated:
-        damaged = (f"its header says {info.duration:.2f} s ({info.num_frames} frames) but decoding stops early: the "
-                   "file looks truncated or damaged; re-encode or re-download it")
+    damaged = cut_short.reason() if cut_short else ""
     if not slots or sampling.short_video == "skip":
         rate = (f"at {sampling.fps:g} fps from a {info.fps:g} fps source" if sampling.fps
                 else "spread over the video" if sampling.spread else "consecutive frames")
@@ -559,8 +610,6 @@ def _fill_short_clip(slots: list[int], path: Path, info: VideoInfo, sampling: Fr
             f"{sampling.skip_frames_start} frames at the start and {sampling.skip_frames_end} at the end); "
             f"{damaged or _short_clip_advice(len(slots), info, sampling)}",
         )
-    if damaged:
-        logger.warning("%s: %s (short_video=%s fills the clip from what decodes)", path, damaged, sampling.short_video)
     if sampling.short_video == "loop":
         return [slots[k % len(slots)] for k in range(needed)]
     return slots + [slots[-1]] * (needed - len(slots))

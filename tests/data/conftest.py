@@ -136,6 +136,32 @@ def truncated_faststart_video(video_dir):
     return path
 
 
+def cut_in_half(path, out):
+    data = path.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+@pytest.fixture(scope="session")
+def mkv_video(video_dir):
+    """320x240, 24 fps, 2 s of testsrc in Matroska, whose header gives the duration up front."""
+    return encode(video_dir / "whole.mkv", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2", *H264)
+
+
+@pytest.fixture(scope="session")
+def truncated_mkv_video(video_dir, mkv_video):
+    """`mkv_video` cut in half, as a partial download is: the header still says 2 s, about 0.7 s decodes."""
+    return cut_in_half(mkv_video, video_dir / "truncated.mkv")
+
+
+@pytest.fixture(scope="session")
+def truncated_audio_mkv_video(video_dir):
+    """2 s of video and 2 s of audio, cut in half: both streams end early, so the header's 2 s is not the audio's."""
+    whole = encode(video_dir / "whole_with_audio.mkv", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2",
+                   "-f", "lavfi", "-i", "sine=frequency=440:duration=2", *H264, "-c:a", "aac")
+    return cut_in_half(whole, video_dir / "truncated_with_audio.mkv")
+
+
 @pytest.fixture(scope="session")
 def garbage_video(video_dir):
     path = video_dir / "garbage.mp4"

@@ -102,7 +102,7 @@ def test_second_call_reuses_the_cache_without_decoding(sample_cache, family, sam
     def no_decoding(*args, **kwargs):
         raise AssertionError("a reused cache must not decode any video")
 
-    monkeypatch.setattr(cache_module, "decode_video", no_decoding)
+    monkeypatch.setattr(cache_module, "decode_clip", no_decoding)
     monkeypatch.setattr(family, "load_encoders", no_decoding)
     again = precompute_latent_cache(family, sample_dataset_dir, sample_cache.path.parent, SETTINGS)
     assert again.reused and not sample_cache.reused
@@ -371,14 +371,14 @@ def test_interrupted_precompute_resumes_without_redoing_chunks(family, sample_da
         return encode_videos(encoders, videos)
 
     decoded = []
-    real_decode = cache_module.decode_video
+    real_decode = cache_module.decode_clip
 
     def recording_decode(path, sampling, *args, **kwargs):
         decoded.append(Path(path).name)
         return real_decode(path, sampling, *args, **kwargs)
 
     monkeypatch.setattr(family, "encode_videos", flaky_encode)
-    monkeypatch.setattr(cache_module, "decode_video", recording_decode)
+    monkeypatch.setattr(cache_module, "decode_clip", recording_decode)
     with pytest.raises(RuntimeError, match="interrupted"):
         precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=2)
     cache_path = tmp_path / sample_cache.path.name
@@ -606,6 +606,33 @@ def test_a_cache_that_took_a_variable_frame_rate_video_by_count_gives_the_others
     (old.path / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(new.path)
     assert precompute_latent_cache(family, data, tmp_path / "cache", settings).num_reused_videos == 0
+
+
+def test_a_video_cut_short_is_noted_and_its_note_goes_with_its_latents(family, sample_dataset_dir,
+                                                                       truncated_mkv_video, tmp_path):
+    # A partial download: spread over the 0.7 s that decode of the 2 s its header gives, its clip is sound but
+    # shows a third of what the caption describes.
+    root = tmp_path / "data"
+    (root / "videos").mkdir(parents=True)
+    first = metadata(sample_dataset_dir)[0]
+    shutil.copy(sample_dataset_dir / first["file"], root / "videos/0000.mp4")
+    shutil.copy(truncated_mkv_video, root / "videos/partial.mkv")
+    records = [{"file": "videos/0000.mp4", "caption": first["caption"]},
+               {"file": "videos/partial.mkv", "caption": first["caption"]}]
+    (root / "metadata.json").write_text(json.dumps(records))
+    settings = CacheSettings(dataclasses.replace(SAMPLING, spread=True))
+    report = precompute_latent_cache(family, root, tmp_path / "cache", settings)
+    assert report.num_cached == 2 and report.skipped == []
+    [note] = [line for line in report.notes if "truncated" in line]
+    assert re.fullmatch(r"1 video\(s\) look truncated or damaged: their streams end before the duration their header "
+                        r"gives, and their clips are spread over the part that decodes; re-encode or re-download them "
+                        r"\(videos/partial.mkv 0.\d\d of 2.00 s\)", note)
+    assert note in report.summary() and note in json.loads((report.path / "manifest.json").read_text())["notes"]
+    # An edited caption: the new cache takes the video's latents from this one, and its note with them.
+    records[1]["caption"] = "a partial download"
+    (root / "metadata.json").write_text(json.dumps(records))
+    edited = precompute_latent_cache(family, root, tmp_path / "cache", settings)
+    assert edited.path != report.path and edited.num_reused_videos == 2 and note in edited.notes
 
 
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):

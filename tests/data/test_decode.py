@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pickle
 import shutil
@@ -17,6 +18,7 @@ from blueberry_video.data.decode import (
     FrameSampling,
     VideoDecodeError,
     VideoTooShortError,
+    decode_clip,
     decode_video,
     probe_video,
 )
@@ -309,8 +311,9 @@ def test_a_video_whose_audio_runs_longer_is_called_short_not_damaged(tmp_path):
     assert probe_video(video).duration > 3  # ffmpeg's header gives the audio's length
     with pytest.raises(VideoTooShortError) as raised:
         decode_video(video, FrameSampling(num_frames=9, height=48, width=64))
-    assert "may be its audio track's length" in raised.value.reason
-    assert "ask for fewer max_num_frames" in raised.value.reason and "re-download" not in raised.value.reason
+    # The audio's packets reach the header's 4 s: the file is whole, the video short.
+    assert "truncated or damaged" not in raised.value.reason and "re-download" not in raised.value.reason
+    assert "ask for fewer max_num_frames" in raised.value.reason
 
 
 def test_a_file_cut_short_is_called_damaged_not_short(truncated_faststart_video, caplog):
@@ -320,6 +323,37 @@ def test_a_file_cut_short_is_called_damaged_not_short(truncated_faststart_video,
         decode_video(truncated_faststart_video, sampling)
     decode_video(truncated_faststart_video, FrameSampling(num_frames=45, height=48, width=64, short_video="pad"))
     assert "truncated or damaged" in caplog.text
+
+
+def test_spread_sampling_of_a_file_cut_short_spreads_over_what_decodes_and_says_so(truncated_mkv_video, mkv_video,
+                                                                                 caplog):
+    # The header says 2 s (48 frames); the packets stop at about 0.7 s (17 frames). Spread over what is there,
+    # the clip is sound, but it covers a third of what the caption describes.
+    sampling = FrameSampling(num_frames=5, height=32, width=32, spread=True)
+    clip = decode_clip(truncated_mkv_video, sampling)
+    reference = decode_video(truncated_mkv_video, FrameSampling(num_frames=17, height=32, width=32))
+    assert torch.equal(clip.frames, reference[[0, 4, 8, 12, 16]])
+    assert clip.cut_short.header_s == 2.0 and 0.5 < clip.cut_short.reached_s < 0.8
+    decode_video(truncated_mkv_video, sampling)
+    assert "header says 2.00 s but its streams end at 0.7" in caplog.text and "spread over the 0.7" in caplog.text
+    assert decode_clip(mkv_video, sampling).cut_short is None
+    # A clip that fits before the cut is what the whole file gives: nothing to tell.
+    assert decode_clip(truncated_mkv_video, FrameSampling(num_frames=9, height=32, width=32)).cut_short is None
+
+
+@pytest.mark.parametrize("sampling", [FrameSampling(num_frames=30, height=32, width=32),
+                                      FrameSampling(num_frames=30, height=32, width=32, fps=24)],
+                         ids=["consecutive", "fps-by-timestamp"])
+def test_a_matroska_file_cut_short_is_called_damaged_with_or_without_audio(sampling, truncated_mkv_video,
+                                                                           truncated_audio_mkv_video):
+    # Matroska states one rate, so fps sampling reads the timestamps, which end where the file does; and an audio
+    # track that ends early too is no sign of a short video with long audio.
+    for video in (truncated_mkv_video, truncated_audio_mkv_video):
+        with pytest.raises(VideoTooShortError, match=r"header says 2.0\d s but its streams end at .* truncated or "
+                                                     "damaged; re-encode or re-download it"):
+            decode_video(video, sampling)
+    padded = decode_clip(truncated_mkv_video, dataclasses.replace(sampling, short_video="pad"))
+    assert padded.frames.shape[0] == 30 and padded.cut_short is not None
 
 
 def test_missing_file_and_folder_raise_video_decode_error(tmp_path):
