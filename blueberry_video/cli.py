@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the encoders run in: the training's mixed_precision (bf16 by default)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"])
     p.add_argument("--vae-tiling", action="store_true")
-    p.add_argument("--strict", action="store_true", help="fail on the first unusable video instead of skipping it")
+    p.add_argument("--strict", action="store_true", help="fail, naming every unusable video, instead of skipping them")
     # Videos per unit of resumable work; hidden because only tests need to change it.
     p.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=_precompute, takes_extra=True)

@@ -120,6 +120,16 @@ class EmptyCacheError(DatasetFormatError):
     """No item of the dataset could be encoded."""
 
 
+@dataclass
+class _FoundNow:
+    """What every run finds anew in the dataset folder, beside what its cache recorded: where the folder is now, the
+    rows its metadata leaves out, the notes on the folder (unlisted videos)."""
+
+    root: Path
+    skipped: list[dict]
+    notes: list[str]
+
+
 def _listing_key(root: Path, entries) -> list:
     key = []
     for entry in entries:
@@ -212,7 +222,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             decoded.append((entry, clip.frames))
             kept.append(entry)
         except VideoDecodeError as error:
-            skipped.append({"source": str(entry.video_path), "reason": error.reason})
+            skipped.append({"source": str(entry.video_path), "video": _relative(entry, root), "reason": error.reason})
             continue
         if clip.cut_short:
             notes["cut_short"].append({"video": _relative(entry, root), "reached_s": clip.cut_short.reached_s,
@@ -307,11 +317,11 @@ def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_inde
     move_into_place(tmp, chunk_dir)
 
 
-def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list], listing_skipped: list[dict],
-           listing_notes: list[str], sampling: FrameSampling) -> CacheReport:
+def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list], found: _FoundNow,
+           sampling: FrameSampling) -> CacheReport:
     """Join the chunks into the cache; `listing_key` maps item index to its listing key, kept per row in
     listing.json so that a later cache can tell which videos it shares."""
-    parts, skipped = [], list(listing_skipped)
+    parts, skipped = [], list(found.skipped)
     notes = {kind: [] for kind in NOTE_KINDS}
     encoded_by_process: dict[str, int] = {}
     num_reused, reused_from, video_columns = 0, [], []
@@ -339,14 +349,15 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     move_into_place(tmp, cache_path / "dataset")
     encoding_notes = _note_lines(notes, sampling)
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped,
-                         notes=listing_notes + encoding_notes, num_reused_videos=num_reused,
+                         notes=found.notes + encoding_notes, num_reused_videos=num_reused,
                          reused_videos_from=reused_from)
     write_file(cache_path / "listing.json", json.dumps({
         "video_columns": video_columns, "rows": [listing_key[index] for index in merged["index"]]}))
     # Which process encoded how many videos: shows that a multi-process precompute shared the work. The notes
     # on the folder (unlisted videos) are not kept: they are looked up again on every use. The notes' items, per
     # video, go to the caches that take this one's latents.
-    manifest = {"num_cached": report.num_cached, "skipped": skipped, "notes": encoding_notes, "note_items": notes,
+    manifest = {"num_cached": report.num_cached, "skipped": skipped, "skipped_in_listing": len(found.skipped),
+                "notes": encoding_notes, "note_items": notes,
                 "format_version": CACHE_FORMAT_VERSION, "encoded_by_process": encoded_by_process,
                 "reused_videos": {"count": num_reused, "from": reused_from}, "complete": True}
     write_file(cache_path / "manifest.json", json.dumps(manifest, indent=1))
@@ -365,25 +376,39 @@ def _remove_work_files(cache_path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _read_report(cache_path: Path, reused: bool, listing_notes: list[str]) -> CacheReport:
+def _read_report(cache_path: Path, found: _FoundNow, reused: bool) -> CacheReport:
     manifest = json.loads((cache_path / "manifest.json").read_text())
-    # Caches built before notes were recorded have none.
-    return CacheReport(cache_path, manifest["num_cached"], manifest["skipped"], reused=reused,
-                       notes=listing_notes + manifest.get("notes", []))
+    # Skips are named where the dataset is now: it may have moved since the cache was built. The metadata's are
+    # found again; a video's is kept by its path in the dataset (caches built before that was kept name it where
+    # it was, and hold the metadata's too). Caches built before notes were recorded have none.
+    skipped = manifest["skipped"]
+    if "skipped_in_listing" in manifest:
+        skipped = found.skipped + [{**item, "source": str(found.root / item["video"])}
+                                   for item in skipped[manifest["skipped_in_listing"]:]]
+    return CacheReport(cache_path, manifest["num_cached"], skipped, reused=reused,
+                       notes=found.notes + manifest.get("notes", []))
 
 
-def _reuse(cache_path: Path, strict: bool, listing_notes: list[str]) -> CacheReport:
-    report = _read_report(cache_path, reused=True, listing_notes=listing_notes)
-    # The cache was built without strict_data: what it skipped then is unusable now.
-    if strict and report.skipped:
-        first = report.skipped[0]
-        raise VideoDecodeError(Path(first["source"]), f"{first['reason']} (strict_data is set; the latent cache "
-                               f"{cache_path} skipped {len(report.skipped)} item(s) when it was built)")
+def _reuse(cache_path: Path, found: _FoundNow, strict: bool) -> CacheReport:
+    report = _read_report(cache_path, found, reused=True)
+    if strict:
+        _refuse_what_was_skipped(report)
     return report
 
 
+def _refuse_what_was_skipped(report: CacheReport) -> None:
+    """strict_data: the videos the cache skipped, all of them in one message. The cache is built whole first, so
+    a run after the fixes encodes only the videos that changed."""
+    if report.skipped:
+        raise DatasetFormatError(
+            f"strict_data is set and {len(report.skipped)} video(s) are unusable (the latent cache {report.path} "
+            f"skipped them): " + first_few([f"{item['source']}: {item['reason']}" for item in report.skipped])
+            + "; fix or remove them (the next run encodes only what changed), or drop strict_data to train without "
+            "them")
+
+
 def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path], todo: list[int], root: Path,
-                   cache_path: Path, settings: CacheSettings, device, strict: bool, rank: int) -> None:
+                   cache_path: Path, settings: CacheSettings, device, rank: int) -> None:
     """This process's share of the chunks: each encoded, written and renamed into place."""
     older = older_cache(cache_path.parent, cache_path, family, settings, [key for keys in chunk_keys for key in keys])
     encoders = functools.cache(
@@ -401,9 +426,6 @@ def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path
             if chunk_dirs[i].exists() or (cache_path / "manifest.json").exists():
                 continue
             chunk = _encode_chunk(family, encoders, chunks[i], chunk_keys[i], root, settings, older)
-            if strict and chunk.skipped:
-                raise VideoDecodeError(Path(chunk.skipped[0]["source"]),
-                                       chunk.skipped[0]["reason"] + " (strict_data is set)")
             _write_chunk(chunk_dirs[i], chunk, root, rank)
             progress.update(len(chunks[i]))
     encoders.cache_clear()
@@ -445,17 +467,17 @@ def precompute_latent_cache(
     root = lexical_absolute(data_root)
     listing = load_dataset_entries(root, settings.caption_column, settings.video_column, settings.id_token,
                                    ignore=lexical_absolute(cache_root))
-    listing_skipped = [{"source": item.source, "reason": item.reason} for item in listing.skipped]
-    listing_notes = _listing_notes(root, listing)
-    if strict and listing_skipped:
-        raise DatasetFormatError(f"{root}: strict_data is set and {len(listing_skipped)} item(s) are unusable: "
-                                 + "; ".join(f"{s['source']}: {s['reason']}" for s in listing_skipped[:5]))
+    found = _FoundNow(root, [{"source": item.source, "reason": item.reason} for item in listing.skipped],
+                      _listing_notes(root, listing))
+    if strict and found.skipped:
+        raise DatasetFormatError(f"{root}: strict_data is set and {len(found.skipped)} item(s) are unusable: "
+                                 + "; ".join(f"{s['source']}: {s['reason']}" for s in found.skipped[:5]))
     entries = list(listing.entries)
     listing_key = _listing_key(root, entries)
     fingerprint = cache_fingerprint(family, listing_key, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
-        return _reuse(cache_path, strict, listing_notes)
+        return _reuse(cache_path, found, strict)
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -463,8 +485,8 @@ def precompute_latent_cache(
     _make_writable_folder(cache_path)
     with building(cache_path, accelerator) as built_meanwhile:
         if built_meanwhile:
-            return _reuse(cache_path, strict, listing_notes)
-        if is_main and (why := why_not_reused(Path(cache_root), family, settings)):
+            return _reuse(cache_path, found, strict)
+        if is_main and (why := why_not_reused(Path(cache_root), cache_path, family, settings, listing_key)):
             logger.warning("building a new latent cache in %s: %s", cache_path, why)
         starts = range(0, len(entries), chunk_size)
         chunks = [entries[start : start + chunk_size] for start in starts]
@@ -478,29 +500,31 @@ def precompute_latent_cache(
             accelerator.wait_for_everyone()
         if todo:
             _encode_chunks(family, chunks, chunk_keys, chunk_dirs, todo, root, cache_path, settings,
-                           device or (accelerator.device if accelerator else "cpu"), strict, rank)
+                           device or (accelerator.device if accelerator else "cpu"), rank)
         if accelerator:
             accelerator.wait_for_everyone()
         if is_main:
-            report = _merge_or_take_theirs(cache_path, chunk_dirs, dict(zip((e.index for e in entries), listing_key)),
-                                           listing_skipped, listing_notes, settings.sampling)
+            report = _merge_or_take_theirs(cache_path, found, chunk_dirs,
+                                           dict(zip((e.index for e in entries), listing_key)), settings.sampling)
             logger.info(report.summary())
         if accelerator:
             accelerator.wait_for_everyone()
     # The other processes read what the main one merged: built in this call, not reused.
-    return report if is_main else _read_report(cache_path, reused=False, listing_notes=listing_notes)
+    report = report if is_main else _read_report(cache_path, found, reused=False)
+    if strict:
+        _refuse_what_was_skipped(report)
+    return report
 
 
-def _merge_or_take_theirs(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list],
-                          listing_skipped: list[dict], listing_notes: list[str],
+def _merge_or_take_theirs(cache_path: Path, found: _FoundNow, chunk_dirs: list[Path], listing_key: dict[int, list],
                           sampling: FrameSampling) -> CacheReport:
     """Merge the chunks, unless another job building the same cache without the lock (a filesystem that does not
     lock) completed it meanwhile: then take theirs, and drop the chunks this job wrote after it did."""
     try:
         if not (cache_path / "manifest.json").exists():
-            return _merge(cache_path, chunk_dirs, listing_key, listing_skipped, listing_notes, sampling)
+            return _merge(cache_path, chunk_dirs, listing_key, found, sampling)
     except FileNotFoundError:  # the other job's merge removed the chunks
         if not (cache_path / "manifest.json").exists():
             raise
     _remove_work_files(cache_path)
-    return _read_report(cache_path, reused=True, listing_notes=listing_notes)
+    return _read_report(cache_path, found, reused=True)

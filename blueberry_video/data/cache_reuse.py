@@ -84,7 +84,7 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
         if folder == cache_path or not (folder / "manifest.json").exists():
             continue
         theirs = json.loads((folder / "settings.json").read_text())
-        if theirs["model"] != ours["model"] or any(theirs["settings"].get(name) != ours["settings"][name]
+        if _model_of(theirs) != ours["model"] or any(theirs["settings"].get(name) != ours["settings"][name]
                                                    for name in VIDEO_SETTINGS):
             continue
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -112,32 +112,115 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _folder_size(folder: Path) -> str:
-    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+def _model_of(record: dict) -> dict:
+    """A settings.json's model key as it is now: caches built when it held the model directory's path
+    (model_dir) are of the same model wherever its files are."""
+    return {name: value for name, value in record["model"].items() if name != "model_dir"}
 
 
-def why_not_reused(cache_root: Path, family, settings: CacheSettings) -> str | None:
-    """When `cache_root` holds complete caches of this family built with other settings (a `precompute` run
-    with other flags than the training's, say): how the nearest differs, so a silent re-encode is not a surprise,
-    and which folders this run will not read, with their size."""
-    ours = _flat(json.loads(settings_record(family, settings)))
-    differences, folders = [], []
-    for other in sorted(cache_root.glob(f"{family.name}-*/settings.json")):
-        if not (other.parent / "manifest.json").exists():
+# How the settings a cache records are set, for the message that tells why a cache was not reused.
+SETTING_FLAGS = {
+    "settings.encode_dtype": "the encoders' dtype (--mixed_precision; precompute's --dtype)",
+    "settings.cache_dtype": "--cache_dtype", "settings.vae_tiling": "--vae_tiling",
+    "settings.caption_column": "--caption_column", "settings.video_column": "--video_column",
+    "settings.id_token": "--id_token", "settings.sampling.num_frames": "--max_num_frames",
+    "settings.sampling.height": "--height", "settings.sampling.width": "--width", "settings.sampling.fps": "--fps",
+    "settings.sampling.skip_frames_start": "--skip_frames_start",
+    "settings.sampling.skip_frames_end": "--skip_frames_end", "settings.sampling.crop": "--crop",
+    "settings.sampling.short_video": "--short_video", "settings.sampling.spread": "--spread_frames",
+}
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def _setting_difference(key: str, theirs, ours) -> str:
+    """One differing setting, with both values and the flag that sets it; a model folder by what differs in its
+    files (their times alone: a copy that did not keep them)."""
+    if key.startswith("model.") and isinstance(theirs, list) and isinstance(ours, list):
+        folder = key.removeprefix("model.")
+        if sorted(item[:2] for item in theirs) == sorted(item[:2] for item in ours):
+            return (f"the model's {folder}/ files (the same names and sizes, other modification times: a copy that "
+                    "did not keep them? cp -a and rsync -a do)")
+        return f"the model's {folder}/ files (other names or sizes)"
+    label = SETTING_FLAGS.get(key, key)
+    return f"{label}: {_value(theirs)} there, {_value(ours)} here"
+
+
+def _value(value) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _listing_difference(folder: Path, listing_key: list) -> str:
+    """How a cache of the same settings was built from another listing of the dataset: which videos were added,
+    removed or changed, and whether only their modification times differ (a copy that did not keep them)."""
+    listing_file = folder / "listing.json"
+    if not listing_file.exists():  # built before listing.json was kept
+        return "another listing of the dataset (videos or captions changed)"
+    theirs = {row[0]: row for row in json.loads(listing_file.read_text())["rows"]}
+    ours = {row[0]: row for row in listing_key}
+    common = ours.keys() & theirs.keys()
+    if not common:
+        return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)"
+    retimed = [path for path in common if ours[path][1] == theirs[path][1] and ours[path][2] != theirs[path][2]]
+    parts = [f"{count} {what}" for count, what in (
+        (len(retimed), "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a "
+                       "and mv do)"),
+        (sum(ours[path][1] != theirs[path][1] for path in common), "video(s) changed"),
+        (sum(ours[path][3] != theirs[path][3] for path in common), "caption(s) changed"),
+        (len(ours.keys() - theirs.keys()), "video(s) added"),
+        (len(theirs.keys() - ours.keys()), "video(s) removed")) if count]
+    return "another listing of the dataset: " + ", ".join(parts)
+
+
+def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
+                   listing_key: list) -> str | None:
+    """When `cache_root` holds other caches of this family (built by a `precompute` with other flags than the
+    training's, say, or before the dataset changed): how the nearest complete one differs, so a re-encode is not
+    a surprise, and which folders this run will not read, with their size (incomplete ones too: a build that was
+    stopped, whose chunks only a run of the same settings and listing continues)."""
+    ours = json.loads(settings_record(family, settings))
+    flat_ours = _flat(ours)
+    nearest, complete, incomplete = None, [], []
+    for folder in sorted(path for path in cache_root.glob(f"{family.name}-*") if path.is_dir()):
+        if folder == cache_path:
             continue
-        theirs = _flat(json.loads(other.read_text()))
-        differences.append(sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)))
-        folders.append(f"{other.parent} ({_folder_size(other.parent)})")
-    if not differences:
+        if not (folder / "manifest.json").exists() or not (folder / "settings.json").exists():
+            incomplete.append(folder)
+            continue
+        theirs = json.loads((folder / "settings.json").read_text())
+        flat_theirs = _flat({**theirs, "model": _model_of(theirs)})
+        differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
+                             if flat_ours.get(key) != flat_theirs.get(key))
+        complete.append(folder)
+        if nearest is None or len(differences) < len(nearest[0]):
+            nearest = differences, folder, flat_theirs
+    if not complete and not incomplete:
         return None
-    nearest = min(differences, key=len)
-    if not nearest:
-        why = (f"{cache_root} holds a cache with these settings for another listing of the dataset (videos or "
-               "captions changed)")
-    else:
-        why = (f"{cache_root} holds {len(differences)} cache(s) for other settings; the nearest differs in "
-               f"{', '.join(nearest)} (model.* is the VAE/text encoder config, settings.* the training flags "
-               "mixed_precision, fps, cache_dtype, ...)")
-    return (f"{why}. This run does not read those folders once its own cache is built (any video latents it "
-            f"reuses from them are copied), but runs with their settings do: {first_few(folders)}")
+    sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
+    lines = []
+    if nearest is not None:
+        differences, folder, flat_theirs = nearest
+        if not differences:
+            why = (f"its cache {folder.name} has these settings but was built from "
+                   f"{_listing_difference(folder, listing_key)}")
+        else:
+            why = (f"its nearest cache {folder.name} differs in "
+                   + "; ".join(_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
+                               for key in differences))
+        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) this run cannot use; {why}. This run "
+                     f"does not read them once its own cache is built (any video latents it takes from them are "
+                     f"copied), but runs with their settings do")
+    if incomplete:
+        lines.append(f"{len(incomplete)} incomplete one(s) (a build that was stopped, or is running now) are "
+                     "continued only by a run with their settings and listing")
+    total = sum(sizes.values())
+    lines.append(f"delete those no run needs ({len(sizes)} folder(s), {_size(total)} in all): "
+                 + first_few([f"{folder} ({_size(sizes[folder])}{', incomplete' if folder in incomplete else ''})"
+                              for folder in sorted(sizes, key=sizes.get, reverse=True)]))
+    return "; ".join(lines)

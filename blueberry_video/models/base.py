@@ -200,8 +200,9 @@ class ModelFamily(ABC):
 
     def cache_key(self) -> dict:
         """Everything in the model directory that changes what the cache holds: the encoders' configs and
-        their weight files (by size and modification time, so that checking costs no reading)."""
-        key = {"family": self.name, "model_dir": str(self.model_dir.resolve())}
+        their weight files (by size and modification time, so that checking costs no reading). Not where the
+        directory is: the same files at another path (a mount, a copy that kept their times) give the same cache."""
+        key = {"family": self.name}
         for sub in self.required_subfolders:
             if sub == "transformer":
                 continue

@@ -37,8 +37,12 @@ def hold_output_dir(accelerator, output_dir):
         yield
         return
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")
+    except OSError as error:  # before any encoding or training: the run could save nothing
+        raise ConfigError(f"cannot write output_dir={folder} ({error.strerror or error}): pick an --output_dir you "
+                          "can write, or fix its permissions") from error
     try:
         if not try_lock(handle, f"output_dir={folder}"):
             raise ConfigError(f"output_dir={folder} is in use by another training run ({holder(handle)}): two runs "

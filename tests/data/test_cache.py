@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import blueberry_video.data.cache as cache_module
 from blueberry_video.data.cache import CacheSettings, EmptyCacheError, precompute_latent_cache
-from blueberry_video.data.decode import FrameSampling, VideoDecodeError, decode_video
+from blueberry_video.data.decode import FrameSampling, decode_video
 from blueberry_video.data.formats import DatasetFormatError
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
 from blueberry_video.errors import ConfigError
@@ -155,11 +155,62 @@ def test_a_new_cache_beside_others_says_which_settings_differ(one_video_dataset_
         precompute_latent_cache(family, one_video_dataset_dir, tmp_path,
                                 dataclasses.replace(SETTINGS, encode_dtype="bfloat16", cache_dtype="float16"))
     assert "building a new latent cache" in caplog.text
-    assert "differs in settings.cache_dtype, settings.encode_dtype" in caplog.text
+    assert ("differs in --cache_dtype: float32 there, float16 here; the encoders' dtype (--mixed_precision; "
+            "precompute's --dtype): float32 there, bfloat16 here") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
         precompute_latent_cache(family, one_video_dataset_dir, tmp_path / "empty", SETTINGS)
     assert "building a new latent cache" not in caplog.text  # nothing else there: nothing to explain
+
+
+def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_folder_it_leaves(
+        sample_dataset_dir, family, tmp_path, caplog):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data")
+    cache_root = tmp_path / "cache"
+    first = precompute_latent_cache(family, data, cache_root, SETTINGS)
+    stopped = cache_root / f"{family.name}-0123456789abcdef"  # a build that was stopped: chunks, no manifest
+    (stopped / "chunks").mkdir(parents=True)
+    (stopped / "chunks" / "part").write_bytes(bytes(3 * 2**20))
+    # A copy that did not keep the modification times (cp -r, a tar that cuts them to seconds), an edited caption
+    for video in (data / "videos").iterdir():
+        os.utime(video)
+    records = metadata(data)
+    records[1]["caption"] += " at dusk"
+    (data / "metadata.json").write_text(json.dumps(records))
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, data, cache_root, SETTINGS)
+    assert (f"its cache {first.path.name} has these settings but was built from another listing of the dataset: 4 "
+            "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv do), 1 "
+            "caption(s) changed") in caplog.text
+    assert "1 incomplete one(s) (a build that was stopped, or is running now)" in caplog.text
+    assert re.search(rf"delete those no run needs \(2 folder\(s\), 3\.\d MiB in all\): {stopped} \(3.0 MiB, "
+                     rf"incomplete\), {first.path} \(", caplog.text)
+    # The same dataset's cache in a --cache_dir another dataset shares is not taken for a stale listing of it
+    other = copy_dataset(sample_dataset_dir, tmp_path / "other", count=1)
+    (other / "videos" / "0000.mp4").rename(other / "videos" / "only.mp4")
+    (other / "metadata.json").write_text(json.dumps([{**metadata(other)[0], "file": "videos/only.mp4"}]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, other, cache_root, SETTINGS)
+    assert "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)" in \
+        caplog.text
+
+
+def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path):
+    data = copy_dataset(one_video_dataset_dir, tmp_path / "data")
+    first = precompute_latent_cache(CogVideoXFamily(tiny_cogvideox_dir), data, tmp_path / "cache", SETTINGS)
+    moved = Path(shutil.copytree(tiny_cogvideox_dir, tmp_path / "elsewhere" / "model"))  # keeps the times, as cp -a
+    again = precompute_latent_cache(CogVideoXFamily(moved), data, tmp_path / "cache", SETTINGS)
+    assert again.reused and again.path == first.path
+    # A cache from when the key held the model's path is still the same model's: its latents are taken, not encoded
+    settings_file = first.path / "settings.json"
+    record = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**record, "model": {**record["model"], "model_dir": str(tmp_path / "old")}}))
+    records = metadata(data)
+    records[0]["caption"] += " at dusk"
+    (data / "metadata.json").write_text(json.dumps(records))
+    edited = precompute_latent_cache(CogVideoXFamily(moved), data, tmp_path / "cache", SETTINGS)
+    assert edited.num_reused_videos == 1 and edited.reused_videos_from == [str(first.path)]
 
 
 def test_changed_settings_reach_the_cached_tensors(one_video, family):
@@ -270,7 +321,8 @@ def test_a_caption_change_encodes_only_the_changed_text(change, family, sample_d
         else:
             assert torch.equal(trained[i]["prompt_embeds"], before[i]["prompt_embeds"])
     # The old folder is not read any more: the warning says so, and how much space deleting it frees.
-    assert re.search(rf"runs with their settings do: {re.escape(str(old.path))} \(\d+\.\d MiB\)", caplog.text)
+    assert re.search(rf"delete those no run needs \(1 folder\(s\), \d+\.\d MiB in all\): {re.escape(str(old.path))} "
+                     rf"\(\d+\.\d MiB\)", caplog.text)
 
 
 def test_an_added_video_alone_goes_through_the_vae(family, sample_dataset_dir, sample_cache, tmp_path, monkeypatch):
@@ -504,13 +556,31 @@ def test_strict_refuses_unusable_rows(family, mixed_dataset, tmp_path):
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
 
 
-def test_strict_refuses_an_undecodable_video(family, mixed_dataset, tmp_path):
+def test_strict_refuses_naming_every_undecodable_video_and_keeps_the_others_latents(family, mixed_dataset,
+                                                                                   tmp_path, monkeypatch):
     root, good = mixed_dataset
     records = [r for r in metadata(root) if r["caption"] and "missing" not in r["file"]]
     (root / "metadata.json").write_text(json.dumps(records))
-    with pytest.raises(VideoDecodeError, match="garbage.mp4.*strict_data"):
+    with pytest.raises(DatasetFormatError, match="strict_data is set and 4 video") as refused:
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
-    assert not list((tmp_path / "cache").glob("*/manifest.json"))
+    for name in ("garbage.mp4", "zero.mp4", "truncated.mp4", "audio_only.mp4"):
+        assert re.search(f"{root / 'videos' / name}: [^;]*{re.escape(EXPECTED_REASONS[name])}", str(refused.value))
+    # Without the bad videos, the good ones' latents come from the cache the refused run built.
+    (root / "metadata.json").write_text(json.dumps(good))
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    fixed = precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
+    assert fixed.num_cached == len(good) and fixed.num_reused_videos == len(good) and videos == []
+
+
+def test_a_moved_dataset_names_the_videos_its_reused_cache_skipped_where_they_are_now(family, mixed_dataset,
+                                                                                      tmp_path):
+    root, _ = mixed_dataset
+    built = precompute_latent_cache(family, root, root / ".latent_cache", SETTINGS)
+    moved = Path(shutil.move(root, tmp_path / "moved"))  # keeps the modification times: the cache is reused
+    again = precompute_latent_cache(family, moved, moved / ".latent_cache", SETTINGS)
+    assert again.reused and len(again.skipped) == len(built.skipped)
+    assert str(moved / "videos" / "garbage.mp4") in {item["source"] for item in again.skipped}
+    assert str(root) not in again.summary()
 
 
 def test_strict_refuses_what_a_reused_cache_skipped(family, mixed_dataset, tmp_path):
@@ -521,7 +591,7 @@ def test_strict_refuses_what_a_reused_cache_skipped(family, mixed_dataset, tmp_p
     (root / "metadata.json").write_text(json.dumps(records))
     built = precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS)
     assert built.skipped
-    with pytest.raises(VideoDecodeError, match="garbage.mp4.*strict_data"):
+    with pytest.raises(DatasetFormatError, match=f"strict_data is set and 4 video.*{built.path}.*garbage.mp4"):
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
 
 

@@ -39,6 +39,16 @@ def test_a_second_run_on_an_output_dir_in_use_is_refused(run_args, tmp_path, fre
                                          "latest")).global_step == 1  # released when the first run ends
 
 
+def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line_before_the_cache(run_args, tmp_path,
+                                                                                      monkeypatch):
+    from blueberry_video.training import trainer
+
+    monkeypatch.setattr(trainer, "precompute_latent_cache", lambda *a, **k: pytest.fail("encoded before refusing"))
+    (tmp_path / "a-file").write_text("not a folder")  # as root, permissions would not stop the mkdir
+    with pytest.raises(ConfigError, match=r"cannot write output_dir=.*a-file/run \(.*\): pick an --output_dir"):
+        train_cogvideox.main(run_args(tmp_path / "a-file" / "run", "--max_train_steps", "1"))
+
+
 def test_what_killed_attempts_left_half_written_is_removed(run_args, tmp_path):
     out = tmp_path / "run"
     train_cogvideox.main(run_args(out, "--max_train_steps", "2"))
