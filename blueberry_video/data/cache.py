@@ -28,7 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
-from blueberry_video.data.cache_reuse import OlderCache, older_cache, settings_record, why_not_reused
+from blueberry_video.data.cache_reuse import (
+    OlderCache,
+    older_cache,
+    sampled_digest,
+    settings_record,
+    why_not_reused,
+)
 from blueberry_video.data.decode import (
     CutShort,
     FrameSampling,
@@ -194,6 +200,9 @@ class _EncodedChunk:
     num_encoded: int = 0  # videos the VAE encoded
     num_reused: int = 0  # videos whose latents came from `reused_from`
     reused_from: str | None = None
+    # Each kept video's sampled digest, by its path in the dataset: a later cache takes its latents for a copy of
+    # the file whose modification time differs.
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: CacheSettings,
@@ -206,10 +215,12 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
     notes = {kind: [] for kind in NOTE_KINDS}
     videos: dict[int, dict] = {}
     text: dict[int, dict] = {}
+    digests: dict[str, str] = {}
     for entry, key in zip(entries, keys, strict=True):
-        if older and (old := older.find(key)):
+        if older and (old := older.find(key, entry.video_path)):
             kept.append(entry)
             videos[entry.index] = old.video
+            digests[key[0]] = old.digest or sampled_digest(entry.video_path)
             for kind in VIDEO_NOTE_KINDS:
                 notes[kind] += old.notes.get(kind, [])  # a kind added since is absent in older caches
             if old.caption == entry.caption:
@@ -221,6 +232,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             clip = decode_clip(entry.video_path, settings.sampling, info=info)
             decoded.append((entry, clip.frames))
             kept.append(entry)
+            digests[key[0]] = sampled_digest(entry.video_path)
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "video": _relative(entry, root), "reason": error.reason})
             continue
@@ -244,7 +256,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
                          skipped=skipped, notes=notes,
                          video_columns=sorted(next(iter(videos.values()), {})),  # the names encode_videos gives
                          num_encoded=len(decoded), num_reused=num_reused,
-                         reused_from=str(older.path) if older and num_reused else None)
+                         reused_from=str(older.path) if older and num_reused else None, digests=digests)
 
 
 def _relative(entry, root: Path) -> str:
@@ -313,7 +325,7 @@ def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_inde
     (tmp / "notes.json").write_text(json.dumps(chunk.notes, indent=1))
     (tmp / "process.json").write_text(json.dumps({
         "process_index": process_index, "num_encoded": chunk.num_encoded, "num_reused": chunk.num_reused,
-        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns}))
+        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns, "digests": chunk.digests}))
     move_into_place(tmp, chunk_dir)
 
 
@@ -324,7 +336,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     parts, skipped = [], list(found.skipped)
     notes = {kind: [] for kind in NOTE_KINDS}
     encoded_by_process: dict[str, int] = {}
-    num_reused, reused_from, video_columns = 0, [], []
+    num_reused, reused_from, video_columns, digests = 0, [], [], {}
     for chunk_dir in chunk_dirs:
         skipped += json.loads((chunk_dir / "skipped.json").read_text())
         for kind, items in json.loads((chunk_dir / "notes.json").read_text()).items():
@@ -336,6 +348,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
         if process["reused_from"] and process["reused_from"] not in reused_from:
             reused_from.append(process["reused_from"])
         video_columns = video_columns or process["video_columns"]
+        digests.update(process.get("digests", {}))  # absent from chunks an earlier release wrote
         if (chunk_dir / "data").exists():
             parts.append(datasets.load_from_disk(str(chunk_dir / "data")))
     if not parts:
@@ -352,7 +365,8 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
                          notes=found.notes + encoding_notes, num_reused_videos=num_reused,
                          reused_videos_from=reused_from)
     write_file(cache_path / "listing.json", json.dumps({
-        "video_columns": video_columns, "rows": [listing_key[index] for index in merged["index"]]}))
+        "video_columns": video_columns, "rows": [listing_key[index] for index in merged["index"]],
+        "digests": digests}))
     # Which process encoded how many videos: shows that a multi-process precompute shared the work. The notes
     # on the folder (unlisted videos) are not kept: they are looked up again on every use. The notes' items, per
     # video, go to the caches that take this one's latents.
@@ -442,7 +456,7 @@ def _make_writable_folder(cache_path: Path) -> None:
             pass
     except OSError as error:
         raise ConfigError(f"cannot write the latent cache folder {cache_path} ({error.strerror or error}): pass "
-                          "--cache_dir a folder you can write") from error
+                          "--cache_dir (precompute: --out) a folder you can write") from error
 
 
 def precompute_latent_cache(

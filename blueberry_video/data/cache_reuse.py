@@ -4,6 +4,7 @@ told about the others (how the nearest differs, which folders the run no longer 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,34 @@ class OlderRow:
     text: dict[str, np.ndarray]
     caption: str
     notes: dict[str, list[dict]]
+    digest: str | None = None  # the file's sampled digest, where the older cache recorded it
+
+
+# A video's sampled digest reads this many evenly spaced pieces of this size (the whole of a smaller file).
+DIGEST_PIECES, DIGEST_PIECE_BYTES = 16, 64 * 1024
+
+
+def sampled_digest(path: Path) -> str:
+    """A digest of a file's size and of 16 pieces of it spread from start to end (1 MiB at most): tells a copy of
+    a video (any modification time) from another file of the same size, where a re-encode or an edit changes
+    bytes throughout, without reading a large file whole."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as file:
+        if size <= DIGEST_PIECES * DIGEST_PIECE_BYTES:
+            digest.update(file.read())
+        else:
+            for piece in range(DIGEST_PIECES):
+                file.seek((size - DIGEST_PIECE_BYTES) * piece // (DIGEST_PIECES - 1))
+                digest.update(file.read(DIGEST_PIECE_BYTES))
+    return digest.hexdigest()
 
 
 class OlderCache:
     """A complete older cache of the same model and video settings: the rows of the video files that did not
-    change since (same relative path, size and modification time) hold the latents the VAE would compute again."""
+    change since (same relative path, size and modification time) hold the latents the VAE would compute again.
+    So do those of the same path and size whose modification time alone differs (a copy that did not keep it:
+    cp -r, a tar archive) where their sampled digest is the one this cache recorded."""
 
     def __init__(self, path: Path, listing: dict, manifest: dict, fps_sampled: bool = False):
         self.path = path
@@ -45,19 +69,27 @@ class OlderCache:
         self.table = table.with_format("numpy", columns=[c for c in table.column_names if c not in NON_TENSOR_COLUMNS])
         self.video_columns = listing["video_columns"]
         self.rows = {tuple(key[:3]): (row, key[3]) for row, key in enumerate(listing["rows"])}
+        # Caches built before the digests were recorded match by modification time only.
+        self.digests = listing.get("digests", {})
+        self.by_path_and_size = {tuple(key[:2]): (row, key[3]) for row, key in enumerate(listing["rows"])
+                                 if key[0] in self.digests}
         self.notes = manifest["note_items"]
         self.sampled_by_count = _sampled_by_count(manifest, listing, fps_sampled)
 
-    def find(self, key: list) -> OlderRow | None:
+    def find(self, key: list, video_path: Path) -> OlderRow | None:
         """The row of the video `key` (its listing key) names, if this cache holds that file unchanged."""
-        if (found := self.rows.get(tuple(key[:3]))) is None or key[0] in self.sampled_by_count:
+        if key[0] in self.sampled_by_count:
             return None
+        if (found := self.rows.get(tuple(key[:3]))) is None:
+            found = self.by_path_and_size.get(tuple(key[:2]))
+            if found is None or sampled_digest(video_path) != self.digests[key[0]]:
+                return None
         row, caption = found
         tensors = self.table[row]
         notes = {kind: [item for item in items if item["video"] == key[0]] for kind, items in self.notes.items()}
         return OlderRow(video={name: tensors[name] for name in self.video_columns},
                          text={name: value for name, value in tensors.items() if name not in self.video_columns},
-                         caption=caption, notes=notes)
+                         caption=caption, notes=notes, digest=self.digests.get(key[0]))
 
 
 def _sampled_by_count(manifest: dict, listing: dict, fps_sampled: bool) -> set[str]:
@@ -78,6 +110,7 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
     fps-sampled ones from before the variable-frame-rate note (their videos sampled by count cannot be told)."""
     ours = json.loads(settings_record(family, settings))
     wanted = {tuple(key[:3]) for key in listing_key}
+    wanted_by_size = {tuple(key[:2]) for key in listing_key}  # a copy's: their digests are checked when used
     best, most = None, 0
     for listing_file in sorted(cache_root.glob(f"{family.name}-*/listing.json")):
         folder = listing_file.parent
@@ -91,7 +124,9 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
         if settings.sampling.fps and "variable_frame_rate" not in manifest["note_items"]:
             continue
         listing = json.loads(listing_file.read_text())
-        matches = sum(tuple(key[:3]) in wanted for key in listing["rows"])
+        digests = listing.get("digests", {})
+        matches = sum(tuple(key[:3]) in wanted or (key[0] in digests and tuple(key[:2]) in wanted_by_size)
+                      for key in listing["rows"])
         if matches > most:
             best, most = (folder, listing, manifest), matches
     return OlderCache(*best, fps_sampled=bool(settings.sampling.fps)) if best else None

@@ -196,6 +196,25 @@ def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_
         caplog.text
 
 
+def test_a_copy_that_did_not_keep_modification_times_takes_the_latents_of_the_files_that_match(
+        sample_dataset_dir, family, tmp_path, monkeypatch):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data")
+    first = precompute_latent_cache(family, data, data / ".latent_cache", SETTINGS)
+    copied = Path(shutil.copytree(data, tmp_path / "copy", copy_function=shutil.copyfile))  # as cp -r: new times
+    files = [copied / record["file"] for record in metadata(copied)]
+    # One file of the copy changed in place, its size kept: its sampled digest tells it from the original.
+    changed = bytearray(files[2].read_bytes())
+    changed[len(changed) // 2] ^= 0xFF
+    files[2].write_bytes(bytes(changed))
+    assert [f.stat().st_mtime_ns for f in files] != [(data / f.relative_to(copied)).stat().st_mtime_ns for f in files]
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    again = precompute_latent_cache(family, copied, copied / ".latent_cache", SETTINGS)
+    assert again.path.name != first.path.name and again.num_reused_videos == 3 and len(videos) == 1
+    for name in ("latent_mean", "latent_std"):
+        kept = [0, 1, 3]
+        assert _arrays(again)[name][kept].tobytes() == _arrays(first)[name][kept].tobytes()
+
+
 def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path):
     data = copy_dataset(one_video_dataset_dir, tmp_path / "data")
     first = precompute_latent_cache(CogVideoXFamily(tiny_cogvideox_dir), data, tmp_path / "cache", SETTINGS)
