@@ -220,7 +220,8 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
         if older and (old := older.find(key, entry.video_path)):
             kept.append(entry)
             videos[entry.index] = old.video
-            digests[key[0]] = old.digest or sampled_digest(entry.video_path)
+            if digest := old.digest or sampled_digest(entry.video_path):
+                digests[key[0]] = digest
             for kind in VIDEO_NOTE_KINDS:
                 notes[kind] += old.notes.get(kind, [])  # a kind added since is absent in older caches
             if old.caption == entry.caption:
@@ -232,7 +233,8 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             clip = decode_clip(entry.video_path, settings.sampling, info=info)
             decoded.append((entry, clip.frames))
             kept.append(entry)
-            digests[key[0]] = sampled_digest(entry.video_path)
+            if digest := sampled_digest(entry.video_path):
+                digests[key[0]] = digest
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "video": _relative(entry, root), "reason": error.reason})
             continue
@@ -287,9 +289,8 @@ def _note_lines(notes: dict, sampling: FrameSampling) -> list[str]:
     if cut := notes.get("cut_short"):
         lines.append(f"{len(cut)} video(s) look truncated or damaged: their streams end before the duration their "
                      f"header gives, and their clips are {CutShort.taken(sampling)} the part that decodes; re-encode "
-                     "or re-download "
-                     "them (" + first_few([f"{item['video']} {item['reached_s']:.2f} of {item['header_s']:.2f} s"
-                                           for item in cut]) + ")")
+                     "or re-download them (" + first_few([f"{item['video']} {item['reached_s']:.2f} of "
+                                                          f"{item['header_s']:.2f} s" for item in cut]) + ")")
     by_encoder: dict[tuple[str, int], list[dict]] = {}
     for item in notes["long_captions"]:
         by_encoder.setdefault((item["encoder"], item["limit"]), []).append(item)

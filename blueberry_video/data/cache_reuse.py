@@ -41,19 +41,23 @@ class OlderRow:
 DIGEST_PIECES, DIGEST_PIECE_BYTES = 16, 64 * 1024
 
 
-def sampled_digest(path: Path) -> str:
+def sampled_digest(path: Path) -> str | None:
     """A digest of a file's size and of 16 pieces of it spread from start to end (1 MiB at most): tells a copy of
     a video (any modification time) from another file of the same size, where a re-encode or an edit changes
-    bytes throughout, without reading a large file whole."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as file:
-        if size <= DIGEST_PIECES * DIGEST_PIECE_BYTES:
-            digest.update(file.read())
-        else:
-            for piece in range(DIGEST_PIECES):
-                file.seek((size - DIGEST_PIECE_BYTES) * piece // (DIGEST_PIECES - 1))
-                digest.update(file.read(DIGEST_PIECE_BYTES))
+    bytes throughout, without reading a large file whole. None where the file cannot be read (decoding it then
+    says why)."""
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as file:
+            if size <= DIGEST_PIECES * DIGEST_PIECE_BYTES:
+                digest.update(file.read())
+            else:
+                for piece in range(DIGEST_PIECES):
+                    file.seek((size - DIGEST_PIECE_BYTES) * piece // (DIGEST_PIECES - 1))
+                    digest.update(file.read(DIGEST_PIECE_BYTES))
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -205,7 +209,7 @@ def _listing_difference(folder: Path, listing_key: list) -> str:
     retimed = [path for path in common if ours[path][1] == theirs[path][1] and ours[path][2] != theirs[path][2]]
     parts = [f"{count} {what}" for count, what in (
         (len(retimed), "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a "
-                       "and mv do)"),
+                       "and mv do; their latents are taken where their content digest matches)"),
         (sum(ours[path][1] != theirs[path][1] for path in common), "video(s) changed"),
         (sum(ours[path][3] != theirs[path][3] for path in common), "caption(s) changed"),
         (len(ours.keys() - theirs.keys()), "video(s) added"),
@@ -252,8 +256,8 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
                      f"does not read them once its own cache is built (any video latents it takes from them are "
                      f"copied), but runs with their settings do")
     if incomplete:
-        lines.append(f"{len(incomplete)} incomplete one(s) (a build that was stopped, or is running now) are "
-                     "continued only by a run with their settings and listing")
+        lines.append(f"{'' if lines else f'{cache_root} holds '}{len(incomplete)} incomplete cache(s) (a build that "
+                     "was stopped, or is running now), continued only by a run with their settings and listing")
     total = sum(sizes.values())
     lines.append(f"delete those no run needs ({len(sizes)} folder(s), {_size(total)} in all): "
                  + first_few([f"{folder} ({_size(sizes[folder])}{', incomplete' if folder in incomplete else ''})"

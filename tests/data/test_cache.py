@@ -180,9 +180,9 @@ def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_
     with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
         precompute_latent_cache(family, data, cache_root, SETTINGS)
     assert (f"its cache {first.path.name} has these settings but was built from another listing of the dataset: 4 "
-            "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv do), 1 "
-            "caption(s) changed") in caplog.text
-    assert "1 incomplete one(s) (a build that was stopped, or is running now)" in caplog.text
+            "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv do; "
+            "their latents are taken where their content digest matches), 1 caption(s) changed") in caplog.text
+    assert "; 1 incomplete cache(s) (a build that was stopped, or is running now), continued only" in caplog.text
     assert re.search(rf"delete those no run needs \(2 folder\(s\), 3\.\d MiB in all\): {stopped} \(3.0 MiB, "
                      rf"incomplete\), {first.path} \(", caplog.text)
     # The same dataset's cache in a --cache_dir another dataset shares is not taken for a stale listing of it
