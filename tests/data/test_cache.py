@@ -215,6 +215,19 @@ def test_a_copy_that_did_not_keep_modification_times_takes_the_latents_of_the_fi
         assert _arrays(again)[name][kept].tobytes() == _arrays(first)[name][kept].tobytes()
 
 
+def test_a_sampled_digest_tells_files_of_one_size_apart_and_none_for_a_file_it_cannot_read(tmp_path):
+    from blueberry_video.data.cache_reuse import DIGEST_PIECE_BYTES, DIGEST_PIECES, sampled_digest
+
+    large = bytes(range(256)) * (DIGEST_PIECES * DIGEST_PIECE_BYTES // 64)  # 4 MiB: read in pieces, not whole
+    (tmp_path / "a").write_bytes(large)
+    (tmp_path / "copy").write_bytes(large)
+    edited = bytearray(large)
+    edited[-1] ^= 0xFF  # the last piece ends at the file's end
+    (tmp_path / "b").write_bytes(bytes(edited))
+    assert sampled_digest(tmp_path / "a") == sampled_digest(tmp_path / "copy") != sampled_digest(tmp_path / "b")
+    assert sampled_digest(tmp_path / "absent") is None
+
+
 def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path):
     data = copy_dataset(one_video_dataset_dir, tmp_path / "data")
     first = precompute_latent_cache(CogVideoXFamily(tiny_cogvideox_dir), data, tmp_path / "cache", SETTINGS)
