@@ -31,7 +31,6 @@ from blueberry_video.data.cache_lock import building, move_into_place, unique_tm
 from blueberry_video.data.cache_reuse import (
     OlderCache,
     older_cache,
-    sampled_digest,
     settings_record,
     why_not_reused,
 )
@@ -52,6 +51,7 @@ from blueberry_video.data.formats import (
 )
 from blueberry_video.data.latent_dataset import NON_TENSOR_COLUMNS
 from blueberry_video.errors import ConfigError
+from blueberry_video.file_digests import content_digest
 from blueberry_video.stop_signals import stop_with_message
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 # timestamp (version 1: by count at the header's rate).
 CACHE_FORMAT_VERSION = 2
 CHUNK_SIZE = 8
+STRICT_LISTS_AT_MOST = 50  # unusable videos a strict_data refusal names; the manifest holds them all
 # The kinds of the report's notes: those on videos are kept per video, so a cache that takes a video's latents from
 # an older one takes its notes too.
 VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short")
@@ -200,7 +201,7 @@ class _EncodedChunk:
     num_encoded: int = 0  # videos the VAE encoded
     num_reused: int = 0  # videos whose latents came from `reused_from`
     reused_from: str | None = None
-    # Each kept video's sampled digest, by its path in the dataset: a later cache takes its latents for a copy of
+    # Each kept video's content digest, by its path in the dataset: a later cache takes its latents for a copy of
     # the file whose modification time differs.
     digests: dict[str, str] = field(default_factory=dict)
 
@@ -220,7 +221,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
         if older and (old := older.find(key, entry.video_path)):
             kept.append(entry)
             videos[entry.index] = old.video
-            if digest := old.digest or sampled_digest(entry.video_path):
+            if digest := old.digest or content_digest(entry.video_path):
                 digests[key[0]] = digest
             for kind in VIDEO_NOTE_KINDS:
                 notes[kind] += old.notes.get(kind, [])  # a kind added since is absent in older caches
@@ -233,7 +234,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             clip = decode_clip(entry.video_path, settings.sampling, info=info)
             decoded.append((entry, clip.frames))
             kept.append(entry)
-            if digest := sampled_digest(entry.video_path):
+            if digest := content_digest(entry.video_path):
                 digests[key[0]] = digest
         except VideoDecodeError as error:
             skipped.append({"source": str(entry.video_path), "video": _relative(entry, root), "reason": error.reason})
@@ -415,10 +416,13 @@ def _refuse_what_was_skipped(report: CacheReport) -> None:
     """strict_data: the videos the cache skipped, all of them in one message. The cache is built whole first, so
     a run after the fixes encodes only the videos that changed."""
     if report.skipped:
+        shown = STRICT_LISTS_AT_MOST
+        more = f"\n  ... and {len(report.skipped) - shown} more" if len(report.skipped) > shown else ""
         raise DatasetFormatError(
             f"strict_data is set and {len(report.skipped)} video(s) are unusable (the latent cache {report.path} "
-            f"skipped them): " + first_few([f"{item['source']}: {item['reason']}" for item in report.skipped])
-            + "; fix or remove them (the next run encodes only what changed), or drop strict_data to train without "
+            f"skipped them; all are listed in its manifest.json):\n"
+            + "\n".join(f"  {item['source']}: {item['reason']}" for item in report.skipped[:shown]) + more
+            + "\nFix or remove them (the next run encodes only what changed), or drop strict_data to train without "
             "them")
 
 

@@ -4,7 +4,6 @@ told about the others (how the nearest differs, which folders the run no longer 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import datasets
 import numpy as np
 
 from blueberry_video.data.formats import first_few
+from blueberry_video.file_digests import content_digest
 from blueberry_video.data.latent_dataset import NON_TENSOR_COLUMNS
 
 if TYPE_CHECKING:
@@ -34,38 +34,14 @@ class OlderRow:
     text: dict[str, np.ndarray]
     caption: str
     notes: dict[str, list[dict]]
-    digest: str | None = None  # the file's sampled digest, where the older cache recorded it
-
-
-# A video's sampled digest reads this many evenly spaced pieces of this size (the whole of a smaller file).
-DIGEST_PIECES, DIGEST_PIECE_BYTES = 16, 64 * 1024
-
-
-def sampled_digest(path: Path) -> str | None:
-    """A digest of a file's size and of 16 pieces of it spread from start to end (1 MiB at most): tells a copy of
-    a video (any modification time) from another file of the same size, where a re-encode or an edit changes
-    bytes throughout, without reading a large file whole. None where the file cannot be read (decoding it then
-    says why)."""
-    try:
-        size = path.stat().st_size
-        digest = hashlib.sha256(str(size).encode())
-        with open(path, "rb") as file:
-            if size <= DIGEST_PIECES * DIGEST_PIECE_BYTES:
-                digest.update(file.read())
-            else:
-                for piece in range(DIGEST_PIECES):
-                    file.seek((size - DIGEST_PIECE_BYTES) * piece // (DIGEST_PIECES - 1))
-                    digest.update(file.read(DIGEST_PIECE_BYTES))
-    except OSError:
-        return None
-    return digest.hexdigest()
+    digest: str | None = None  # the file's content digest, where the older cache recorded it
 
 
 class OlderCache:
     """A complete older cache of the same model and video settings: the rows of the video files that did not
     change since (same relative path, size and modification time) hold the latents the VAE would compute again.
     So do those of the same path and size whose modification time alone differs (a copy that did not keep it:
-    cp -r, a tar archive) where their sampled digest is the one this cache recorded."""
+    cp -r, a tar archive) where their content digest is the one this cache recorded."""
 
     def __init__(self, path: Path, listing: dict, manifest: dict, fps_sampled: bool = False):
         self.path = path
@@ -86,7 +62,7 @@ class OlderCache:
             return None
         if (found := self.rows.get(tuple(key[:3]))) is None:
             found = self.by_path_and_size.get(tuple(key[:2]))
-            if found is None or sampled_digest(video_path) != self.digests[key[0]]:
+            if found is None or content_digest(video_path) != self.digests[key[0]]:
                 return None
         row, caption = found
         tensors = self.table[row]
@@ -114,15 +90,16 @@ def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSetti
     fps-sampled ones from before the variable-frame-rate note (their videos sampled by count cannot be told)."""
     ours = json.loads(settings_record(family, settings))
     wanted = {tuple(key[:3]) for key in listing_key}
-    wanted_by_size = {tuple(key[:2]) for key in listing_key}  # a copy's: their digests are checked when used
+    wanted_by_size = {tuple(key[:2]) for key in listing_key}  # a copy's: its digest is checked when used
     best, most = None, 0
     for listing_file in sorted(cache_root.glob(f"{family.name}-*/listing.json")):
         folder = listing_file.parent
         if folder == cache_path or not (folder / "manifest.json").exists():
             continue
         theirs = json.loads((folder / "settings.json").read_text())
-        if _model_of(theirs) != ours["model"] or any(theirs["settings"].get(name) != ours["settings"][name]
-                                                   for name in VIDEO_SETTINGS):
+        their_model, our_model = _models_compared(theirs["model"], ours["model"])
+        if their_model != our_model or any(theirs["settings"].get(name) != ours["settings"][name]
+                                           for name in VIDEO_SETTINGS):
             continue
         manifest = json.loads((folder / "manifest.json").read_text())
         if settings.sampling.fps and "variable_frame_rate" not in manifest["note_items"]:
@@ -151,10 +128,15 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _model_of(record: dict) -> dict:
-    """A settings.json's model key as it is now: caches built when it held the model directory's path
-    (model_dir) are of the same model wherever its files are."""
-    return {name: value for name, value in record["model"].items() if name != "model_dir"}
+def _models_compared(theirs: dict, ours: dict) -> tuple[dict, dict]:
+    """A recorded model key and ours in one shape. Caches recorded before the key left out the model folder's
+    path (model_dir) and the scheduler, and before it held each file's digest, are of the same model where the
+    rest agrees: their files compare by name, size and modification time."""
+    theirs = {name: value for name, value in theirs.items() if name not in ("model_dir", "scheduler")}
+    ours = {name: [list(entry[:len(theirs[name][0])]) for entry in value]
+            if isinstance(value, list) and theirs.get(name) and isinstance(theirs[name], list) else value
+            for name, value in ours.items()}
+    return theirs, ours
 
 
 # How the settings a cache records are set, for the message that tells why a cache was not reused.
@@ -179,16 +161,26 @@ def _size(num_bytes: int) -> str:
 
 
 def _setting_difference(key: str, theirs, ours) -> str:
-    """One differing setting, with both values and the flag that sets it; a model folder by what differs in its
-    files (their times alone: a copy that did not keep them)."""
-    if key.startswith("model.") and isinstance(theirs, list) and isinstance(ours, list):
-        folder = key.removeprefix("model.")
-        if sorted(item[:2] for item in theirs) == sorted(item[:2] for item in ours):
-            return (f"the model's {folder}/ files (the same names and sizes, other modification times: a copy that "
-                    "did not keep them? cp -a and rsync -a do)")
-        return f"the model's {folder}/ files (other names or sizes)"
-    label = SETTING_FLAGS.get(key, key)
-    return f"{label}: {_value(theirs)} there, {_value(ours)} here"
+    """One differing setting, with both values and the flag that sets it."""
+    return f"{SETTING_FLAGS.get(key, key)}: {_value(theirs)} there, {_value(ours)} here"
+
+
+def _model_files_differences(folders: list[str], theirs: dict, ours: dict) -> list[str]:
+    """The model's folders whose files differ, grouped by how: the same contents with other modification times
+    (a copy that did not keep them), other contents (rewritten weights), other files."""
+    groups: dict[str, list[str]] = {}
+    for key in folders:
+        mine, recorded = sorted(ours.get(key) or []), sorted(theirs.get(key) or [])
+        if [entry[:2] for entry in mine] != [entry[:2] for entry in recorded]:
+            how = "other files (names or sizes)"
+        elif recorded and len(recorded[0]) > 3 and [entry[3:] for entry in mine] == [entry[3:] for entry in recorded]:
+            how = "the same contents, other modification times: copied without keeping them? cp -a and rsync -a do"
+        elif recorded and len(recorded[0]) > 3:
+            how = "other contents: other or rewritten weights"
+        else:
+            how = "the same names and sizes, other modification times: rewritten, or copied without keeping them"
+        groups.setdefault(how, []).append(key.removeprefix("model.") + "/")
+    return [f"the model's {', '.join(names)} files ({how})" for how, names in groups.items()]
 
 
 def _value(value) -> str:
@@ -206,14 +198,24 @@ def _listing_difference(folder: Path, listing_key: list) -> str:
     common = ours.keys() & theirs.keys()
     if not common:
         return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)"
-    retimed = [path for path in common if ours[path][1] == theirs[path][1] and ours[path][2] != theirs[path][2]]
+    skipped_there = {item["video"] for item in json.loads((folder / "manifest.json").read_text())["skipped"]
+                     if "video" in item} & (ours.keys() - theirs.keys())
+    resized = sum(ours[path][1] != theirs[path][1] for path in common)
+    recaptioned = sum(ours[path][3] != theirs[path][3] for path in common)
+    retimed = sum(ours[path][1] == theirs[path][1] and ours[path][2] != theirs[path][2] for path in common)
     parts = [f"{count} {what}" for count, what in (
-        (len(retimed), "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a "
-                       "and mv do; their latents are taken where their content digest matches)"),
-        (sum(ours[path][1] != theirs[path][1] for path in common), "video(s) changed"),
-        (sum(ours[path][3] != theirs[path][3] for path in common), "caption(s) changed"),
-        (len(ours.keys() - theirs.keys()), "video(s) added"),
+        (retimed, "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv "
+                  "do; their latents are taken where their content digest matches)"),
+        (resized, "video(s) changed"), (recaptioned, "caption(s) changed"),
+        (len(skipped_there), "video(s) it skipped as unusable"),
+        (len(ours.keys() - theirs.keys() - skipped_there), "video(s) added"),
         (len(theirs.keys() - ours.keys()), "video(s) removed")) if count]
+    if not parts:
+        return ("the same listing, by an earlier release whose cache key differed (its video latents are taken, "
+                "not encoded again)")
+    if resized == recaptioned == len(common):
+        return ("another dataset with the same file names, or every video and caption of this one changed: "
+                + ", ".join(parts))
     return "another listing of the dataset: " + ", ".join(parts)
 
 
@@ -224,7 +226,6 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
     a surprise, and which folders this run will not read, with their size (incomplete ones too: a build that was
     stopped, whose chunks only a run of the same settings and listing continues)."""
     ours = json.loads(settings_record(family, settings))
-    flat_ours = _flat(ours)
     nearest, complete, incomplete = None, [], []
     for folder in sorted(path for path in cache_root.glob(f"{family.name}-*") if path.is_dir()):
         if folder == cache_path:
@@ -233,28 +234,31 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
             incomplete.append(folder)
             continue
         theirs = json.loads((folder / "settings.json").read_text())
-        flat_theirs = _flat({**theirs, "model": _model_of(theirs)})
+        their_model, our_model = _models_compared(theirs["model"], ours["model"])
+        flat_theirs, flat_ours = _flat({**theirs, "model": their_model}), _flat({**ours, "model": our_model})
         differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
                              if flat_ours.get(key) != flat_theirs.get(key))
         complete.append(folder)
         if nearest is None or len(differences) < len(nearest[0]):
-            nearest = differences, folder, flat_theirs
+            nearest = differences, folder, flat_theirs, flat_ours
     if not complete and not incomplete:
         return None
     sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
     lines = []
     if nearest is not None:
-        differences, folder, flat_theirs = nearest
+        differences, folder, flat_theirs, flat_ours = nearest
         if not differences:
             why = (f"its cache {folder.name} has these settings but was built from "
                    f"{_listing_difference(folder, listing_key)}")
         else:
-            why = (f"its nearest cache {folder.name} differs in "
-                   + "; ".join(_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
-                               for key in differences))
-        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) this run cannot use; {why}. This run "
-                     f"does not read them once its own cache is built (any video latents it takes from them are "
-                     f"copied), but runs with their settings do")
+            model_folders = [key for key in differences if isinstance(flat_ours.get(key, flat_theirs.get(key)), list)]
+            why = f"its nearest cache {folder.name} differs in " + "; ".join(
+                [_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
+                 for key in differences if key not in model_folders]
+                + _model_files_differences(model_folders, flat_theirs, flat_ours))
+        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) of other settings or data; {why}. "
+                     f"This run does not read them once its own cache is built (any video latents it takes from them "
+                     f"are copied), but runs with their settings do")
     if incomplete:
         lines.append(f"{'' if lines else f'{cache_root} holds '}{len(incomplete)} incomplete cache(s) (a build that "
                      "was stopped, or is running now), continued only by a run with their settings and listing")

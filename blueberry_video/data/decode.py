@@ -147,6 +147,7 @@ class VideoInfo:
     # Only MP4/MOV headers give an average rate that can differ from the base rate; Matroska, WebM, MPEG-TS and AVI
     # state one rate whatever the spacing, so there fps sampling reads the timestamps too.
     rate_tells_spacing: bool = True
+    start: float = 0.0  # the first timestamp (s), as the header gives it
 
 
 def probe_video(path) -> VideoInfo:
@@ -314,6 +315,7 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         hours, minutes, seconds = duration_match.groups()
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
+    start_match = re.search(r"Duration: .*?, start: (-?\d+(?:\.\d+)?)", text)
     fps = _parse_fps(stream)
     tbr = _parse_rate(stream, "tbr")
     container = re.search(r"Input #\d+, (.*?), from ", text)
@@ -329,6 +331,7 @@ def _parse_header(path: Path, text: str) -> VideoInfo:
         # Both printed to two decimals (NTSC rates restored alike): any difference is a real one.
         rate_varies=fps > 0 and tbr > 0 and abs(fps - tbr) > 0.001,
         rate_tells_spacing=bool(container and {"mov", "mp4"} & set(container.group(1).split(","))),
+        start=float(start_match.group(1)) if start_match else 0.0,
     )
 
 
@@ -578,12 +581,16 @@ def _read_packets(path: Path) -> PacketSpan | None:
 
 
 def _cut_short(info: VideoInfo, packets: PacketSpan | None) -> CutShort | None:
-    """Whether the file's streams end well before the duration its header gives: it was cut short. Two frames and
-    50 ms of slack absorb the header's rounding and a last audio packet's length."""
+    """Whether the file's streams end well before the duration its header gives: it was cut short (a partial
+    download or copy loses a large part). The packets' reach counts from the first timestamp, a Matroska header's
+    duration from zero: the start is added back. Half a second, or a tenth of the video, of slack: an intact
+    stream-copied clip (an MP4 edit list, a variable frame rate) can end a few frames before its header's
+    duration, which a cut that matters to a clip does not."""
     if not info.duration or packets is None or packets.reached_s is None:
         return None
-    slack = 2 / info.fps + 0.05 if info.fps > 0 else 0.15
-    return CutShort(packets.reached_s, info.duration) if info.duration - packets.reached_s > slack else None
+    reached = packets.reached_s + info.start
+    slack = max(0.5, 0.1 * info.duration, 2 / info.fps + 0.05 if info.fps > 0 else 0.15)
+    return CutShort(reached, info.duration) if info.duration - reached > slack else None
 
 
 def _count_frames(path: Path) -> int:

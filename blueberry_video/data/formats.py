@@ -29,7 +29,8 @@ METADATA_FILES = ("metadata.json", "metadata.jsonl", "metadata.csv")
 TEXT_PAIR_FILES = ("prompts.txt", "videos.txt")
 VIDEO_COLUMNS = ("file", "video", "video_path", "path", "file_name")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts",
+                    ".m2ts", ".3gp")
 SIDECAR_LAYOUT = "captions .txt beside the videos"
 SHOWN_SKIPS = 5
 

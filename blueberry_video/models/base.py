@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from blueberry_video.errors import ConfigError, ModelLayoutError
+from blueberry_video.file_digests import sampled_digest
 
 
 @dataclass
@@ -199,17 +200,18 @@ class ModelFamily(ABC):
     # --- the latent cache ------------------------------------------------------------------------
 
     def cache_key(self) -> dict:
-        """Everything in the model directory that changes what the cache holds: the encoders' configs and
-        their weight files (by size and modification time, so that checking costs no reading). Not where the
-        directory is: the same files at another path (a mount, a copy that kept their times) give the same cache."""
+        """Everything in the model directory that changes what the cache holds: the encoders' configs, tokenizers
+        and weights, each file by name, size, modification time (an edit in place) and a digest of 1 MiB sampled
+        through it (other weights of the same size where times are normalised, as in some archives and images),
+        so that checking reads little. Not where the directory is: the same files at another path (a mount, a copy
+        that kept their times) give the same cache. Nor the transformer and scheduler, which encode nothing."""
         key = {"family": self.name}
         for sub in self.required_subfolders:
-            if sub == "transformer":
+            if sub in ("transformer", "scheduler"):
                 continue
-            folder = self.model_dir / sub
-            key[sub] = sorted(
-                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
-            )
+            files = sorted(path for path in (self.model_dir / sub).rglob("*") if path.is_file())
+            key[sub] = [(str(path.relative_to(self.model_dir / sub)), path.stat().st_size, path.stat().st_mtime_ns,
+                         sampled_digest(path)) for path in files]
         return key
 
     @abstractmethod

@@ -307,6 +307,8 @@ def _written_by_trackers(folder: Path) -> bool:
 def check_output_dir(config, resuming: bool) -> None:
     """Refuse to mix a new run's files into an earlier run's, before anything is written."""
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out} is a file, not a folder: pick another --output_dir")
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resuming \
             and not config.overwrite_output_dir and records_of_an_attempt_that_trained_nothing(config) is None:
         raise ConfigError(

@@ -194,6 +194,14 @@ def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_
         precompute_latent_cache(family, other, cache_root, SETTINGS)
     assert "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)" in \
         caplog.text
+    # Another dataset with the same file names (videos/0000.mp4, ...): not taken for this one with videos changed
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    named_alike = create_sample_videos(tmp_path / "alike", num=4, num_frames=9, seed=7).parent
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, named_alike, cache_root, SETTINGS)
+    assert "another dataset with the same file names, or every video and caption of this one changed" in caplog.text
 
 
 def test_a_copy_that_did_not_keep_modification_times_takes_the_latents_of_the_files_that_match(
@@ -215,34 +223,56 @@ def test_a_copy_that_did_not_keep_modification_times_takes_the_latents_of_the_fi
         assert _arrays(again)[name][kept].tobytes() == _arrays(first)[name][kept].tobytes()
 
 
-def test_a_sampled_digest_tells_files_of_one_size_apart_and_none_for_a_file_it_cannot_read(tmp_path):
-    from blueberry_video.data.cache_reuse import DIGEST_PIECE_BYTES, DIGEST_PIECES, sampled_digest
+def test_digests_tell_files_of_one_size_apart_and_a_content_digest_gives_none_for_a_file_it_cannot_read(tmp_path):
+    from blueberry_video.file_digests import SAMPLED_PIECE_BYTES, SAMPLED_PIECES, content_digest, sampled_digest
 
-    large = bytes(range(256)) * (DIGEST_PIECES * DIGEST_PIECE_BYTES // 64)  # 4 MiB: read in pieces, not whole
+    large = bytes(range(256)) * (SAMPLED_PIECES * SAMPLED_PIECE_BYTES // 64)  # 4 MiB: sampled in pieces
     (tmp_path / "a").write_bytes(large)
     (tmp_path / "copy").write_bytes(large)
-    edited = bytearray(large)
-    edited[-1] ^= 0xFF  # the last piece ends at the file's end
-    (tmp_path / "b").write_bytes(bytes(edited))
+    at_the_end, between_pieces = bytearray(large), bytearray(large)
+    at_the_end[-1] ^= 0xFF  # the last piece ends at the file's end
+    between_pieces[SAMPLED_PIECE_BYTES + 10] ^= 0xFF  # the second piece starts 256 KiB in
+    (tmp_path / "b").write_bytes(bytes(at_the_end))
+    (tmp_path / "c").write_bytes(bytes(between_pieces))
     assert sampled_digest(tmp_path / "a") == sampled_digest(tmp_path / "copy") != sampled_digest(tmp_path / "b")
-    assert sampled_digest(tmp_path / "absent") is None
+    assert sampled_digest(tmp_path / "c") == sampled_digest(tmp_path / "a")  # why videos get the whole-file one
+    assert len({content_digest(tmp_path / name) for name in ("a", "copy", "b", "c")}) == 3
+    assert content_digest(tmp_path / "absent") is None
 
 
-def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path):
+def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path,
+                                                                    caplog):
     data = copy_dataset(one_video_dataset_dir, tmp_path / "data")
     first = precompute_latent_cache(CogVideoXFamily(tiny_cogvideox_dir), data, tmp_path / "cache", SETTINGS)
     moved = Path(shutil.copytree(tiny_cogvideox_dir, tmp_path / "elsewhere" / "model"))  # keeps the times, as cp -a
     again = precompute_latent_cache(CogVideoXFamily(moved), data, tmp_path / "cache", SETTINGS)
     assert again.reused and again.path == first.path
-    # A cache from when the key held the model's path is still the same model's: its latents are taken, not encoded
+    # Other weights of the same size whose modification time was set back (archives and images normalise them)
+    other = Path(shutil.copytree(moved, tmp_path / "other" / "model"))
+    weights = other / "vae" / "diffusion_pytorch_model.safetensors"
+    save_file({name: value * 1.01 for name, value in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    original = moved / "vae" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(original.stat().st_atime_ns, original.stat().st_mtime_ns))
+    assert weights.stat().st_size == original.stat().st_size
+    assert precompute_latent_cache(CogVideoXFamily(other), data, tmp_path / "cache", SETTINGS).path != first.path
+    # A cache an earlier release built (its key held the model folder's path and the scheduler, and no digests,
+    # so its folder has another name) is the same model's: the first run after the upgrade takes its latents.
     settings_file = first.path / "settings.json"
     record = json.loads(settings_file.read_text())
-    settings_file.write_text(json.dumps({**record, "model": {**record["model"], "model_dir": str(tmp_path / "old")}}))
-    records = metadata(data)
-    records[0]["caption"] += " at dusk"
-    (data / "metadata.json").write_text(json.dumps(records))
-    edited = precompute_latent_cache(CogVideoXFamily(moved), data, tmp_path / "cache", SETTINGS)
-    assert edited.num_reused_videos == 1 and edited.reused_videos_from == [str(first.path)]
+    model = {name: [entry[:3] for entry in value] if isinstance(value, list) else value
+             for name, value in record["model"].items()}
+    model.update(model_dir=str(tmp_path / "old"), scheduler=[["scheduler_config.json", 400, 1]])
+    settings_file.write_text(json.dumps({**record, "model": model}))
+    earlier = first.path.rename(first.path.with_name(f"{family_name(first)}-0000000000000000"))
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        upgraded = precompute_latent_cache(CogVideoXFamily(moved), data, tmp_path / "cache", SETTINGS)
+    assert upgraded.num_reused_videos == 1 and upgraded.reused_videos_from == [str(earlier)]
+    assert (f"its cache {earlier.name} has these settings but was built from the same listing, by an earlier "
+            "release whose cache key differed") in caplog.text
+
+
+def family_name(report) -> str:
+    return report.path.name.rsplit("-", 1)[0]
 
 
 def test_changed_settings_reach_the_cached_tensors(one_video, family):
@@ -595,8 +625,9 @@ def test_strict_refuses_naming_every_undecodable_video_and_keeps_the_others_late
     (root / "metadata.json").write_text(json.dumps(records))
     with pytest.raises(DatasetFormatError, match="strict_data is set and 4 video") as refused:
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
-    for name in ("garbage.mp4", "zero.mp4", "truncated.mp4", "audio_only.mp4"):
-        assert re.search(f"{root / 'videos' / name}: [^;]*{re.escape(EXPECTED_REASONS[name])}", str(refused.value))
+    for name in ("garbage.mp4", "zero.mp4", "truncated.mp4", "audio_only.mp4"):  # one line each
+        assert re.search(f"\n  {root / 'videos' / name}: [^\n]*{re.escape(EXPECTED_REASONS[name])}",
+                         str(refused.value))
     # Without the bad videos, the good ones' latents come from the cache the refused run built.
     (root / "metadata.json").write_text(json.dumps(good))
     videos = _count_calls(monkeypatch, family, "encode_videos")
@@ -623,7 +654,7 @@ def test_strict_refuses_what_a_reused_cache_skipped(family, mixed_dataset, tmp_p
     (root / "metadata.json").write_text(json.dumps(records))
     built = precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS)
     assert built.skipped
-    with pytest.raises(DatasetFormatError, match=f"strict_data is set and 4 video.*{built.path}.*garbage.mp4"):
+    with pytest.raises(DatasetFormatError, match=f"(?s)strict_data is set and 4 video.*{built.path}.*garbage.mp4"):
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
 
 

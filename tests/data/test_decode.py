@@ -341,6 +341,22 @@ def test_spread_sampling_of_a_file_cut_short_spreads_over_what_decodes_and_says_
     assert decode_clip(truncated_mkv_video, FrameSampling(num_frames=9, height=32, width=32)).cut_short is None
 
 
+def test_intact_stream_copied_clips_are_not_taken_for_cut_ones(tmp_path):
+    from tests.data.conftest import H264, encode
+
+    source = encode(tmp_path / "source.mp4", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=30:d=12", *H264, "-g", "30")
+    clips = [encode(tmp_path / "trimmed.mp4", "-ss", "4.3", "-i", str(source), "-t", "3", "-c", "copy"),  # edit list
+             encode(tmp_path / "offset.mkv", "-i", str(source), "-t", "4", "-c", "copy", "-output_ts_offset", "5")]
+    encode(tmp_path / "segment_%02d.mkv", "-i", str(source), "-c", "copy", "-f", "segment", "-segment_time", "4")
+    clips.append(tmp_path / "segment_01.mkv")  # its header's duration counts from zero, its packets from 4 s
+    assert probe_video(clips[1]).start == 5.0
+    for clip in clips:
+        assert decode_clip(clip, FrameSampling(num_frames=9, height=16, width=16, spread=True)).cut_short is None
+        with pytest.raises(VideoTooShortError) as short:
+            decode_video(clip, FrameSampling(num_frames=200, height=16, width=16))
+        assert "truncated or damaged" not in short.value.reason and "fewer max_num_frames" in short.value.reason
+
+
 @pytest.mark.parametrize("sampling", [FrameSampling(num_frames=30, height=32, width=32),
                                       FrameSampling(num_frames=30, height=32, width=32, fps=24)],
                          ids=["consecutive", "fps-by-timestamp"])

@@ -47,6 +47,8 @@ def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line_before_the_
     (tmp_path / "a-file").write_text("not a folder")  # as root, permissions would not stop the mkdir
     with pytest.raises(ConfigError, match=r"cannot write output_dir=.*a-file/run \(.*\): pick an --output_dir"):
         train_cogvideox.main(run_args(tmp_path / "a-file" / "run", "--max_train_steps", "1"))
+    with pytest.raises(ConfigError, match=r"output_dir=.*a-file is a file, not a folder: pick another --output_dir"):
+        train_cogvideox.main(run_args(tmp_path / "a-file", "--max_train_steps", "1"))
 
 
 def test_what_killed_attempts_left_half_written_is_removed(run_args, tmp_path):
