@@ -187,17 +187,23 @@ def _value(value) -> str:
     return "unset" if value is None else str(value)
 
 
-def _listing_difference(folder: Path, listing_key: list) -> str:
-    """How a cache of the same settings was built from another listing of the dataset: which videos were added,
-    removed or changed, and whether only their modification times differ (a copy that did not keep them)."""
+EARLIER_RELEASE = ("the same listing, by an earlier release whose cache key differed (its video latents are taken, "
+                   "not encoded again)")
+
+
+def _listing_difference(folder: Path, listing_key: list) -> tuple[str, int]:
+    """How a cache was built from another listing of the dataset (which videos were added, removed or changed,
+    whether only their modification times differ: a copy that did not keep them), or "" for the same listing;
+    and how many of this listing's rows it holds as they are."""
     listing_file = folder / "listing.json"
     if not listing_file.exists():  # built before listing.json was kept
-        return "another listing of the dataset (videos or captions changed)"
+        return "another listing of the dataset (videos or captions changed)", 0
     theirs = {row[0]: row for row in json.loads(listing_file.read_text())["rows"]}
     ours = {row[0]: row for row in listing_key}
     common = ours.keys() & theirs.keys()
+    same = sum(ours[path] == theirs[path] for path in common)
     if not common:
-        return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)"
+        return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)", 0
     skipped_there = {item["video"] for item in json.loads((folder / "manifest.json").read_text())["skipped"]
                      if "video" in item} & (ours.keys() - theirs.keys())
     resized = sum(ours[path][1] != theirs[path][1] for path in common)
@@ -211,12 +217,11 @@ def _listing_difference(folder: Path, listing_key: list) -> str:
         (len(ours.keys() - theirs.keys() - skipped_there), "video(s) added"),
         (len(theirs.keys() - ours.keys()), "video(s) removed")) if count]
     if not parts:
-        return ("the same listing, by an earlier release whose cache key differed (its video latents are taken, "
-                "not encoded again)")
+        return "", same
     if resized == recaptioned == len(common):
         return ("another dataset with the same file names, or every video and caption of this one changed: "
-                + ", ".join(parts))
-    return "another listing of the dataset: " + ", ".join(parts)
+                + ", ".join(parts)), same
+    return "another listing of the dataset: " + ", ".join(parts), same
 
 
 def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
@@ -238,30 +243,32 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
         flat_theirs, flat_ours = _flat({**theirs, "model": their_model}), _flat({**ours, "model": our_model})
         differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
                              if flat_ours.get(key) != flat_theirs.get(key))
+        listing, same_rows = _listing_difference(folder, listing_key)
         complete.append(folder)
-        if nearest is None or len(differences) < len(nearest[0]):
-            nearest = differences, folder, flat_theirs, flat_ours
+        # The nearest: the fewest settings apart, then the most rows of this listing held as they are.
+        if nearest is None or (len(differences), -same_rows) < (len(nearest[0]), -nearest[-1]):
+            nearest = differences, folder, flat_theirs, flat_ours, listing, same_rows
     if not complete and not incomplete:
         return None
     sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
     lines = []
     if nearest is not None:
-        differences, folder, flat_theirs, flat_ours = nearest
+        differences, folder, flat_theirs, flat_ours, listing, _ = nearest
         if not differences:
-            why = (f"its cache {folder.name} has these settings but was built from "
-                   f"{_listing_difference(folder, listing_key)}")
+            why = f"its cache {folder.name} has these settings but was built from {listing or EARLIER_RELEASE}"
         else:
             model_folders = [key for key in differences if isinstance(flat_ours.get(key, flat_theirs.get(key)), list)]
-            why = f"its nearest cache {folder.name} differs in " + "; ".join(
-                [_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
-                 for key in differences if key not in model_folders]
-                + _model_files_differences(model_folders, flat_theirs, flat_ours))
-        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) of other settings or data; {why}. "
-                     f"This run does not read them once its own cache is built (any video latents it takes from them "
-                     f"are copied), but runs with their settings do")
+            settings_apart = "; ".join([_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
+                                        for key in differences if key not in model_folders]
+                                       + _model_files_differences(model_folders, flat_theirs, flat_ours))
+            why = (f"its nearest cache {folder.name} differs in {settings_apart}"
+                   + (f", and was built from {listing}" if listing else ""))
+        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) of other settings or data; {why}. This "
+                     "run copies what it takes from them and reads them no more")
     if incomplete:
         lines.append(f"{'' if lines else f'{cache_root} holds '}{len(incomplete)} incomplete cache(s) (a build that "
-                     "was stopped, or is running now), continued only by a run with their settings and listing")
+                     "was stopped, or is running now): only a run of exactly their settings and listing takes their "
+                     "encoded videos (undo the change and rerun to finish one first), this one encodes them again")
     total = sum(sizes.values())
     lines.append(f"delete those no run needs ({len(sizes)} folder(s), {_size(total)} in all): "
                  + first_few([f"{folder} ({_size(sizes[folder])}{', incomplete' if folder in incomplete else ''})"

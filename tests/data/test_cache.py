@@ -182,7 +182,8 @@ def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_
     assert (f"its cache {first.path.name} has these settings but was built from another listing of the dataset: 4 "
             "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv do; "
             "their latents are taken where their content digest matches), 1 caption(s) changed") in caplog.text
-    assert "; 1 incomplete cache(s) (a build that was stopped, or is running now), continued only" in caplog.text
+    assert ("; 1 incomplete cache(s) (a build that was stopped, or is running now): only a run of exactly their "
+            "settings and listing takes their encoded videos (undo the change and rerun to finish one first)") in caplog.text
     assert re.search(rf"delete those no run needs \(2 folder\(s\), 3\.\d MiB in all\): {stopped} \(3.0 MiB, "
                      rf"incomplete\), {first.path} \(", caplog.text)
     # The same dataset's cache in a --cache_dir another dataset shares is not taken for a stale listing of it
@@ -238,6 +239,26 @@ def test_digests_tell_files_of_one_size_apart_and_a_content_digest_gives_none_fo
     assert sampled_digest(tmp_path / "c") == sampled_digest(tmp_path / "a")  # why videos get the whole-file one
     assert len({content_digest(tmp_path / name) for name in ("a", "copy", "b", "c")}) == 3
     assert content_digest(tmp_path / "absent") is None
+
+
+def test_the_nearest_cache_is_the_one_holding_most_of_this_listing_and_how_its_listing_differs_is_told(
+        sample_dataset_dir, family, tmp_path, caplog):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data")
+    records = metadata(data)
+
+    def captions_edited(*which):
+        (data / "metadata.json").write_text(json.dumps(
+            [{**record, "caption": record["caption"] + " at dusk" * (i in which)} for i, record in enumerate(records)]))
+
+    captions_edited(0)
+    precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    captions_edited()
+    current = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    captions_edited(1)  # the second cache holds 3 of these rows as they are, the first 2
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, data, tmp_path / "cache", dataclasses.replace(SETTINGS, cache_dtype="float16"))
+    assert (f"its nearest cache {current.path.name} differs in --cache_dtype: float32 there, float16 here, and was "
+            "built from another listing of the dataset: 1 caption(s) changed.") in caplog.text
 
 
 def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path,
