@@ -191,19 +191,19 @@ EARLIER_RELEASE = ("the same listing, by an earlier release whose cache key diff
                    "not encoded again)")
 
 
-def _listing_difference(folder: Path, listing_key: list) -> tuple[str, int]:
+def _listing_difference(folder: Path, listing_key: list) -> tuple[str, tuple[int, int]]:
     """How a cache was built from another listing of the dataset (which videos were added, removed or changed,
     whether only their modification times differ: a copy that did not keep them), or "" for the same listing;
-    and how many of this listing's rows it holds as they are."""
+    and how close it is: how many of this listing's rows it holds as they are, how many of its video paths."""
     listing_file = folder / "listing.json"
     if not listing_file.exists():  # built before listing.json was kept
-        return "another listing of the dataset (videos or captions changed)", 0
+        return "another listing of the dataset (videos or captions changed)", (0, 0)
     theirs = {row[0]: row for row in json.loads(listing_file.read_text())["rows"]}
     ours = {row[0]: row for row in listing_key}
     common = ours.keys() & theirs.keys()
-    same = sum(ours[path] == theirs[path] for path in common)
+    closeness = sum(ours[path] == theirs[path] for path in common), len(common)
     if not common:
-        return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)", 0
+        return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)", (0, 0)
     skipped_there = {item["video"] for item in json.loads((folder / "manifest.json").read_text())["skipped"]
                      if "video" in item} & (ours.keys() - theirs.keys())
     resized = sum(ours[path][1] != theirs[path][1] for path in common)
@@ -217,11 +217,11 @@ def _listing_difference(folder: Path, listing_key: list) -> tuple[str, int]:
         (len(ours.keys() - theirs.keys() - skipped_there), "video(s) added"),
         (len(theirs.keys() - ours.keys()), "video(s) removed")) if count]
     if not parts:
-        return "", same
+        return "", closeness
     if resized == recaptioned == len(common):
         return ("another dataset with the same file names, or every video and caption of this one changed: "
-                + ", ".join(parts)), same
-    return "another listing of the dataset: " + ", ".join(parts), same
+                + ", ".join(parts)), closeness
+    return "another listing of the dataset: " + ", ".join(parts), closeness
 
 
 def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
@@ -243,11 +243,13 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
         flat_theirs, flat_ours = _flat({**theirs, "model": their_model}), _flat({**ours, "model": our_model})
         differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
                              if flat_ours.get(key) != flat_theirs.get(key))
-        listing, same_rows = _listing_difference(folder, listing_key)
+        listing, (same_rows, same_paths) = _listing_difference(folder, listing_key)
         complete.append(folder)
-        # The nearest: the fewest settings apart, then the most rows of this listing held as they are.
-        if nearest is None or (len(differences), -same_rows) < (len(nearest[0]), -nearest[-1]):
-            nearest = differences, folder, flat_theirs, flat_ours, listing, same_rows
+        # The nearest: the fewest settings apart, then the most rows of this listing held as they are, then the
+        # most of its video paths.
+        apart = (len(differences), -same_rows, -same_paths)
+        if nearest is None or apart < nearest[-1]:
+            nearest = differences, folder, flat_theirs, flat_ours, listing, apart
     if not complete and not incomplete:
         return None
     sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
