@@ -74,7 +74,7 @@ def _precompute(args, extra):
             argv += [f"--{setting}", str(getattr(args, flag))]
     if args.dtype:
         argv += ["--mixed_precision", PRECISION_OF_DTYPE[args.dtype]]
-    argv += ["--vae_tiling"] * args.vae_tiling + ["--strict_data"] * args.strict
+    argv += ["--vae_tiling"] * args.vae_tiling + ["--strict_data"] * args.strict + ["--spread_frames"] * args.spread_frames
     config = parse_config(argv + extra + LOGS_NOTHING)
     use_expandable_segments(config.expandable_segments)  # the VAE encode runs the training run's allocator
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(PRECISION_OF_DTYPE),
                    help="what the encoders run in: the training's mixed_precision (bf16 by default)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"])
+    p.add_argument("--spread-frames", action="store_true",
+                   help="--spread_frames: spread each clip over its whole video instead of consecutive frames")
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--strict", action="store_true", help="fail, naming every unusable video, instead of skipping them")
     # Videos per unit of resumable work; hidden because only tests need to change it.

@@ -272,6 +272,12 @@ def test_precompute_refuses_one_setting_given_twice(tmp_path):
               "--max_num_frames", "9"])
 
 
+def test_precompute_spread_frames_is_the_training_setting(tmp_path):
+    # Refused with --fps as the training config refuses both: the flag reached the config.
+    with pytest.raises(ConfigError, match="spread_frames and fps=8 both choose which frames a clip takes"):
+        main(["precompute", "--model", str(tmp_path), "--data", str(tmp_path), "--spread-frames", "--fps", "8"])
+
+
 def test_generate_refuses_an_output_that_is_not_an_mp4_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"--out .*clip\.gif: generate writes an H\.264 \.mp4 video"):
         main(["generate", "--model", str(tmp_path / "no-model"), "--prompt", "p", "--out", str(tmp_path / "clip.gif")])

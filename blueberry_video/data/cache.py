@@ -5,7 +5,8 @@ changes them: the model's VAE/text-encoder configs, frame sampling, dtypes and t
 any of them and a new cache is built; change nothing and the videos are not touched. A new cache takes the
 video latents of an older one of the same model and video settings for the videos whose files did not change, so
 a caption edit or an added video sends only what changed through the VAE. Work is written in chunks, each
-renamed into place when complete, so an interrupted precompute resumes where it stopped, and each process of a
+renamed into place when complete, so an interrupted precompute resumes where it stopped (and a run whose captions
+changed meanwhile takes the finished chunks' video latents as an older cache's), and each process of a
 multi-process launch encodes its own share of the chunks. Two jobs that build the same cache at once (a sweep
 started together) take turns: the second waits for the first and reuses its cache.
 """
@@ -145,10 +146,10 @@ def _listing_key(root: Path, entries) -> list:
     return key
 
 
-def cache_fingerprint(family, listing_key: list, settings: CacheSettings) -> str:
+def cache_fingerprint(model_key: dict, listing_key: list, settings: CacheSettings) -> str:
     payload = {
         "version": CACHE_FORMAT_VERSION,
-        "model": family.cache_key(),
+        "model": model_key,
         "settings": settings.record(),
         "entries": listing_key,
     }
@@ -204,6 +205,9 @@ class _EncodedChunk:
     # Each kept video's content digest, by its path in the dataset: a later cache takes its latents for a copy of
     # the file whose modification time differs.
     digests: dict[str, str] = field(default_factory=dict)
+    # The listing keys of the rows, in order: a build stopped part way gives its finished chunks' latents to a run
+    # whose listing changed meanwhile (a caption edited after Ctrl-C) by them.
+    keys: list[list] = field(default_factory=list)
 
 
 def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: CacheSettings,
@@ -212,7 +216,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
     holds entirely (e.g. a video removed from the listing) loads none. Of a video `older` holds, the latents are
     taken as they are, and so are the text embeddings where the caption is the same; an edited caption alone is
     encoded again (text encoding costs little beside the VAE)."""
-    skipped, decoded, kept = [], [], []
+    skipped, decoded, kept, kept_keys = [], [], [], []
     notes = {kind: [] for kind in NOTE_KINDS}
     videos: dict[int, dict] = {}
     text: dict[int, dict] = {}
@@ -220,6 +224,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
     for entry, key in zip(entries, keys, strict=True):
         if older and (old := older.find(key, entry.video_path)):
             kept.append(entry)
+            kept_keys.append(key)
             videos[entry.index] = old.video
             if digest := old.digest or content_digest(entry.video_path):
                 digests[key[0]] = digest
@@ -234,6 +239,7 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
             clip = decode_clip(entry.video_path, settings.sampling, info=info)
             decoded.append((entry, clip.frames))
             kept.append(entry)
+            kept_keys.append(key)
             if digest := content_digest(entry.video_path):
                 digests[key[0]] = digest
         except VideoDecodeError as error:
@@ -259,7 +265,8 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
                          skipped=skipped, notes=notes,
                          video_columns=sorted(next(iter(videos.values()), {})),  # the names encode_videos gives
                          num_encoded=len(decoded), num_reused=num_reused,
-                         reused_from=str(older.path) if older and num_reused else None, digests=digests)
+                         reused_from=str(older.path) if older and num_reused else None, digests=digests,
+                         keys=kept_keys)
 
 
 def _relative(entry, root: Path) -> str:
@@ -327,7 +334,8 @@ def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_inde
     (tmp / "notes.json").write_text(json.dumps(chunk.notes, indent=1))
     (tmp / "process.json").write_text(json.dumps({
         "process_index": process_index, "num_encoded": chunk.num_encoded, "num_reused": chunk.num_reused,
-        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns, "digests": chunk.digests}))
+        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns, "digests": chunk.digests,
+        "keys": chunk.keys, "format_version": CACHE_FORMAT_VERSION}))
     move_into_place(tmp, chunk_dir)
 
 
@@ -427,16 +435,17 @@ def _refuse_what_was_skipped(report: CacheReport) -> None:
 
 
 def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path], todo: list[int], root: Path,
-                   cache_path: Path, settings: CacheSettings, device, rank: int) -> None:
-    """This process's share of the chunks: each encoded, written and renamed into place."""
-    older = older_cache(cache_path.parent, cache_path, family, settings, [key for keys in chunk_keys for key in keys])
+                   cache_path: Path, settings: CacheSettings, device, rank: int, older: OlderCache | None) -> None:
+    """This process's share of the chunks: each encoded (taking what `older` holds), written and renamed into
+    place."""
     encoders = functools.cache(
         lambda: family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling))
     def kept() -> str:
         encoded = sum(len(chunk) for chunk, folder in zip(chunks, chunk_dirs) if folder.exists())
         return (f"stopped while encoding the latent cache {cache_path}: {encoded} of "
                 f"{sum(len(chunk) for chunk in chunks)} videos are encoded and kept (whole chunks of {len(chunks[0])}); "
-                "run the same command again to continue from them")
+                "run the same command again to continue from them (one with captions edited or videos added takes "
+                "them too)")
 
     with stop_with_message(kept), tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos",
                                         unit="video", disable=rank != 0) as progress:
@@ -493,7 +502,9 @@ def precompute_latent_cache(
                                  + "; ".join(f"{s['source']}: {s['reason']}" for s in found.skipped[:5]))
     entries = list(listing.entries)
     listing_key = _listing_key(root, entries)
-    fingerprint = cache_fingerprint(family, listing_key, settings)
+    # Read once: each encoder file's sampled digest is read to make it.
+    model_key = family.cache_key()
+    fingerprint = cache_fingerprint(model_key, listing_key, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
         return _reuse(cache_path, found, strict)
@@ -505,8 +516,9 @@ def precompute_latent_cache(
     with building(cache_path, accelerator) as built_meanwhile:
         if built_meanwhile:
             return _reuse(cache_path, found, strict)
-        if is_main and (why := why_not_reused(Path(cache_root), cache_path, family, settings, listing_key)):
-            logger.warning("building a new latent cache in %s: %s", cache_path, why)
+        older = older_cache(Path(cache_root), cache_path, model_key, settings, listing_key)
+        if is_main and (why := why_not_reused(Path(cache_root), cache_path, model_key, settings, listing_key, older)):
+            logger.warning("building a new latent cache in %s:\n  %s", cache_path, why)
         starts = range(0, len(entries), chunk_size)
         chunks = [entries[start : start + chunk_size] for start in starts]
         chunk_keys = [listing_key[start : start + chunk_size] for start in starts]
@@ -514,12 +526,12 @@ def precompute_latent_cache(
         todo = [i for i in range(len(chunks)) if i % world == rank and not chunk_dirs[i].exists()]
         if is_main:
             (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
-            write_file(cache_path / "settings.json", settings_record(family, settings))
+            write_file(cache_path / "settings.json", settings_record(model_key, settings))
         if accelerator:
             accelerator.wait_for_everyone()
         if todo:
             _encode_chunks(family, chunks, chunk_keys, chunk_dirs, todo, root, cache_path, settings,
-                           device or (accelerator.device if accelerator else "cpu"), rank)
+                           device or (accelerator.device if accelerator else "cpu"), rank, older)
         if accelerator:
             accelerator.wait_for_everyone()
         if is_main:

@@ -37,24 +37,79 @@ class OlderRow:
     digest: str | None = None  # the file's content digest, where the older cache recorded it
 
 
-class OlderCache:
-    """A complete older cache of the same model and video settings: the rows of the video files that did not
-    change since (same relative path, size and modification time) hold the latents the VAE would compute again.
-    So do those of the same path and size whose modification time alone differs (a copy that did not keep it:
-    cp -r, a tar archive) where their content digest is the one this cache recorded."""
+@dataclass
+class CacheHoldings:
+    """What a cache folder holds that a new cache can take: each row's listing key (relative path, size,
+    modification time, caption), the Arrow tables holding those rows in that order, and the notes on its videos.
+    A complete cache holds its whole listing; a build that was stopped (or is running now) the chunks it
+    finished."""
 
-    def __init__(self, path: Path, listing: dict, manifest: dict, fps_sampled: bool = False):
-        self.path = path
-        table = datasets.load_from_disk(str(path / "dataset"))
+    folder: Path
+    rows: list[list]
+    tables: list[Path]
+    video_columns: list[str]
+    digests: dict[str, str]  # content digests by relative path (absent from caches of earlier releases)
+    note_items: dict[str, list[dict]]
+    format_version: int
+    complete: bool
+
+
+def read_holdings(folder: Path) -> CacheHoldings | None:
+    """The holdings of a cache folder, or None where it records nothing a new cache can match to files (built
+    before listing.json was kept, or a stopped build whose chunks an earlier release wrote)."""
+    if (folder / "manifest.json").exists():
+        if not (folder / "listing.json").exists():
+            return None
+        listing = json.loads((folder / "listing.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return CacheHoldings(folder, listing["rows"], [folder / "dataset"], listing["video_columns"],
+                             listing.get("digests", {}), manifest["note_items"], manifest.get("format_version", 1),
+                             complete=True)
+    rows, tables, video_columns, digests, note_items, version = [], [], [], {}, {}, None
+    for chunk in sorted((folder / "chunks").glob("[0-9]*-[0-9]*")):
+        try:
+            process = json.loads((chunk / "process.json").read_text())
+            notes = json.loads((chunk / "notes.json").read_text())
+        except FileNotFoundError:  # not finished (a .tmp), or removed by the build's merge meanwhile
+            continue
+        if "keys" not in process:
+            continue
+        rows += process["keys"]
+        if process["keys"]:
+            tables.append(chunk / "data")
+        video_columns = video_columns or process["video_columns"]
+        digests.update(process["digests"])
+        version = process["format_version"]
+        for kind, items in notes.items():
+            note_items.setdefault(kind, []).extend(items)
+    if not rows:
+        return None
+    return CacheHoldings(folder, rows, tables, video_columns, digests, note_items, version, complete=False)
+
+
+class OlderCache:
+    """An older cache of the same model and video settings, complete or stopped part way: the rows of the video
+    files that did not change since (same relative path, size and modification time) hold the latents the VAE
+    would compute again. So do those of the same path and size whose modification time alone differs (a copy that
+    did not keep it: cp -r, a tar archive) where their content digest is the one this cache recorded."""
+
+    def __init__(self, holdings: CacheHoldings, fps_sampled: bool = False, num_unchanged: int = 0,
+                 num_copies: int = 0):
+        self.path = holdings.folder
+        self.complete = holdings.complete
+        # What older_cache counted among the new listing's videos: held unchanged, held as a copy to check.
+        self.num_unchanged, self.num_copies = num_unchanged, num_copies
+        parts = [datasets.load_from_disk(str(table)) for table in holdings.tables]
+        table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         self.table = table.with_format("numpy", columns=[c for c in table.column_names if c not in NON_TENSOR_COLUMNS])
-        self.video_columns = listing["video_columns"]
-        self.rows = {tuple(key[:3]): (row, key[3]) for row, key in enumerate(listing["rows"])}
+        self.video_columns = holdings.video_columns
+        self.rows = {tuple(key[:3]): (row, key[3]) for row, key in enumerate(holdings.rows)}
         # Caches built before the digests were recorded match by modification time only.
-        self.digests = listing.get("digests", {})
-        self.by_path_and_size = {tuple(key[:2]): (row, key[3]) for row, key in enumerate(listing["rows"])
+        self.digests = holdings.digests
+        self.by_path_and_size = {tuple(key[:2]): (row, key[3]) for row, key in enumerate(holdings.rows)
                                  if key[0] in self.digests}
-        self.notes = manifest["note_items"]
-        self.sampled_by_count = _sampled_by_count(manifest, listing, fps_sampled)
+        self.notes = holdings.note_items
+        self.sampled_by_count = _sampled_by_count(holdings, fps_sampled)
 
     def find(self, key: list, video_path: Path) -> OlderRow | None:
         """The row of the video `key` (its listing key) names, if this cache holds that file unchanged."""
@@ -72,50 +127,58 @@ class OlderCache:
                          caption=caption, notes=notes, digest=self.digests.get(key[0]))
 
 
-def _sampled_by_count(manifest: dict, listing: dict, fps_sampled: bool) -> set[str]:
+def _sampled_by_count(holdings: CacheHoldings, fps_sampled: bool) -> set[str]:
     """The videos whose latents format 1 took by count at the header's rate, where frames are now taken by
     timestamp: those it noted as of variable frame rate, and (their rate unknown to the header) those outside
     MP4/MOV files."""
-    if manifest.get("format_version", 1) >= 2 or not fps_sampled:
+    if holdings.format_version >= 2 or not fps_sampled:
         return set()
-    other_containers = {key[0] for key in listing["rows"] if Path(key[0]).suffix.lower() not in MP4_SUFFIXES}
-    return other_containers | {item["video"] for item in manifest["note_items"].get("variable_frame_rate", [])}
+    other_containers = {key[0] for key in holdings.rows if Path(key[0]).suffix.lower() not in MP4_SUFFIXES}
+    return other_containers | {item["video"] for item in holdings.note_items.get("variable_frame_rate", [])}
 
 
-def older_cache(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
-                 listing_key: list) -> OlderCache | None:
-    """The complete cache beside `cache_path` whose video latents serve the most of these videos, or None.
+def older_cache(cache_root: Path, cache_path: Path, model_key: dict, settings: CacheSettings,
+                listing_key: list, look_again: bool = True) -> OlderCache | None:
+    """The cache beside `cache_path` whose video latents serve the most of these videos, or None: a complete one,
+    or the finished chunks of a build that was stopped (Ctrl-C, then a caption edited) or is running now.
 
     Caches built before the listing was recorded (listing.json) cannot be matched to files and are not used, nor
     fps-sampled ones from before the variable-frame-rate note (their videos sampled by count cannot be told)."""
-    ours = json.loads(settings_record(family, settings))
+    ours = json.loads(settings_record(model_key, settings))
     wanted = {tuple(key[:3]) for key in listing_key}
     wanted_by_size = {tuple(key[:2]) for key in listing_key}  # a copy's: its digest is checked when used
-    best, most = None, 0
-    for listing_file in sorted(cache_root.glob(f"{family.name}-*/listing.json")):
-        folder = listing_file.parent
-        if folder == cache_path or not (folder / "manifest.json").exists():
+    best, most = None, (0, 0)
+    for settings_file in sorted(cache_root.glob(f"{model_key['family']}-*/settings.json")):
+        folder = settings_file.parent
+        if folder == cache_path:
             continue
-        theirs = json.loads((folder / "settings.json").read_text())
+        theirs = json.loads(settings_file.read_text())
         their_model, our_model = _models_compared(theirs["model"], ours["model"])
         if their_model != our_model or any(theirs["settings"].get(name) != ours["settings"][name]
                                            for name in VIDEO_SETTINGS):
             continue
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if settings.sampling.fps and "variable_frame_rate" not in manifest["note_items"]:
+        if (holdings := read_holdings(folder)) is None:
             continue
-        listing = json.loads(listing_file.read_text())
-        digests = listing.get("digests", {})
-        matches = sum(tuple(key[:3]) in wanted or (key[0] in digests and tuple(key[:2]) in wanted_by_size)
-                      for key in listing["rows"])
-        if matches > most:
-            best, most = (folder, listing, manifest), matches
-    return OlderCache(*best, fps_sampled=bool(settings.sampling.fps)) if best else None
+        if settings.sampling.fps and "variable_frame_rate" not in holdings.note_items:
+            continue
+        unchanged = sum(tuple(key[:3]) in wanted for key in holdings.rows)
+        copies = sum(tuple(key[:3]) not in wanted and key[0] in holdings.digests and tuple(key[:2]) in wanted_by_size
+                     for key in holdings.rows)
+        if unchanged + copies > sum(most):
+            best, most = holdings, (unchanged, copies)
+    if best is None:
+        return None
+    try:
+        return OlderCache(best, fps_sampled=bool(settings.sampling.fps), num_unchanged=most[0], num_copies=most[1])
+    except FileNotFoundError:  # a build that finished meanwhile removed its chunks: look again, it is complete now
+        if best.complete or not look_again:
+            return None
+        return older_cache(cache_root, cache_path, model_key, settings, listing_key, look_again=False)
 
 
-def settings_record(family, settings: CacheSettings) -> str:
+def settings_record(model_key: dict, settings: CacheSettings) -> str:
     """settings.json: what a cache was built with, for people and for `why_not_reused`."""
-    return json.dumps({"model": family.cache_key(), "settings": settings.record()}, indent=1, default=str)
+    return json.dumps({"model": model_key, "settings": settings.record()}, indent=1, default=str)
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
@@ -224,15 +287,15 @@ def _listing_difference(folder: Path, listing_key: list) -> tuple[str, tuple[int
     return "another listing of the dataset: " + ", ".join(parts), closeness
 
 
-def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSettings,
-                   listing_key: list) -> str | None:
+def why_not_reused(cache_root: Path, cache_path: Path, model_key: dict, settings: CacheSettings,
+                   listing_key: list, taken: OlderCache | None) -> str | None:
     """When `cache_root` holds other caches of this family (built by a `precompute` with other flags than the
-    training's, say, or before the dataset changed): how the nearest complete one differs, so a re-encode is not
-    a surprise, and which folders this run will not read, with their size (incomplete ones too: a build that was
-    stopped, whose chunks only a run of the same settings and listing continues)."""
-    ours = json.loads(settings_record(family, settings))
+    training's, say, or before the dataset changed), the lines of a warning: what the folder holds, how the nearest
+    complete cache differs (so a re-encode is not a surprise), which one gives this run video latents (`taken`),
+    and which folders no run will read again, with their size."""
+    ours = json.loads(settings_record(model_key, settings))
     nearest, complete, incomplete = None, [], []
-    for folder in sorted(path for path in cache_root.glob(f"{family.name}-*") if path.is_dir()):
+    for folder in sorted(path for path in cache_root.glob(f"{model_key['family']}-*") if path.is_dir()):
         if folder == cache_path:
             continue
         if not (folder / "manifest.json").exists() or not (folder / "settings.json").exists():
@@ -252,27 +315,40 @@ def why_not_reused(cache_root: Path, cache_path: Path, family, settings: CacheSe
             nearest = differences, folder, flat_theirs, flat_ours, listing, apart
     if not complete and not incomplete:
         return None
-    sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
-    lines = []
+    held = [f"{len(complete)} complete cache(s) of other settings or data"] if complete else []
+    if incomplete:
+        held.append(f"{len(incomplete)} incomplete {'one' if complete else 'cache'}(s) (a build that was stopped, or "
+                    "is running now; a run of its settings and listing continues it)")
+    lines = [f"{cache_root} holds {' and '.join(held)}"]
     if nearest is not None:
         differences, folder, flat_theirs, flat_ours, listing, _ = nearest
         if not differences:
-            why = f"its cache {folder.name} has these settings but was built from {listing or EARLIER_RELEASE}"
+            lines.append(f"its cache {folder.name} has these settings but was built from {listing or EARLIER_RELEASE}")
         else:
             model_folders = [key for key in differences if isinstance(flat_ours.get(key, flat_theirs.get(key)), list)]
             settings_apart = "; ".join([_setting_difference(key, flat_theirs.get(key), flat_ours.get(key))
                                         for key in differences if key not in model_folders]
                                        + _model_files_differences(model_folders, flat_theirs, flat_ours))
-            why = (f"its nearest cache {folder.name} differs in {settings_apart}"
-                   + (f", and was built from {listing}" if listing else ""))
-        lines.append(f"{cache_root} holds {len(complete)} complete cache(s) of other settings or data; {why}. This "
-                     "run copies what it takes from them and reads them no more")
-    if incomplete:
-        lines.append(f"{'' if lines else f'{cache_root} holds '}{len(incomplete)} incomplete cache(s) (a build that "
-                     "was stopped, or is running now): only a run of exactly their settings and listing takes their "
-                     "encoded videos (undo the change and rerun to finish one first), this one encodes them again")
-    total = sum(sizes.values())
-    lines.append(f"delete those no run needs ({len(sizes)} folder(s), {_size(total)} in all): "
+            lines.append(f"its nearest cache {folder.name} differs in {settings_apart}"
+                         + (f", and was built from {listing}" if listing else ""))
+    lines.append(_what_is_taken(taken, len(listing_key)))
+    sizes = {folder: _folder_bytes(folder) for folder in complete + incomplete}
+    lines.append(f"once built, this cache is the one read: delete those no run needs ({len(sizes)} folder(s), "
+                 f"{_size(sum(sizes.values()))} in all): "
                  + first_few([f"{folder} ({_size(sizes[folder])}{', incomplete' if folder in incomplete else ''})"
                               for folder in sorted(sizes, key=sizes.get, reverse=True)]))
-    return "; ".join(lines)
+    return "\n  ".join(lines)
+
+
+def _what_is_taken(taken: OlderCache | None, num_videos: int) -> str:
+    if taken is None:
+        return ("none holds video latents of these videos with this model's encoder files and these video settings: "
+                "every video goes through the VAE")
+    copied = "copied without their modification times, where their content matches"
+    if taken.num_unchanged:
+        held = f"{taken.num_unchanged} of these {num_videos} videos (unchanged since)" + (
+            f" and of up to {taken.num_copies} more, {copied}" if taken.num_copies else "")
+    else:
+        held = f"up to {taken.num_copies} of these {num_videos} videos, {copied}"
+    stopped = "" if taken.complete else " (incomplete: the videos it encoded before it stopped)"
+    return f"this run takes from {taken.path.name}{stopped} the video latents of {held}; the others go through the VAE"

@@ -182,10 +182,13 @@ def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_
     assert (f"its cache {first.path.name} has these settings but was built from another listing of the dataset: 4 "
             "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv do; "
             "their latents are taken where their content digest matches), 1 caption(s) changed") in caplog.text
-    assert ("; 1 incomplete cache(s) (a build that was stopped, or is running now): only a run of exactly their "
-            "settings and listing takes their encoded videos (undo the change and rerun to finish one first)") in caplog.text
-    assert re.search(rf"delete those no run needs \(2 folder\(s\), 3\.\d MiB in all\): {stopped} \(3.0 MiB, "
-                     rf"incomplete\), {first.path} \(", caplog.text)
+    assert (f"{cache_root} holds 1 complete cache(s) of other settings or data and 1 incomplete one(s) (a build "
+            "that was stopped, or is running now; a run of its settings and listing continues it)\n") in caplog.text
+    assert (f"\n  this run takes from {first.path.name} the video latents of up to 4 of these 4 videos, copied "
+            "without their modification times, where their content matches; the others go through the VAE\n"
+            ) in caplog.text
+    assert re.search(rf"\n  once built, this cache is the one read: delete those no run needs \(2 folder\(s\), "
+                     rf"3\.\d MiB in all\): {stopped} \(3.0 MiB, incomplete\), {first.path} \(", caplog.text)
     # The same dataset's cache in a --cache_dir another dataset shares is not taken for a stale listing of it
     other = copy_dataset(sample_dataset_dir, tmp_path / "other", count=1)
     (other / "videos" / "0000.mp4").rename(other / "videos" / "only.mp4")
@@ -258,7 +261,10 @@ def test_the_nearest_cache_is_the_one_holding_most_of_this_listing_and_how_its_l
     with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
         precompute_latent_cache(family, data, tmp_path / "cache", dataclasses.replace(SETTINGS, cache_dtype="float16"))
     assert (f"its nearest cache {current.path.name} differs in --cache_dtype: float32 there, float16 here, and was "
-            "built from another listing of the dataset: 1 caption(s) changed.") in caplog.text
+            "built from another listing of the dataset: 1 caption(s) changed\n") in caplog.text
+    # Its cache_dtype differs, a video setting: no latents are taken from it
+    assert ("none holds video latents of these videos with this model's encoder files and these video settings: "
+            "every video goes through the VAE") in caplog.text
 
 
 def test_the_same_model_files_at_another_path_give_the_same_cache(one_video_dataset_dir, tiny_cogvideox_dir, tmp_path,
@@ -537,6 +543,44 @@ def test_interrupted_precompute_resumes_without_redoing_chunks(family, sample_da
             torch.testing.assert_close(resumed[i][name], reference[i][name], rtol=0, atol=1e-6)
 
 
+def test_a_build_stopped_part_way_gives_its_finished_chunks_latents_to_a_run_whose_captions_changed_meanwhile(
+        family, sample_dataset_dir, sample_cache, tmp_path, monkeypatch, caplog):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data")
+    encode_videos = family.encode_videos
+
+    def stopped_at_the_third_video(encoders, videos):
+        if stopped_at_the_third_video.calls == 2:
+            raise KeyboardInterrupt
+        stopped_at_the_third_video.calls += 1
+        return encode_videos(encoders, videos)
+
+    stopped_at_the_third_video.calls = 0
+    monkeypatch.setattr(family, "encode_videos", stopped_at_the_third_video)
+    with pytest.raises(KeyboardInterrupt):
+        precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS, chunk_size=2)
+    stopped = next((tmp_path / "cache").iterdir())
+    assert not (stopped / "manifest.json").exists() and len(list((stopped / "chunks").iterdir())) == 1
+    monkeypatch.setattr(family, "encode_videos", encode_videos)
+    _edit_one_caption(data)  # the second video's: its chunk is finished
+    videos = _count_calls(monkeypatch, family, "encode_videos")
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        report = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS, chunk_size=2)
+    assert report.path != stopped and len(videos) == 2
+    assert report.num_reused_videos == 2 and report.reused_videos_from == [str(stopped)]
+    assert (f"{tmp_path / 'cache'} holds 1 incomplete cache(s) (a build that was stopped, or is running now; a run "
+            "of its settings and listing continues it)\n") in caplog.text
+    assert (f"this run takes from {stopped.name} (incomplete: the videos it encoded before it stopped) the video "
+            "latents of 2 of these 4 videos (unchanged since); the others go through the VAE") in caplog.text
+    assert _arrays(report)["latent_mean"].tobytes() == _arrays(sample_cache)["latent_mean"].tobytes()
+    # Chunks an earlier release wrote do not record their rows' files: they give nothing
+    (tmp_path / "cache" / report.path.name).rename(tmp_path / "built")
+    process_file = next((stopped / "chunks").iterdir()) / "process.json"
+    process_file.write_text(json.dumps({k: v for k, v in json.loads(process_file.read_text()).items() if k != "keys"}))
+    videos.clear()
+    assert precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS, chunk_size=2).num_reused_videos == 0
+    assert len(videos) == 4
+
+
 def test_a_resume_with_another_chunk_size_keeps_every_item(family, sample_dataset_dir, tmp_path, monkeypatch):
     encode_videos = family.encode_videos
     calls = []
@@ -747,13 +791,16 @@ def test_a_cache_that_took_a_variable_frame_rate_video_by_count_gives_the_others
     assert new.path != old.path and new.num_reused_videos == 2 and new.reused_videos_from == [str(old.path)]
     assert len(videos) == 1 and videos[0].shape[0] == 1
     # Nor those of other containers, whose header states one rate whatever the spacing.
-    from blueberry_video.data.cache_reuse import _sampled_by_count
+    from blueberry_video.data.cache_reuse import CacheHoldings, _sampled_by_count
 
-    listing = {"rows": [["videos/a.mkv", 1, 1, ""], ["videos/b.MP4", 1, 1, ""], ["videos/c.webm", 1, 1, ""]]}
-    version_1 = {"note_items": {"variable_frame_rate": []}}
-    assert _sampled_by_count(version_1, listing, fps_sampled=True) == {"videos/a.mkv", "videos/c.webm"}
-    assert _sampled_by_count(version_1, listing, fps_sampled=False) == set()  # consecutive frames: no change
-    assert _sampled_by_count({**version_1, "format_version": 2}, listing, fps_sampled=True) == set()
+    def holdings(format_version: int) -> CacheHoldings:
+        rows = [["videos/a.mkv", 1, 1, ""], ["videos/b.MP4", 1, 1, ""], ["videos/c.webm", 1, 1, ""]]
+        return CacheHoldings(old.path, rows, tables=[], video_columns=[], digests={},
+                             note_items={"variable_frame_rate": []}, format_version=format_version, complete=True)
+
+    assert _sampled_by_count(holdings(1), fps_sampled=True) == {"videos/a.mkv", "videos/c.webm"}
+    assert _sampled_by_count(holdings(1), fps_sampled=False) == set()  # consecutive frames: no change
+    assert _sampled_by_count(holdings(2), fps_sampled=True) == set()
     # One from before that note was kept cannot tell which video it took by count: it gives none.
     manifest = json.loads((old.path / "manifest.json").read_text())
     del manifest["note_items"]["variable_frame_rate"]
