@@ -1,6 +1,7 @@
 """Older caches beside a new one: the video latents a new cache takes from one of the same model and video
-settings (so a caption edit or an added video sends only what changed through the VAE), and what the user is
-told about the others (how the nearest differs, which folders the run no longer needs, and their size)."""
+settings, complete or a build stopped part way (so a caption edit or an added video sends only what changed
+through the VAE), and what the user is told about the others (how the nearest differs, which folders the run no
+longer needs, and their size)."""
 
 from __future__ import annotations
 
