@@ -282,10 +282,13 @@ START_RECORDS = frozenset({"logs", "config.yaml", "run_info.json"})
 
 def records_of_an_attempt_that_trained_nothing(config) -> list[str] | None:
     """The names in output_dir that an attempt stopped before its first step left ([] for none: an empty
-    output_dir, or one holding only the latent cache, which is kept and reused); None when output_dir holds
-    anything else. config.yaml counts only beside run_info.json: alone it may be the user's."""
+    output_dir, or one holding only the latent cache, which is kept and reused, or the user's own README.md and
+    hidden files, as a clone of a Hub repository to push the result to has); None when output_dir holds anything
+    else. config.yaml counts only beside run_info.json: alone it may be the user's."""
     out = Path(config.output_dir)
-    names = {p.name for p in out.iterdir() if p.name != LOCK_FILE} if out.is_dir() else set()
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+    if "README.md" in names and not is_run_output(out / "README.md"):
+        names.remove("README.md")  # the card goes beside it
     cache = config.resolved_cache_dir.resolve()
     names -= {name for name in names if cache.is_relative_to((out / name).resolve())}
     if not names <= START_RECORDS or ("config.yaml" in names and "run_info.json" not in names):
@@ -309,7 +312,7 @@ def check_output_dir(config, resuming: bool) -> None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir={out} is a file, not a folder: pick another --output_dir")
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resuming \
+    if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()) and not resuming \
             and not config.overwrite_output_dir and records_of_an_attempt_that_trained_nothing(config) is None:
         raise ConfigError(
             f"output_dir={out} is not empty: a new run would mix its checkpoints and videos with an earlier run's. "

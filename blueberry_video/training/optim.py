@@ -42,3 +42,13 @@ def build_lr_scheduler(optimizer, config, max_train_steps: int, num_processes: i
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
+
+
+def warmup_outlasting_the_run(config, max_train_steps: int) -> str | None:
+    """A warm-up as long as the run (a shipped config's 100 steps in a short trial run): the rate never reaches
+    learning_rate, and nothing else would say so."""
+    if config.lr_warmup_steps < max_train_steps or config.lr_scheduler == "constant":
+        return None
+    return (f"lr_warmup_steps={config.lr_warmup_steps} is as long as the run ({max_train_steps} steps) or longer: the "
+            f"learning rate only rises, to {max_train_steps}/{config.lr_warmup_steps} of learning_rate="
+            f"{config.learning_rate:g} at the last step; lower --lr_warmup_steps (a tenth of the run is usual)")

@@ -94,12 +94,15 @@ def warn_schedule_length_change(config, saved: dict, checkpoint: Path) -> None:
         logger.warning("resuming %s at step %d with max_train_steps=%d: nothing is left to train; the weights are "
                        "exported as the checkpoint holds them", checkpoint, step, config.max_train_steps)
     changed = [name for name in SCHEDULE_LENGTH_SETTINGS if name in saved and saved[name] != getattr(config, name)]
-    if changed and config.lr_scheduler not in CONSTANT_SCHEDULES:
+    # The restored schedule keeps its own kind and warm-up, which does not depend on the length: a run still warming
+    # up goes on rising as it would have.
+    scheduler, warmup = (saved.get(name, getattr(config, name)) for name in ("lr_scheduler", "lr_warmup_steps"))
+    if changed and scheduler not in CONSTANT_SCHEDULES and step >= warmup:
         logger.warning("resuming %s with %s (was %s): the %s learning-rate schedule is laid out over the new length, "
                        "so the rate jumps at step %d; for a schedule that decays smoothly to the new end, start a new "
                        "run from the checkpoint's weights", checkpoint,
                        ", ".join(f"{name}={getattr(config, name)}" for name in changed),
-                       ", ".join(str(saved[name]) for name in changed), config.lr_scheduler, step)
+                       ", ".join(str(saved[name]) for name in changed), scheduler, step)
 
 
 def check_init_lora_weights(config, family) -> None:

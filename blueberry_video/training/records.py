@@ -203,8 +203,10 @@ def usage_code(output_dir: Path, config, family) -> str:
     arguments = "".join(f", {name}={value!r}" for name, value in call.items())
     # Validation's seed, on the device it rendered on: the first validation sample of this prompt again.
     others = (f"; its video j used seed {config.seed} + j" if config.num_validation_videos > 1 else "")
+    # Validation decoded tile by tile where the run set vae_tiling: the same frames, and the memory it fit in.
+    tiling = "pipe.vae.enable_tiling()  # as validation decoded (vae_tiling)\n" if config.vae_tiling else ""
     return (f"import torch\n{imports}\nfrom diffusers.utils import export_to_video\n\n{load}\n"
-            "device = \"cuda\" if torch.cuda.is_available() else \"cpu\"\npipe.to(device)\n"
+            f"device = \"cuda\" if torch.cuda.is_available() else \"cpu\"\npipe.to(device)\n{tiling}"
             f"generator = torch.Generator(device).manual_seed({config.seed})  # validation's first video{others}\n"
             f"video = pipe({prompt!r}{arguments}, generator=generator).frames[0]\n"
             f"export_to_video(video, \"sample.mp4\", fps={config.resolved_validation_fps(family):g})")

@@ -43,7 +43,7 @@ from blueberry_video.training.checkpoints import (
 from blueberry_video.training.export import export_trained_weights
 from blueberry_video.training.loop import BatchLoop, TooManyBadStepsError, timed_batches  # noqa: F401 (re-exported)
 from blueberry_video.training.lora import make_trainable
-from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
+from blueberry_video.training.optim import build_lr_scheduler, build_optimizer, warmup_outlasting_the_run
 from blueberry_video.training.preemption import PreemptionWatch
 from blueberry_video.training.preflight import (
     check_init_lora_weights,
@@ -176,6 +176,8 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
             max_train_steps = steps_to_finish_the_epochs(saved_state, units["samples_per_batch"], updates_per_epoch,
                                                          config.gradient_accumulation_steps, config.num_train_epochs)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
+    if warning := warmup_outlasting_the_run(config, max_train_steps):
+        logger.warning(warning)
     register_lora_checkpoint_hooks(accelerator, config.training_mode, family)
     fit_fsdp_wrap_classes(accelerator, transformer)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)

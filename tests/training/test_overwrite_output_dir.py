@@ -65,6 +65,22 @@ def test_a_new_run_over_an_earlier_one_keeps_none_of_its_outputs(train_in, tmp_p
     assert steps_logged(out) == [1, 2, 3, 4]
 
 
+def test_a_new_run_trains_into_a_folder_holding_only_the_users_readme_and_hidden_files(train_in, tmp_path):
+    # A clone of a Hub repository to push the result to: its README.md and .git are not an earlier run
+    out = tmp_path / "hub-repo"
+    (out / ".git").mkdir(parents=True)
+    (out / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (out / "README.md").write_text("# my LoRA\n")
+    assert train_in(out, "--max_train_steps", "1").global_step == 1
+    assert (out / "README.md").read_text() == "# my LoRA\n" and (out / "MODEL_CARD.md").is_file()
+    assert (out / ".git").is_dir() and (out / "pytorch_lora_weights.safetensors").is_file()
+    # Beside the run's own files they are still an earlier run's
+    from blueberry_video.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not empty"):
+        train_in(out, "--max_train_steps", "1")
+
+
 def test_a_readme_the_user_wrote_is_kept_and_the_card_goes_beside_it(train_in, tmp_path):
     out = tmp_path / "run"
     train_in(out, "--max_train_steps", "2")

@@ -192,6 +192,20 @@ def test_a_resume_that_changes_the_length_of_a_decaying_schedule_says_the_rate_j
     assert "max_train_steps=4 (was 2): the cosine learning-rate schedule is laid out over the new length" in caplog.text
 
 
+def test_a_warm_up_as_long_as_the_run_is_said_and_a_longer_run_still_warming_up_is_not_said_to_jump(
+        tiny_cogvideox_dir, one_video_dataset_dir, tmp_path, caplog):
+    # A shipped config's warm-up (100 steps) in a short trial run: the rate would never reach learning_rate
+    args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path / "warm", "--rank", "4", "--lora_alpha",
+                       "4", "--lr_scheduler", "cosine", "--lr_warmup_steps", "5", "--checkpointing_steps", "2")
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main([*args, "--max_train_steps", "2"])
+    assert "lr_warmup_steps=5 is as long as the run (2 steps) or longer: the learning rate only rises" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train_cogvideox.main([*args, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+    assert "rate jumps" not in caplog.text and "(4 steps) or longer" in caplog.text
+
+
 def test_a_new_run_can_start_from_a_checkpoint_folder(short_run, tiny_cogvideox_dir, one_video_dataset_dir,
                                                       tmp_path):
     from blueberry_video.training.checkpoints import checkpoint_lora_state

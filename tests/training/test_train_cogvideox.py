@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -365,3 +366,8 @@ def test_the_model_card_code_names_folders_that_work_from_anywhere(tiny_cogvideo
     code = usage_code(Path("outputs/run"), config, CogVideoXFamily(tiny_cogvideox_dir))
     assert f'from_pretrained("{tiny_cogvideox_dir.resolve()}"' in code
     assert f'load_lora_weights("{(tiny_cogvideox_dir.parent / "outputs" / "run").resolve()}")' in code
+    # It decodes as validation did: tile by tile where the run set vae_tiling (HunyuanVideo's shipped config does)
+    assert "enable_tiling" not in code
+    tiled = usage_code(Path("outputs/run"), dataclasses.replace(config, vae_tiling=True),
+                       CogVideoXFamily(tiny_cogvideox_dir))
+    assert "pipe.to(device)\npipe.vae.enable_tiling()" in tiled
