@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from blueberry_video.errors import ConfigError
+from blueberry_video.errors import ConfigError, SettingWarning
 from blueberry_video.foreign_flags import instead_hint
 from blueberry_video.training.trackers import trackers_to_start
 
@@ -64,7 +64,7 @@ class TrainConfig:
     cache_dir: str | None = _opt(None, "latent cache folder (default: <instance_data_root>/.latent_cache)")
     cache_dtype: str = _opt("float32", "dtype latents and text embeddings are stored in", ["float32", "float16"])
     vae_tiling: bool = _opt(False, "VAE works tile by tile: the cache encode and the validation decode (less memory, a little slower)")
-    strict_data: bool = _opt(False, "refuse to train if any video or caption is unusable (default: skip it)")
+    strict_data: bool = _opt(False, "refuse to train if any video or caption is unusable (default: False, skip it)")
     dummy_data: bool = _opt(False, "train on random latents of the right shapes: no videos, no cache (hardware/loop check)")
     num_dummy_samples: int = _opt(8, "size of the dummy dataset")
     dataloader_num_workers: int = _opt(0, "DataLoader worker processes")
@@ -188,6 +188,9 @@ def training_flags() -> list[str]:
             *(f"--no-{name}" for name in FIELDS if _base_type(name) is bool)]  # only on/off settings have --no-
 
 
+KIND_IN_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
 def _coerce(name: str, value, source: str):
     """Check a YAML value's type against the field's, converting ints to floats where a float is wanted."""
     kind = _base_type(name)
@@ -195,8 +198,8 @@ def _coerce(name: str, value, source: str):
         # `height:` with nothing after it reads as None; only settings that may be unset accept that.
         if type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[name]):
             return None
-        raise ConfigError(f"{source}: {name} has no value; give a {kind.__name__} or remove the line to use "
-                          f"the default ({FIELDS[name].default!r})")
+        raise ConfigError(f"{source}: {name} has no value; give {KIND_IN_WORDS.get(kind, kind.__name__)} or remove the "
+                          f"line to use the default ({FIELDS[name].default!r})")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):
@@ -299,7 +302,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         kind = _base_type(name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")
+        # A help text that says what its default means already (a folder derived from another setting) says it once.
+        said = "(default:" in f.metadata["help"]
+        help_text = (f.metadata["help"] if said else f"{f.metadata['help']} (default: {default})").replace("%", "%%")
         if kind is bool:
             parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -372,14 +377,16 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
     values = dict(defaults or {})
     if args.config:
         values.update(load_yaml(args.config))
+    unset_by_flag = set()
     for name in FIELDS:
         value = getattr(args, name)
         if value is _UNSET_VALUE:
             values[name] = None
+            unset_by_flag.add(name)
         elif value is not None:
             values[name] = _coerce(name, value, f"--{name}")
     config = TrainConfig(**values)
-    validate(config)
+    validate(config, unset_by_flag)
     return config
 
 
@@ -397,23 +404,25 @@ def _check_schedule_settings(config) -> None:
                           f"{config.lr_scheduler}); choose that schedule, or drop lr_power")
 
 
-def validate(config: TrainConfig) -> None:
-    """Checks that need no model or data: types, ranges and combinations."""
+def validate(config: TrainConfig, unset_by_flag: set[str] = frozenset()) -> None:
+    """Checks that need no model or data: types, ranges and combinations. `unset_by_flag`: the settings a flag set
+    to none (`--validation_prompt none` over a YAML's prompt is meant: its validation_steps are not warned about)."""
     if config.max_train_steps is not None and config.num_train_epochs != FIELDS["num_train_epochs"].default:
         warnings.warn(f"num_train_epochs={config.num_train_epochs} has no effect: max_train_steps="
                       f"{config.max_train_steps} sets the run's length (--max_train_steps none to train by epochs)",
-                      UserWarning, stacklevel=3)
-    if not config.validation_prompt and (asked := [f"{name}={getattr(config, name)}" for name in (
+                      SettingWarning, stacklevel=3)
+    if not config.validation_prompt and "validation_prompt" not in unset_by_flag and (asked := [
+            f"{name}={getattr(config, name)}" for name in (
             "validation_steps", "validation_epochs") if getattr(config, name)]):
         warnings.warn(f"{' and '.join(asked)} has no effect without validation_prompt: no validation videos are "
-                      "rendered (--validation_prompt \"a prompt:::another\" to render them)", UserWarning, stacklevel=3)
+                      "rendered (--validation_prompt \"a prompt:::another\" to render them)", SettingWarning, stacklevel=3)
     if config.init_lora_weights and config.training_mode != "lora":
         raise ConfigError(f"init_lora_weights={config.init_lora_weights} only applies with training_mode=lora (a "
                           f"full fine-tune starts from the base model's weights): drop --init_lora_weights, or train "
                           f"--training_mode lora")
     if config.mixed_precision == "fp16":
         warnings.warn("mixed_precision=fp16: fp16 training of video transformers often produces NaN losses; "
-                      "bf16 is the safe choice", UserWarning, stacklevel=3)
+                      "bf16 is the safe choice", SettingWarning, stacklevel=3)
     if spaced := [name for name in config.lora_target_modules or [] if len(name.split()) > 1]:
         raise ConfigError(f"lora_target_modules: {spaced[0]!r} is not a module name: separate the names with commas "
                           f"(to_q,to_k,to_v,to_out.0; in YAML, a list or one comma-separated string)")
@@ -487,7 +496,8 @@ def validate(config: TrainConfig) -> None:
     if not config.dummy_data and not config.instance_data_root:
         raise ConfigError("instance_data_root is required (the dataset folder), unless dummy_data is set")
     if config.instance_data_root and not config.dummy_data and not Path(config.instance_data_root).is_dir():
-        raise ConfigError(f"instance_data_root={config.instance_data_root}: folder not found")
+        relative = "" if Path(config.instance_data_root).is_absolute() else f" (read from {Path.cwd()}, where the run starts)"
+        raise ConfigError(f"instance_data_root={config.instance_data_root}: folder not found{relative}")
     if config.resume_from_checkpoint not in (None, "latest") and not checkpoint_folder(
             config.output_dir, config.resume_from_checkpoint).is_dir():
         raise ConfigError(f"resume_from_checkpoint={config.resume_from_checkpoint}: folder not found, neither as "

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+import warnings
 
 
 class BlueberryError(Exception):
@@ -28,6 +29,10 @@ class OutOfMemoryHelp(BlueberryError, MemoryError):
     """The GPU ran out of memory; the message lists this recipe's memory options."""
 
 
+class SettingWarning(UserWarning):
+    """A setting that does nothing or is risky in this run; the run goes on."""
+
+
 class StoppedBySignal(BlueberryError):
     """SIGTERM or Ctrl-C stopped work outside the training loop; the message says what was kept. The exit
     status is the shell's for that signal (143, 130), which schedulers read as "stopped", not "failed"."""
@@ -42,6 +47,7 @@ def exit_on_error(entry_point, *args):
     `error: ...` line on stderr and exit with status 1, where a traceback would bury the message under lines of
     code. BLUEBERRY_DEBUG=1 keeps the traceback. Under a multi-process launch a message is printed once per
     machine, however many of its processes meet it; one only some processes meet is printed too."""
+    show_setting_warnings_plainly()
     try:
         return entry_point(*args)
     except BlueberryError as error:
@@ -52,6 +58,25 @@ def exit_on_error(entry_point, *args):
             print(message, file=sys.stderr)
         tell_the_launcher(message)
         raise SystemExit(getattr(error, "exit_status", 1)) from None
+
+
+def show_setting_warnings_plainly() -> None:
+    """A SettingWarning prints as `warning: ...`, as errors print, without the file, line and source line Python
+    adds (which name the toolkit's code, not the user's setting); once per launch, by its first process."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        warnings.filterwarnings("ignore", category=SettingWarning)
+        return
+    python_format = warnings.formatwarning
+    if getattr(python_format, "plain_setting_warnings", False):
+        return
+
+    def formatted(message, category, filename, lineno, line=None):
+        if issubclass(category, SettingWarning):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    formatted.plain_setting_warnings = True
+    warnings.formatwarning = formatted
 
 
 def first_to_say(message: str) -> bool:

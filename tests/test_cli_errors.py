@@ -31,11 +31,14 @@ def test_a_recipe_prints_its_configuration_error_as_one_line(family, request, tm
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("an earlier run's")
     argv = [sys.executable, RECIPES[family], "--pretrained_model_name_or_path", str(model_dir(request, family)),
-            "--dummy_data", "--output_dir", str(tmp_path / "out")]
+            "--dummy_data", "--output_dir", str(tmp_path / "out"), "--validation_steps", "5"]
     result = run_script(*argv)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"error: output_dir={tmp_path / 'out'} is not empty" in result.stderr
     assert "Traceback" not in result.stderr
+    # A setting warning prints as a plain line too, not with the toolkit's file, line and source line
+    assert "\nwarning: validation_steps=5 has no effect without validation_prompt" in "\n" + result.stderr
+    assert "UserWarning" not in result.stderr and "SettingWarning" not in result.stderr
     if family == "cogvideox":  # the same wrapper in both recipes: one debug run is enough
         debugged = run_script(*argv, debug=True)
         assert debugged.returncode == 1

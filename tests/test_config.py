@@ -322,6 +322,19 @@ def test_a_flag_can_unset_what_the_yaml_file_set(tmp_path):
         parse_config([*base, "--rank", "none"])  # a setting that may not be unset keeps its type check
     with pytest.warns(UserWarning, match="num_train_epochs=3 has no effect: max_train_steps=100"):
         parse_config([*base, "--num_train_epochs", "3"])
+    # The YAML's validation_steps without a prompt are warned about, not where a flag unset the prompt on purpose
+    with pytest.warns(UserWarning, match="validation_steps=5 has no effect without validation_prompt"):
+        parse_config(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_config([*base, "--validation_prompt", "none"])
+
+
+def test_a_yaml_setting_left_empty_names_the_kind_of_value_it_takes(tmp_path):
+    path = write_yaml(tmp_path, "rank:\n")
+    with pytest.raises(ConfigError, match=r"rank has no value; give an integer or remove the line to use the "
+                                          r"default \(128\)"):
+        parse_config(["--config", str(path), "--pretrained_model_name_or_path", str(tmp_path), "--dummy_data"])
 
 
 def test_a_stray_value_is_named_as_a_value_not_as_a_flag(tmp_path):

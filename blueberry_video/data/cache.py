@@ -362,7 +362,11 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
         if (chunk_dir / "data").exists():
             parts.append(datasets.load_from_disk(str(chunk_dir / "data")))
     if not parts:
-        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5])
+        # Grouped: videos of one length asked for too many frames share one reason, told once.
+        by_reason: dict[str, list[str]] = {}
+        for item in skipped:
+            by_reason.setdefault(item["reason"], []).append(item["source"])
+        reasons = "; ".join(f"{first_few(sources)}: {reason}" for reason, sources in list(by_reason.items())[:5])
         raise EmptyCacheError(f"no video could be encoded into {cache_path} ({reasons})")
     # Chunks hold consecutive items and are listed in item order: concatenating keeps the index order.
     merged = datasets.concatenate_datasets(parts)

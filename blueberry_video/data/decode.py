@@ -626,11 +626,11 @@ def _short_clip_advice(available: int, info: VideoInfo, sampling: FrameSampling)
     """The settings that would make the clip fit, naming only those that can help here."""
     options = []
     if available:  # with no frame left, asking for fewer or filling them cannot help
-        options.append("fewer max_num_frames")
+        options.append("fewer --max_num_frames")
         if sampling.fps and sampling.fps < info.fps:
             # A higher rate takes its frames from a shorter stretch of the video.
-            options.append(f"a higher fps (up to the video's {info.fps:g})")
-    skips = [f"{name}={getattr(sampling, name)}" for name in ("skip_frames_start", "skip_frames_end")
+            options.append(f"a higher --fps (up to the video's {info.fps:g})")
+    skips = [f"--{name} {getattr(sampling, name)}" for name in ("skip_frames_start", "skip_frames_end")
              if getattr(sampling, name)]
     if skips:
         options.append(f"less skipping ({', '.join(skips)})")
@@ -638,7 +638,7 @@ def _short_clip_advice(available: int, info: VideoInfo, sampling: FrameSampling)
         return "the video has no frames to give; re-encode it or remove it from the dataset"
     advice = "ask for " + " or ".join(options)
     if available and sampling.short_video == "skip":
-        advice += ", or set short_video='loop' or 'pad'"
+        advice += ", or --short_video loop or pad"
     return advice
 
 

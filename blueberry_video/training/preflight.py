@@ -49,7 +49,8 @@ def resumed_config(config, family, checkpoint: Path | None):
         was = ", ".join(f"{name}={saved[name]!r}" for name in clashes)
         now = ", ".join(f"{name}={getattr(config, name)!r}" for name in clashes)
         raise ConfigError(f"resume_from_checkpoint: {checkpoint} was trained with {was} ({saved_file}), this run "
-                          f"has {now}: its saved weights or optimizer state are made for the run's. Resume with its "
+                          f"has {now}: its saved weights and optimizer state are shaped by those and load only into a "
+                          f"run with them. Resume with its "
                           f"settings, or start a new run from its weights with --init_lora_weights (LoRA)")
     warn_schedule_length_change(config, saved, checkpoint)
     kept = {name: saved[name] for name in RESTORED_SETTINGS if name in saved and saved[name] != getattr(config, name)}

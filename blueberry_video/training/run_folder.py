@@ -37,6 +37,7 @@ def hold_output_dir(accelerator, output_dir):
         yield
         return
     folder = Path(output_dir)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / LOCK_FILE, "a+")
@@ -50,7 +51,19 @@ def hold_output_dir(accelerator, output_dir):
                               f"it), or pick another --output_dir")
         yield
     finally:
+        if created and _holds_only_the_lock(folder):
+            # A run refused before it wrote anything (a setting checked once the model is read) leaves no folder
+            # to be taken for a run's.
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
         handle.close()
+
+
+def _holds_only_the_lock(folder: Path) -> bool:
+    try:
+        return [path.name for path in folder.iterdir()] == [LOCK_FILE]
+    except OSError:
+        return False
 
 
 def remove_leftovers(output_dir) -> list[str]:

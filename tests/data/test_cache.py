@@ -723,7 +723,7 @@ def test_strict_refuses_what_a_reused_cache_skipped(family, mixed_dataset, tmp_p
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
 
 
-def test_a_dataset_with_no_usable_video_raises_with_the_reasons(family, mixed_dataset, tmp_path):
+def test_a_dataset_with_no_usable_video_raises_with_the_reasons(family, mixed_dataset, sample_dataset_dir, tmp_path):
     root, good = mixed_dataset
     records = [r for r in metadata(root) if r not in good]
     (root / "metadata.json").write_text(json.dumps(records))
@@ -733,6 +733,12 @@ def test_a_dataset_with_no_usable_video_raises_with_the_reasons(family, mixed_da
     assert "no video could be encoded" in message
     for name in ("garbage.mp4", "zero.mp4", "truncated.mp4"):
         assert name in message and EXPECTED_REASONS[name] in message
+    # Videos all too short for the clip share one reason: told once, naming them together
+    with pytest.raises(EmptyCacheError) as raised:
+        precompute_latent_cache(family, sample_dataset_dir, tmp_path / "cache",
+                                dataclasses.replace(SETTINGS, sampling=dataclasses.replace(SAMPLING, num_frames=57)))
+    message = str(raised.value)
+    assert message.count("ask for fewer --max_num_frames") == 1 and message.count(".mp4") == 4, message
 
 
 @pytest.fixture(scope="module")

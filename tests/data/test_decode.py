@@ -212,18 +212,18 @@ def test_short_video_skip_policy_raises_with_counts(short_video):
         decode_video(short_video, FrameSampling(num_frames=8, height=48, width=64))
     message = str(caught.value)
     assert message.startswith(str(short_video))
-    assert "only 5 of the 8 frames" in message and "short_video='loop'" in message
+    assert "only 5 of the 8 frames" in message and "--short_video loop" in message
     assert caught.value.path == short_video
 
 
 def test_short_video_advice_names_the_settings_that_would_help(short_video, ntsc_video):
     with pytest.raises(VideoTooShortError) as caught:
         decode_video(short_video, FrameSampling(num_frames=8, height=48, width=64))
-    assert caught.value.reason.endswith("ask for fewer max_num_frames, or set short_video='loop' or 'pad'")
+    assert caught.value.reason.endswith("ask for fewer --max_num_frames, or --short_video loop or pad")
     # At 8 fps, 20 frames span 2.4 s of the 2 s video; closer to its own 29.97 fps they would span less.
     with pytest.raises(VideoTooShortError) as caught:
         decode_video(ntsc_video, FrameSampling(num_frames=20, height=16, width=16, fps=8))
-    assert "a higher fps (up to the video's 29.97)" in caught.value.reason
+    assert "a higher --fps (up to the video's 29.97)" in caught.value.reason
 
 
 def test_short_video_advice_leaves_out_the_policy_already_set(short_video):
@@ -232,7 +232,7 @@ def test_short_video_advice_leaves_out_the_policy_already_set(short_video):
         decode_video(
             short_video, FrameSampling(num_frames=2, height=48, width=64, skip_frames_start=9, short_video="loop")
         )
-    assert caught.value.reason.endswith("; ask for less skipping (skip_frames_start=9)")
+    assert caught.value.reason.endswith("; ask for less skipping (--skip_frames_start 9)")
     assert "short_video=" not in caught.value.reason
 
 
@@ -242,7 +242,7 @@ def test_skipping_the_end_of_an_intact_video_is_called_short_not_damaged(ntsc_vi
         decode_video(ntsc_video, FrameSampling(num_frames=9, height=16, width=16, skip_frames_end=55))
     assert "only 5 of the 9 frames" in caught.value.reason
     assert "truncated or damaged" not in caught.value.reason
-    assert "less skipping (skip_frames_end=55)" in caught.value.reason
+    assert "less skipping (--skip_frames_end 55)" in caught.value.reason
     # A file cut short is still called damaged: its header promises 48 frames, enough for 20 plus 5 skipped.
     with pytest.raises(VideoTooShortError, match="header says 2.00 s .* truncated or damaged"):
         decode_video(truncated_faststart_video, FrameSampling(num_frames=20, height=48, width=64, skip_frames_end=5))
@@ -313,7 +313,7 @@ def test_a_video_whose_audio_runs_longer_is_called_short_not_damaged(tmp_path):
         decode_video(video, FrameSampling(num_frames=9, height=48, width=64))
     # The audio's packets reach the header's 4 s: the file is whole, the video short.
     assert "truncated or damaged" not in raised.value.reason and "re-download" not in raised.value.reason
-    assert "ask for fewer max_num_frames" in raised.value.reason
+    assert "ask for fewer --max_num_frames" in raised.value.reason
 
 
 def test_a_file_cut_short_is_called_damaged_not_short(truncated_faststart_video, caplog):
@@ -354,7 +354,7 @@ def test_intact_stream_copied_clips_are_not_taken_for_cut_ones(tmp_path):
         assert decode_clip(clip, FrameSampling(num_frames=9, height=16, width=16, spread=True)).cut_short is None
         with pytest.raises(VideoTooShortError) as short:
             decode_video(clip, FrameSampling(num_frames=200, height=16, width=16))
-        assert "truncated or damaged" not in short.value.reason and "fewer max_num_frames" in short.value.reason
+        assert "truncated or damaged" not in short.value.reason and "fewer --max_num_frames" in short.value.reason
 
 
 @pytest.mark.parametrize("sampling", [FrameSampling(num_frames=30, height=32, width=32),

@@ -348,6 +348,16 @@ def test_a_new_run_refuses_an_output_dir_holding_an_earlier_run(lora_run, tiny_c
     assert sorted(p.name for p in lora_run.output_dir.rglob("*")) == before  # nothing written or removed
 
 
+def test_a_run_refused_before_it_writes_anything_leaves_no_output_dir(tiny_cogvideox_dir, one_video_dataset_dir,
+                                                                      tmp_path):
+    from blueberry_video.errors import ConfigError
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ConfigError, match="max_num_frames=8"):  # checked once the model's VAE is read
+        train_cogvideox.main(recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--max_num_frames", "8"))
+    assert not out.exists()
+
+
 def test_fp16_is_warned_about(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
     from blueberry_video.config import parse_config
 
