@@ -131,7 +131,10 @@ def print_train_result(result) -> None:
 
     from blueberry_video.training.accelerator import leave_without_teardown_after_a_multi_process_run
 
-    if PartialState().is_main_process:
+    if PartialState().is_main_process and result.stopped_early:
+        print(f"{result.global_step} steps, stopped before the last: no weights exported; {result.weights} holds "
+              "them")
+    elif PartialState().is_main_process:
         print(f"{result.global_step} steps; outputs in {result.output_dir}")
     leave_without_teardown_after_a_multi_process_run()
 

@@ -63,7 +63,9 @@ def exit_on_error(entry_point, *args):
 def show_setting_warnings_plainly() -> None:
     """A SettingWarning prints as `warning: ...`, as errors print, without the file, line and source line Python
     adds (which name the toolkit's code, not the user's setting); once per launch, by its first process."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    from blueberry_video.launch_rank import is_first_process
+
+    if not is_first_process():
         warnings.filterwarnings("ignore", category=SettingWarning)
         return
     python_format = warnings.formatwarning

@@ -52,6 +52,7 @@ def test_a_recipe_ends_with_the_line_blueberry_video_train_prints(family, reques
                         str(model_dir(request, family)), "--dummy_data", "--output_dir", str(out),
                         "--max_train_steps", "1", "--max_num_frames", "9", "--height", "32", "--width", "48")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "training on 1 process: 1 video(s) per step (1 per batch x 1 accumulation), 1 steps\n" in result.stdout
     assert result.stdout.splitlines()[-1] == f"1 steps; outputs in {out}"
 
 
@@ -110,3 +111,14 @@ def test_processes_of_one_launch_on_one_machine_print_a_message_once(capsys, mon
             exit_on_error(refuse)
         assert capsys.readouterr().err == "error: rank=0: must be positive\n"
     assert not list(tmp_path.glob("said-*"))
+
+
+def test_a_run_stopped_before_its_last_step_ends_saying_so(tmp_path, capsys):
+    from blueberry_video.cli import print_train_result
+    from blueberry_video.training.trainer import TrainResult
+
+    print_train_result(TrainResult(tmp_path, 225, tmp_path / "checkpoint-225", stopped_early=True))
+    assert capsys.readouterr().out == (f"225 steps, stopped before the last: no weights exported; "
+                                       f"{tmp_path / 'checkpoint-225'} holds them\n")
+    print_train_result(TrainResult(tmp_path, 400, tmp_path / "pytorch_lora_weights.safetensors"))
+    assert capsys.readouterr().out == f"400 steps; outputs in {tmp_path}\n"

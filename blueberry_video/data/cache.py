@@ -444,15 +444,8 @@ def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path
     place."""
     encoders = functools.cache(
         lambda: family.load_encoders(getattr(torch, settings.encode_dtype), device, vae_tiling=settings.vae_tiling))
-    def kept() -> str:
-        encoded = sum(len(chunk) for chunk, folder in zip(chunks, chunk_dirs) if folder.exists())
-        return (f"stopped while encoding the latent cache {cache_path}: {encoded} of "
-                f"{sum(len(chunk) for chunk in chunks)} videos are encoded and kept (whole chunks of {len(chunks[0])}); "
-                "run the same command again to continue from them (one with captions edited or videos added takes "
-                "them too)")
-
-    with stop_with_message(kept), tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos",
-                                        unit="video", disable=rank != 0) as progress:
+    with tqdm(total=sum(len(chunks[i]) for i in todo), desc="encoding videos", unit="video",
+              disable=rank != 0) as progress:
         for i in todo:
             # Done meanwhile by another job building the same cache where the filesystem does not lock.
             if chunk_dirs[i].exists() or (cache_path / "manifest.json").exists():
@@ -501,9 +494,6 @@ def precompute_latent_cache(
                                    ignore=lexical_absolute(cache_root))
     found = _FoundNow(root, [{"source": item.source, "reason": item.reason} for item in listing.skipped],
                       _listing_notes(root, listing))
-    if strict and found.skipped:
-        raise DatasetFormatError(f"{root}: strict_data is set and {len(found.skipped)} item(s) are unusable: "
-                                 + "; ".join(f"{s['source']}: {s['reason']}" for s in found.skipped[:5]))
     entries = list(listing.entries)
     listing_key = _listing_key(root, entries)
     # Read once: each encoder file's sampled digest is read to make it.
@@ -531,19 +521,28 @@ def precompute_latent_cache(
         if is_main:
             (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
             write_file(cache_path / "settings.json", settings_record(model_key, settings))
-        if accelerator:
-            accelerator.wait_for_everyone()
-        if todo:
-            _encode_chunks(family, chunks, chunk_keys, chunk_dirs, todo, root, cache_path, settings,
-                           device or (accelerator.device if accelerator else "cpu"), rank, older)
-        if accelerator:
-            accelerator.wait_for_everyone()
-        if is_main:
-            report = _merge_or_take_theirs(cache_path, found, chunk_dirs,
-                                           dict(zip((e.index for e in entries), listing_key)), settings.sampling)
-            logger.info(report.summary())
-        if accelerator:
-            accelerator.wait_for_everyone()
+        def kept() -> str:
+            encoded = sum(len(chunk) for chunk, folder in zip(chunks, chunk_dirs) if folder.exists())
+            return (f"stopped while encoding the latent cache {cache_path}: {encoded} of {len(entries)} videos are "
+                    f"encoded and kept (whole chunks of {chunk_size}); run the same command again to continue from "
+                    "them (one with captions edited or videos added takes them too)")
+
+        # Every process, also one waiting for the others (Ctrl-C reaches all of a launch's): the message, not a
+        # traceback of the wait its peer's exit broke.
+        with stop_with_message(kept):
+            if accelerator:
+                accelerator.wait_for_everyone()
+            if todo:
+                _encode_chunks(family, chunks, chunk_keys, chunk_dirs, todo, root, cache_path, settings,
+                               device or (accelerator.device if accelerator else "cpu"), rank, older)
+            if accelerator:
+                accelerator.wait_for_everyone()
+            if is_main:
+                report = _merge_or_take_theirs(cache_path, found, chunk_dirs,
+                                               dict(zip((e.index for e in entries), listing_key)), settings.sampling)
+                logger.info(report.summary())
+            if accelerator:
+                accelerator.wait_for_everyone()
     # The other processes read what the main one merged: built in this call, not reused.
     report = report if is_main else _read_report(cache_path, found, reused=False)
     if strict:

@@ -222,8 +222,9 @@ def check_launch(accelerator: Accelerator) -> None:
                  f"--cpu --num_processes N` starts one process"
         )
         raise LaunchError(
-            f"WORLD_SIZE={world_size} but this process trains alone (accelerate found no distributed backend): "
-            f"every process would train on all the data and write the same outputs. {hint}."
+            f"WORLD_SIZE={world_size} but this process works alone (accelerate found no distributed backend): "
+            f"every process would do all the work (train on, or encode, all the data) and write the same outputs. "
+            f"{hint}."
         )
 
 

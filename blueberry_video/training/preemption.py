@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from blueberry_video.launch_rank import is_first_process
+
 
 class PreemptionWatch:
     """`requested` turns True on SIGTERM or a first SIGINT; the training loop shares it across processes with the
@@ -23,8 +25,9 @@ class PreemptionWatch:
         if signum == signal.SIGINT:
             if self.requested:
                 raise KeyboardInterrupt
-            print("\ninterrupted: saving a checkpoint after this step, then stopping (Ctrl-C again to stop now, "
-                  "losing the steps since the last checkpoint)", file=sys.stderr, flush=True)
+            if is_first_process():  # Ctrl-C reaches every process of the launch
+                print("\ninterrupted: saving a checkpoint after this step, then stopping (Ctrl-C again to stop now, "
+                      "losing the steps since the last checkpoint)", file=sys.stderr, flush=True)
         self.requested = True
 
     def close(self) -> None:

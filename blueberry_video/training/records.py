@@ -231,7 +231,21 @@ def samples_list(output_dir: Path, config) -> str:
     return "\n".join(lines) or "- (no validation prompt was set)"
 
 
-def write_model_card(output_dir, config, family, num_samples: int, global_step: int) -> Path:
+def processes_in_words(num_processes: int, engine: str) -> str:
+    """"2 processes (DDP)", "1 process (DEEPSPEED ZeRO-2)", "1 process": the engine as run_info.json names it."""
+    engine = {"NO": "", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}.get(engine, engine)
+    return f"{num_processes} process{'es' if num_processes > 1 else ''}" + (f" ({engine})" if engine else "")
+
+
+def batch_in_words(config, num_processes: int) -> str:
+    """The videos each optimizer step learns from, and how they come about."""
+    per_step = config.train_batch_size * config.gradient_accumulation_steps * num_processes
+    over = f" x {num_processes} processes" if num_processes > 1 else ""
+    return (f"{per_step} video(s) per step ({config.train_batch_size} per batch x {config.gradient_accumulation_steps} "
+            f"accumulation{over})")
+
+
+def write_model_card(output_dir, config, family, num_samples: int, global_step: int, num_processes: int = 1) -> Path:
     """README.md for the run: Hub metadata, settings, the trigger word, code that renders a video with the
     family's own diffusers classes as validation did, and each sample with its prompt. A README.md the user wrote
     there is kept, and the card is written beside it as MODEL_CARD.md."""
@@ -262,7 +276,7 @@ tags:
 | training videos | {num_samples} |
 | steps | {global_step} |
 | clip | {config.max_num_frames} frames, {config.height}x{config.width}{sampled_at} |
-| batch | {config.train_batch_size} x {config.gradient_accumulation_steps} accumulation |
+| batch | {batch_in_words(config, num_processes)} |
 | learning rate | {config.learning_rate} ({config.lr_scheduler}) |
 | precision | {config.mixed_precision} |
 {trigger}

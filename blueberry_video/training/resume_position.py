@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from blueberry_video.launch_rank import is_first_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,9 +28,10 @@ def batches_to_skip(state: dict, samples_per_batch: int) -> int:
         return state["batches_in_epoch"]
     seen = state["batches_in_epoch"] * saved_units
     skip, repeated = divmod(seen, samples_per_batch)
-    logger.warning("resuming with %d samples per step across processes instead of %d: %d samples of epoch %d were "
-                   "taken, so %d batches are skipped%s", samples_per_batch, saved_units, seen, state["epoch"], skip,
-                   f" and {repeated} samples are seen again" if repeated else "")
+    if is_first_process():
+        logger.warning("resuming with %d samples per step across processes instead of %d: %d samples of epoch %d "
+                       "were taken, so %d batches are skipped%s", samples_per_batch, saved_units, seen,
+                       state["epoch"], skip, f" and {repeated} samples are seen again" if repeated else "")
     return skip
 
 
@@ -44,8 +47,14 @@ def rescale_lr_schedule(lr_scheduler, state: dict, num_processes: int) -> None:
     for group, rate in zip(inner.optimizer.param_groups, rates):
         group["lr"] = rate
     inner._last_lr = rates
-    logger.warning("resuming on %d processes, saved on %d: the learning-rate schedule is set to step %d of this "
-                   "run (lr %.3g)", num_processes, saved_processes, state["global_step"], rates[0])
+    if is_first_process():
+        logger.warning("resuming on %s, saved on %s: the learning-rate schedule is set to step %d of this run "
+                       "(lr %.3g)", _processes(num_processes), _processes(saved_processes), state["global_step"],
+                       rates[0])
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'es' if count > 1 else ''}"
 
 
 def steps_to_finish_the_epochs(saved_state: dict, samples_per_batch: int, updates_per_epoch: int,

@@ -53,7 +53,9 @@ from blueberry_video.training.preflight import (
 )
 from blueberry_video.training.records import (
     MetricsLog,
+    batch_in_words,
     plot_losses,
+    processes_in_words,
     write_final_metrics,
     write_model_card,
     write_run_info,
@@ -200,6 +202,9 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
     if accelerator.is_main_process:  # a resumed run records the settings it continues with
         write_run_info(output_dir, config, family.name, accelerator.num_processes, engine, resume_path,
                        state["global_step"], timeout_s=process_group_timeout_s())
+        # The launch as it came out: `accelerate launch --cpu --num_processes 2` starts one process, silently.
+        print(f"training on {processes_in_words(accelerator.num_processes, engine)}: "
+              f"{batch_in_words(config, accelerator.num_processes)}, {max_train_steps} steps")
 
     # The checkpoints this run writes say in which units their position is, and which engine wrote them.
     state.update(units, engine=engine)
@@ -275,7 +280,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
             records = metrics.read()
             plot_losses({output_dir.name: records}, output_dir / "loss.png")
             write_final_metrics(output_dir, records, state["bad_steps"])
-            write_model_card(output_dir, config, family, num_videos, global_step)
+            write_model_card(output_dir, config, family, num_videos, global_step, accelerator.num_processes)
         accelerator.end_training()
         return TrainResult(output_dir, global_step, weights, videos, losses, state["bad_steps"], False,
                            accelerator.unwrap_model(transformer))

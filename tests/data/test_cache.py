@@ -677,10 +677,13 @@ def test_bad_items_are_skipped_and_reported(family, mixed_dataset, tmp_path):
     assert precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS).skipped == report.skipped
 
 
-def test_strict_refuses_unusable_rows(family, mixed_dataset, tmp_path):
+def test_strict_refuses_unusable_rows_and_videos_together(family, mixed_dataset, tmp_path):
+    # Rows the metadata gets wrong (no caption, a missing file) and videos that do not decode: one refusal
     root, _ = mixed_dataset
-    with pytest.raises(DatasetFormatError, match="no caption"):
+    with pytest.raises(DatasetFormatError, match="strict_data is set and 6 video") as refused:
         precompute_latent_cache(family, root, tmp_path / "cache", SETTINGS, strict=True)
+    for name, reason in EXPECTED_REASONS.items():
+        assert name in str(refused.value) and reason in str(refused.value), name
 
 
 def test_strict_refuses_naming_every_undecodable_video_and_keeps_the_others_latents(family, mixed_dataset,
@@ -1074,3 +1077,35 @@ def test_sigterm_while_encoding_says_what_is_kept_and_the_next_run_encodes_only_
     remaining = 12 - int(kept.group(1))
     assert f"| {remaining}/{remaining} " in again.stderr  # only the videos not kept went through the encoders
     assert "12 cached" in again.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_two_process_build_prints_what_is_kept_once_and_no_process_traceback(tiny_cogvideox_dir,
+                                                                                         tmp_path):
+    import signal
+
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    def finished_chunks():
+        return {p.name for p in (tmp_path / "cache").glob("*/chunks/*") if re.fullmatch(r"\d{6}-\d{6}", p.name)}
+
+    # Chunks of 4: process 0 encodes videos 0-3, process 1 video 4 alone, then waits for process 0
+    data = tmp_path / "videos"
+    create_sample_videos(data, num=5, num_frames=17)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+               "blueberry_video.cli", "precompute", "--model", str(tiny_cogvideox_dir), "--data", str(data),
+               "--out", str(tmp_path / "cache"), "--height", "96", "--width", "160", "--num-frames", "9",
+               "--chunk-size", "4"]
+    # A session of its own: Ctrl-C in a terminal signals the launcher and every process of the launch
+    launch = subprocess.Popen(command, env={**os.environ, "ACCELERATE_USE_CPU": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while "000004-000005" not in finished_chunks():
+        assert launch.poll() is None and time.time() < deadline, launch.communicate()
+        time.sleep(0.01)
+    assert "000000-000004" not in finished_chunks()  # process 0 is still encoding: process 1 waits
+    os.killpg(launch.pid, signal.SIGINT)
+    _, stderr = launch.communicate(timeout=120)
+    assert stderr.count("error: SIGINT: stopped while encoding the latent cache") == 1, stderr[-3000:]
+    assert "of 5 videos are encoded and kept" in stderr
+    assert "[rank" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]

@@ -30,6 +30,10 @@ def test_two_process_ddp_trains_saves_once_and_resumes(tiny_cogvideox_dir, sampl
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["num_processes"] == 2
+    # Said at the start, and in the card: a launch that came out as one process is seen at once
+    assert ("training on 2 processes (DDP): 2 video(s) per step (1 per batch x 1 accumulation x 2 processes), "
+            "4 steps") in run.stdout
+    assert "| batch | 2 video(s) per step" in (out / "README.md").read_text()
     assert info["segments"][0]["process_group_timeout_s"] == 1234  # read back from torch's process group
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]  # one writer: no line twice
@@ -67,6 +71,13 @@ def test_two_ranks_of_batch_one_equal_one_rank_of_batch_two(tiny_cogvideox_dir, 
     assert difference.norm() < 1e-3 * learned.norm(), (difference.norm(), learned.norm())
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=5e-5)
+    # The one-process run resumed on two: the schedule's conversion is told once, not by each process
+    resumed = launch(training_args(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "single", tmp_path / "cache",
+                                   "--train_batch_size", "1", "--max_train_steps", "6", "--resume_from_checkpoint",
+                                   "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    told = resumed.stdout + resumed.stderr
+    assert told.count("resuming on 2 processes, saved on 1 process: the learning-rate schedule") == 1, told[-3000:]
 
 
 def test_two_machines_on_loopback(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
