@@ -65,6 +65,14 @@ def test_the_command_prints_its_errors_as_one_line(tiny_cogvideox_dir, tmp_path)
     assert "Traceback" not in result.stderr
 
 
+@pytest.fixture(autouse=True)
+def python_warning_format(monkeypatch):
+    """exit_on_error formats setting warnings for the command line: put Python's format back for the other tests."""
+    import warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+
+
 def test_exit_on_error_reports_only_the_toolkits_own_errors(capsys, monkeypatch):
     def refuse():
         raise ConfigError("rank=0: must be positive")

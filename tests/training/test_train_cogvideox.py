@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,9 @@ def test_tensorboard_drops_the_steps_a_resume_logs_again(tiny_cogvideox_dir, one
     args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, out, "--checkpointing_steps", "2",
                        "--report_to", "tensorboard", "--max_train_steps", "4")
     train_cogvideox.main(args)  # as if killed after step 4: the resume from step 2 logs 3 and 4 again
+    # TensorBoard reads a folder's event files in name order, named by the second they were opened (then host, pid
+    # and a count within the process): a resume in a later second, as any real one is, not in the same.
+    time.sleep(1.1)
     train_cogvideox.main([*args, "--resume_from_checkpoint", str(out / "checkpoint-2")])
     folder = next((out / "logs").rglob("events.out.tfevents.*")).parent
     assert [event.step for event in EventAccumulator(str(folder)).Reload().Scalars("loss")] == [1, 2, 3, 4]
