@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
 from blueberry_video.data.latent_dataset import DummyLatentDataset, LatentCacheDataset
-from blueberry_video.errors import ConfigError, OutOfMemoryHelp, out_of_memory_message
+from blueberry_video.errors import ConfigError, OutOfMemoryHelp, SettingWarning, out_of_memory_message
 from blueberry_video.training.accelerator import (
     build_accelerator,
     check_output_dir,
@@ -179,7 +180,7 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
                                                          config.gradient_accumulation_steps, config.num_train_epochs)
     lr_scheduler = build_lr_scheduler(optimizer, config, max_train_steps, accelerator.num_processes)
     if warning := warmup_outlasting_the_run(config, max_train_steps):
-        logger.warning(warning)
+        warnings.warn(warning, SettingWarning, stacklevel=2)
     register_lora_checkpoint_hooks(accelerator, config.training_mode, family)
     fit_fsdp_wrap_classes(accelerator, transformer)
     transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(transformer, optimizer, dataloader, lr_scheduler)
