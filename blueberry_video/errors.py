@@ -8,6 +8,8 @@ import sys
 import time
 import warnings
 
+from blueberry_video.launch_rank import is_first_process
+
 
 class BlueberryError(Exception):
     """Base class for errors this toolkit raises on purpose."""
@@ -63,8 +65,6 @@ def exit_on_error(entry_point, *args):
 def show_setting_warnings_plainly() -> None:
     """A SettingWarning prints as `warning: ...`, as errors print, without the file, line and source line Python
     adds (which name the toolkit's code, not the user's setting); once per launch, by its first process."""
-    from blueberry_video.launch_rank import is_first_process
-
     if not is_first_process():
         warnings.filterwarnings("ignore", category=SettingWarning)
         return

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from blueberry_video.errors import ConfigError
 from blueberry_video.training.checkpoints import checkpoint_step
 from blueberry_video.training.lora import lora_file, lora_targets
+from blueberry_video.training.records import ENGINES_IN_WORDS
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ def resumed_config(config, family, checkpoint: Path | None):
 
 
 SHARDING_ENGINES = ("FSDP", "DEEPSPEED")
-ENGINES_IN_WORDS = {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}  # accelerate's names for them
 
 
 def check_resume_engine(saved_state: dict, checkpoint: Path, engine: str, num_processes: int) -> None:

@@ -231,10 +231,18 @@ def samples_list(output_dir: Path, config) -> str:
     return "\n".join(lines) or "- (no validation prompt was set)"
 
 
+# The engines as run_info.json names them (accelerate's distributed types, DeepSpeed's and FSDP's with their stage or
+# version), in the words messages use.
+ENGINES_IN_WORDS = {"NO": "one process", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}
+
+
+def process_count(num_processes: int) -> str:
+    return f"{num_processes} process{'es' if num_processes > 1 else ''}"
+
+
 def processes_in_words(num_processes: int, engine: str) -> str:
-    """"2 processes (DDP)", "1 process (DEEPSPEED ZeRO-2)", "1 process": the engine as run_info.json names it."""
-    engine = {"NO": "", "MULTI_GPU": "DDP", "MULTI_CPU": "DDP"}.get(engine, engine)
-    return f"{num_processes} process{'es' if num_processes > 1 else ''}" + (f" ({engine})" if engine else "")
+    """"2 processes (DDP)", "1 process (DEEPSPEED ZeRO-2)", "1 process"."""
+    return process_count(num_processes) + (f" ({ENGINES_IN_WORDS.get(engine, engine)})" if engine != "NO" else "")
 
 
 def batch_in_words(config, num_processes: int) -> str:

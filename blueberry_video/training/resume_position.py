@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from blueberry_video.launch_rank import is_first_process
+from blueberry_video.training.records import process_count
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,8 @@ def rescale_lr_schedule(lr_scheduler, state: dict, num_processes: int) -> None:
     inner._last_lr = rates
     if is_first_process():
         logger.warning("resuming on %s, saved on %s: the learning-rate schedule is set to step %d of this run "
-                       "(lr %.3g)", _processes(num_processes), _processes(saved_processes), state["global_step"],
+                       "(lr %.3g)", process_count(num_processes), process_count(saved_processes), state["global_step"],
                        rates[0])
-
-
-def _processes(count: int) -> str:
-    return f"{count} process{'es' if count > 1 else ''}"
 
 
 def steps_to_finish_the_epochs(saved_state: dict, samples_per_batch: int, updates_per_epoch: int,
