@@ -385,6 +385,8 @@ def parse_config(argv: list[str] | None = None, description: str = "", defaults:
             unset_by_flag.add(name)
         elif value is not None:
             values[name] = _coerce(name, value, f"--{name}")
+            if values[name] == []:  # `--validation_prompt ""` unsets the YAML's prompts as `none` does
+                unset_by_flag.add(name)
     config = TrainConfig(**values)
     validate(config, unset_by_flag)
     return config
@@ -406,7 +408,8 @@ def _check_schedule_settings(config) -> None:
 
 def validate(config: TrainConfig, unset_by_flag: set[str] = frozenset()) -> None:
     """Checks that need no model or data: types, ranges and combinations. `unset_by_flag`: the settings a flag set
-    to none (`--validation_prompt none` over a YAML's prompt is meant: its validation_steps are not warned about)."""
+    to none or empty (`--validation_prompt none` over a YAML's prompt is meant: its validation_steps are not warned
+    about)."""
     if config.max_train_steps is not None and config.num_train_epochs != FIELDS["num_train_epochs"].default:
         warnings.warn(f"num_train_epochs={config.num_train_epochs} has no effect: max_train_steps="
                       f"{config.max_train_steps} sets the run's length (--max_train_steps none to train by epochs)",

@@ -328,6 +328,7 @@ def test_a_flag_can_unset_what_the_yaml_file_set(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         parse_config([*base, "--validation_prompt", "none"])
+        assert parse_config([*base, "--validation_prompt", ""]).validation_prompt == []
 
 
 def test_a_yaml_setting_left_empty_names_the_kind_of_value_it_takes(tmp_path):
