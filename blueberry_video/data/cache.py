@@ -325,17 +325,21 @@ def _chunk_dir(cache_path: Path, start: int, stop: int) -> Path:
 def _write_chunk(chunk_dir: Path, chunk: _EncodedChunk, root: Path, process_index: int) -> None:
     tmp = unique_tmp(chunk_dir)
     tmp.mkdir(parents=True)
-    if chunk.rows:
-        write_latent_table(tmp / "data", [
-            {"index": entry.index, "video": _relative(entry, root), "caption": entry.caption, **tensors}
-            for entry, tensors in chunk.rows
-        ])
-    (tmp / "skipped.json").write_text(json.dumps(chunk.skipped, indent=1))
-    (tmp / "notes.json").write_text(json.dumps(chunk.notes, indent=1))
-    (tmp / "process.json").write_text(json.dumps({
-        "process_index": process_index, "num_encoded": chunk.num_encoded, "num_reused": chunk.num_reused,
-        "reused_from": chunk.reused_from, "video_columns": chunk.video_columns, "digests": chunk.digests,
-        "keys": chunk.keys, "format_version": CACHE_FORMAT_VERSION}))
+    try:
+        if chunk.rows:
+            write_latent_table(tmp / "data", [
+                {"index": entry.index, "video": _relative(entry, root), "caption": entry.caption, **tensors}
+                for entry, tensors in chunk.rows
+            ])
+        (tmp / "skipped.json").write_text(json.dumps(chunk.skipped, indent=1))
+        (tmp / "notes.json").write_text(json.dumps(chunk.notes, indent=1))
+        (tmp / "process.json").write_text(json.dumps({
+            "process_index": process_index, "num_encoded": chunk.num_encoded, "num_reused": chunk.num_reused,
+            "reused_from": chunk.reused_from, "video_columns": chunk.video_columns, "digests": chunk.digests,
+            "keys": chunk.keys, "format_version": CACHE_FORMAT_VERSION}))
+    except BaseException:  # Ctrl-C or a full disk mid-write: a stopped build leaves no half-written chunk behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     move_into_place(tmp, chunk_dir)
 
 

@@ -581,6 +581,27 @@ def test_a_build_stopped_part_way_gives_its_finished_chunks_latents_to_a_run_who
     assert len(videos) == 4
 
 
+def test_a_build_stopped_while_writing_a_chunk_leaves_no_half_written_chunk(family, sample_dataset_dir, tmp_path,
+                                                                            monkeypatch):
+    from blueberry_video.data import cache
+
+    write_latent_table = cache.write_latent_table
+
+    def stopped_at_the_second_chunk(path, records):
+        if stopped_at_the_second_chunk.calls == 1:
+            write_latent_table(path, records[:1])  # part of it is on disk when the stop comes
+            raise KeyboardInterrupt
+        stopped_at_the_second_chunk.calls += 1
+        write_latent_table(path, records)
+
+    stopped_at_the_second_chunk.calls = 0
+    monkeypatch.setattr(cache, "write_latent_table", stopped_at_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        precompute_latent_cache(family, sample_dataset_dir, tmp_path, SETTINGS, chunk_size=2)
+    chunks = next(tmp_path.iterdir()) / "chunks"
+    assert [path.name for path in chunks.iterdir()] == ["000000-000002"]
+
+
 def test_a_resume_with_another_chunk_size_keeps_every_item(family, sample_dataset_dir, tmp_path, monkeypatch):
     encode_videos = family.encode_videos
     calls = []
