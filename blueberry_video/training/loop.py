@@ -6,17 +6,18 @@ the loop's own. Checkpoints, validation and epochs stay in the trainer: they hap
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import torch
-from accelerate.logging import get_logger
 
 from blueberry_video.errors import BlueberryError
 from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import training_step
 
-logger = get_logger(__name__)
+# Not accelerate's logger: it puts [RANK 0] before messages only the first process says.
+logger = logging.getLogger(__name__)
 
 
 class TooManyBadStepsError(BlueberryError, RuntimeError):
@@ -83,8 +84,9 @@ class BatchLoop:
         finite = outcome.applied and math.isfinite(step_loss)
         if not finite and self._loss_scale_search(step_loss):
             self.bad_steps += 1
-            logger.warning(f"step {self.global_step}: fp16 gradient overflow, update skipped; loss scale lowered to "
-                           f"{self.accelerator.scaler.get_scale():g}", main_process_only=True)
+            if self.accelerator.is_main_process:
+                logger.warning(f"step {self.global_step}: fp16 gradient overflow, update skipped; loss scale lowered "
+                               f"to {self.accelerator.scaler.get_scale():g}")
         else:
             self._check_finite(finite)
         now = time.perf_counter()
@@ -115,8 +117,9 @@ class BatchLoop:
         if finite:
             return
         self.bad_steps += 1
-        logger.warning(f"step {self.global_step}: non-finite loss/gradient, update skipped "
-                       f"({self.bad_in_a_row} in a row)", main_process_only=True)
+        if self.accelerator.is_main_process:
+            logger.warning(f"step {self.global_step}: non-finite loss/gradient, update skipped "
+                           f"({self.bad_in_a_row} in a row)")
         if self.bad_in_a_row >= self.config.max_consecutive_bad_steps:
             raise TooManyBadStepsError(
                 f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient (step {self.global_step}). "

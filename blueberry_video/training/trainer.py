@@ -9,6 +9,7 @@ Everything model-specific goes through the `ModelFamily` the recipe passes in.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import warnings
 from contextlib import ExitStack
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
@@ -72,7 +72,8 @@ from blueberry_video.training.step import compile_blocks
 from blueberry_video.training.trackers import start_trackers
 from blueberry_video.training.validation import run_validation
 
-logger = get_logger(__name__)
+# Not accelerate's logger: it puts [RANK 0] before messages only the first process says.
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,7 +149,8 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
         try:
             family.check_generation_frames(config.max_num_frames)
         except ConfigError as error:
-            logger.warning(f"validation videos: {error}", main_process_only=True)
+            if accelerator.is_main_process:
+                logger.warning(f"validation videos: {error}")
     dtype = weight_dtype(accelerator)
     check_attention_backend(family, config.attention_backend, accelerator.device, dtype)
 

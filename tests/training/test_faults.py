@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -33,11 +35,15 @@ class PoisonedLoss(CogVideoXFamily):
         return loss * float("nan") if self.bad_calls(self.calls) else loss
 
 
-def test_a_nan_step_is_skipped_and_training_goes_on(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+def test_a_nan_step_is_skipped_and_training_goes_on(tiny_cogvideox_dir, sample_dataset_dir, tmp_path, caplog):
     family = PoisonedLoss(tiny_cogvideox_dir, lambda call: call == 3)
-    result = train(config_for(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "run", "--max_train_steps", "6"),
-                   family)
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.training.loop"):
+        result = train(config_for(tiny_cogvideox_dir, sample_dataset_dir, tmp_path / "run", "--max_train_steps", "6"),
+                       family)
     assert result.global_step == 6 and result.bad_steps == 1
+    # Said by the first process only, so with no process number before it
+    assert [record.getMessage() for record in caplog.records if record.name == "blueberry_video.training.loop"] == [
+        "step 3: non-finite loss/gradient, update skipped (1 in a row)"]
     weights = load_file(result.weights)
     assert all(torch.isfinite(t).all() for t in weights.values())
 
