@@ -52,14 +52,28 @@ def exit_on_error(entry_point, *args):
     show_setting_warnings_plainly()
     try:
         return entry_point(*args)
-    except BlueberryError as error:
-        if os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
+    except Exception as error:
+        said = error if isinstance(error, BlueberryError) else stop_within(error)
+        if said is None or os.environ.get("BLUEBERRY_DEBUG", "") not in ("", "0"):
             raise
-        message = f"error: {error}"
+        message = f"error: {said}"
         if first_to_say(message):
             print(message, file=sys.stderr)
         tell_the_launcher(message)
-        raise SystemExit(getattr(error, "exit_status", 1)) from None
+        raise SystemExit(getattr(said, "exit_status", 1)) from None
+
+
+def stop_within(error: BaseException) -> StoppedBySignal | None:
+    """The Ctrl-C or SIGTERM that `error` is, or that a library turned into its own error (StoppedBySignal is an
+    Exception, as a signal handler's must be to reach our handlers: diffusers reports one that came while it read
+    weights as "Unable to load weights", imageio one that came while it read from ffmpeg as its own error)."""
+    seen, chain = error, set()
+    while seen is not None and id(seen) not in chain:
+        if isinstance(seen, StoppedBySignal):
+            return seen
+        chain.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def show_setting_warnings_plainly() -> None:

@@ -89,6 +89,26 @@ def test_exit_on_error_reports_only_the_toolkits_own_errors(capsys, monkeypatch)
         exit_on_error(refuse)
 
 
+def test_a_stop_that_a_library_turned_into_its_own_error_is_reported_as_the_stop(capsys, monkeypatch, tmp_path):
+    # Ctrl-C while diffusers reads weights: its loader turns whatever its reading raises into "Unable to load weights"
+    import safetensors.torch
+    from diffusers.models.model_loading_utils import load_state_dict
+
+    from blueberry_video.errors import StoppedBySignal
+
+    def signal_while_reading(*args, **kwargs):
+        raise StoppedBySignal("SIGINT: stopped while encoding the latent cache X: 4 of 8 videos are kept", 2)
+
+    monkeypatch.setattr(safetensors.torch, "load_file", signal_while_reading)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    monkeypatch.setenv("BLUEBERRY_DEBUG", "")
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_error(load_state_dict, str(weights))
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "error: SIGINT: stopped while encoding the latent cache X: 4 of 8 videos are kept\n"
+
+
 def test_processes_of_one_launch_on_one_machine_print_a_message_once(capsys, monkeypatch, tmp_path):
     # The launcher gives each local process an error file in its own folder under one attempt folder.
     monkeypatch.setenv("BLUEBERRY_DEBUG", "")

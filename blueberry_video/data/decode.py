@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blueberry_video.errors import BlueberryError, StoppedBySignal
+from blueberry_video.errors import BlueberryError, stop_within
 
 logger = logging.getLogger(__name__)
 
@@ -543,11 +543,8 @@ def _raise_a_stop_within(error: BaseException) -> None:
     """A Ctrl-C or SIGTERM that came while reading from ffmpeg (StoppedBySignal is an Exception too), as it is
     or wrapped in imageio's own error: it must stop the work, not count the video as unreadable (a skip the cache
     would keep)."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, StoppedBySignal):
-            raise seen
-        seen = seen.__cause__ or seen.__context__
+    if (stop := stop_within(error)) is not None:
+        raise stop
 
 
 # ffmpeg's last progress line: the video frames it passed, and how far (h:m:s) the streams reached.
