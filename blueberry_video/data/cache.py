@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from blueberry_video.data.cache_lock import building, move_into_place, unique_tmp, write_file
 from blueberry_video.data.cache_reuse import (
     OlderCache,
+    SameModel,
     older_cache,
     settings_record,
     why_not_reused,
@@ -502,10 +503,13 @@ def precompute_latent_cache(
     listing_key = _listing_key(root, entries)
     # Read once: each encoder file's sampled digest is read to make it.
     model_key = family.cache_key()
+    same_model = SameModel(model_key, family.encoder_digests)
     fingerprint = cache_fingerprint(model_key, listing_key, settings)
     cache_path = Path(cache_root) / f"{family.name}-{fingerprint[:16]}"
     if (cache_path / "manifest.json").exists():
         return _reuse(cache_path, found, strict)
+    if (built := _cache_of_a_copy(Path(cache_root), same_model, listing_key, settings)) is not None:
+        return _reuse(built, found, strict)
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -514,8 +518,8 @@ def precompute_latent_cache(
     with building(cache_path, accelerator) as built_meanwhile:
         if built_meanwhile:
             return _reuse(cache_path, found, strict)
-        older = older_cache(Path(cache_root), cache_path, model_key, settings, listing_key)
-        if is_main and (why := why_not_reused(Path(cache_root), cache_path, model_key, settings, listing_key, older)):
+        older = older_cache(Path(cache_root), cache_path, same_model, settings, listing_key)
+        if is_main and (why := why_not_reused(Path(cache_root), cache_path, same_model, settings, listing_key, older)):
             logger.warning("building a new latent cache in %s:\n  %s", cache_path, why)
         starts = range(0, len(entries), chunk_size)
         chunks = [entries[start : start + chunk_size] for start in starts]
@@ -524,7 +528,7 @@ def precompute_latent_cache(
         todo = [i for i in range(len(chunks)) if i % world == rank and not chunk_dirs[i].exists()]
         if is_main:
             (cache_path / "chunks").mkdir(parents=True, exist_ok=True)
-            write_file(cache_path / "settings.json", settings_record(model_key, settings))
+            write_file(cache_path / "settings.json", settings_record(model_key, settings, same_model.digests()))
         def kept() -> str:
             encoded = sum(len(chunk) for chunk, folder in zip(chunks, chunk_dirs) if folder.exists())
             return (f"stopped while encoding the latent cache {cache_path}: {encoded} of {len(entries)} videos are "
@@ -552,6 +556,24 @@ def precompute_latent_cache(
     if strict:
         _refuse_what_was_skipped(report)
     return report
+
+
+def _cache_of_a_copy(cache_root: Path, same_model: SameModel, listing_key: list,
+                     settings: CacheSettings) -> Path | None:
+    """The complete cache of this listing and these settings built with these encoder files at other modification
+    times (the model copied without keeping them: cp -r to a node's local disk), where the whole-file digests it
+    recorded are these files'. Its folder is named by the other times, so it is found by its settings.json."""
+    for settings_file in sorted(cache_root.glob(f"{same_model.key['family']}-*/settings.json")):
+        folder = settings_file.parent
+        if not (folder / "manifest.json").exists():
+            continue
+        recorded = json.loads(settings_file.read_text())
+        if "encoder_digests" not in recorded or not same_model.differs_in_times_at_most(recorded):
+            continue
+        built_for = cache_fingerprint(recorded["model"], listing_key, settings)[:16]
+        if folder.name == f"{same_model.key['family']}-{built_for}" and same_model(recorded):
+            return folder
+    return None
 
 
 def _merge_or_take_theirs(cache_path: Path, found: _FoundNow, chunk_dirs: list[Path], listing_key: dict[int, list],

@@ -138,25 +138,60 @@ def _sampled_by_count(holdings: CacheHoldings, fps_sampled: bool) -> set[str]:
     return other_containers | {item["video"] for item in holdings.note_items.get("variable_frame_rate", [])}
 
 
-def older_cache(cache_root: Path, cache_path: Path, model_key: dict, settings: CacheSettings,
+class SameModel:
+    """Tells whether a cache was built with this model's encoder files: by their recorded names, sizes,
+    modification times and sampled digests; or, for a copy that did not keep the times (cp -r to a node's local
+    disk before each job), by the same names, sizes and sampled digests and the whole-file digests the cache
+    recorded, which are read here only then (once)."""
+
+    def __init__(self, model_key: dict, encoder_digests):
+        self.key = model_key
+        self._as_recorded = json.loads(json.dumps(model_key, default=str))  # as settings.json holds it
+        self._read_digests, self._digests = encoder_digests, None
+
+    def digests(self) -> dict[str, str]:
+        if self._digests is None:
+            self._digests = self._read_digests()
+        return self._digests
+
+    def differs_in_times_at_most(self, recorded: dict) -> bool:
+        """Whether a cache's settings.json names these files but for their modification times."""
+        theirs, ours = _models_compared(recorded["model"], self._as_recorded)
+        return _without_times(theirs) == _without_times(ours)
+
+    def __call__(self, recorded: dict) -> bool:
+        theirs, ours = _models_compared(recorded["model"], self._as_recorded)
+        if theirs == ours:
+            return True
+        return ("encoder_digests" in recorded and self.differs_in_times_at_most(recorded)
+                and recorded["encoder_digests"] == self.digests())
+
+
+def _without_times(model: dict) -> dict:
+    """A model key whose file entries (name, size, modification time, sampled digest) leave out the time; entries
+    of earlier releases (no sampled digest) keep nothing that could tell their content."""
+    return {name: [[entry[0], entry[1], *entry[3:]] if len(entry) > 3 else None for entry in value]
+            if isinstance(value, list) else value for name, value in model.items()}
+
+
+def older_cache(cache_root: Path, cache_path: Path, same_model: SameModel, settings: CacheSettings,
                 listing_key: list, look_again: bool = True) -> OlderCache | None:
     """The cache beside `cache_path` whose video latents serve the most of these videos, or None: a complete one,
     or the finished chunks of a build that was stopped (Ctrl-C, then a caption edited) or is running now.
 
     Caches built before the listing was recorded (listing.json) cannot be matched to files and are not used, nor
     fps-sampled ones from before the variable-frame-rate note (their videos sampled by count cannot be told)."""
-    ours = json.loads(settings_record(model_key, settings))
+    ours = json.loads(settings_record(same_model.key, settings))
     wanted = {tuple(key[:3]) for key in listing_key}
     wanted_by_size = {tuple(key[:2]) for key in listing_key}  # a copy's: its digest is checked when used
     best, most = None, (0, 0)
-    for settings_file in sorted(cache_root.glob(f"{model_key['family']}-*/settings.json")):
+    for settings_file in sorted(cache_root.glob(f"{same_model.key['family']}-*/settings.json")):
         folder = settings_file.parent
         if folder == cache_path:
             continue
         theirs = json.loads(settings_file.read_text())
-        their_model, our_model = _models_compared(theirs["model"], ours["model"])
-        if their_model != our_model or any(theirs["settings"].get(name) != ours["settings"][name]
-                                           for name in VIDEO_SETTINGS):
+        if any(theirs["settings"].get(name) != ours["settings"][name] for name in VIDEO_SETTINGS) or \
+                not same_model(theirs):
             continue
         if (holdings := read_holdings(folder)) is None:
             continue
@@ -174,12 +209,16 @@ def older_cache(cache_root: Path, cache_path: Path, model_key: dict, settings: C
     except FileNotFoundError:  # a build that finished meanwhile removed its chunks: look again, it is complete now
         if best.complete or not look_again:
             return None
-        return older_cache(cache_root, cache_path, model_key, settings, listing_key, look_again=False)
+        return older_cache(cache_root, cache_path, same_model, settings, listing_key, look_again=False)
 
 
-def settings_record(model_key: dict, settings: CacheSettings) -> str:
-    """settings.json: what a cache was built with, for people and for `why_not_reused`."""
-    return json.dumps({"model": model_key, "settings": settings.record()}, indent=1, default=str)
+def settings_record(model_key: dict, settings: CacheSettings, encoder_digests: dict | None = None) -> str:
+    """settings.json: what a cache was built with, for people and for `why_not_reused`; and the encoder files'
+    whole-content digests, by which a copy of the model that did not keep the modification times finds it."""
+    record = {"model": model_key, "settings": settings.record()}
+    if encoder_digests is not None:
+        record["encoder_digests"] = encoder_digests
+    return json.dumps(record, indent=1, default=str)
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
@@ -288,23 +327,26 @@ def _listing_difference(folder: Path, listing_key: list) -> tuple[str, tuple[int
     return "another listing of the dataset: " + ", ".join(parts), closeness
 
 
-def why_not_reused(cache_root: Path, cache_path: Path, model_key: dict, settings: CacheSettings,
+def why_not_reused(cache_root: Path, cache_path: Path, same_model: SameModel, settings: CacheSettings,
                    listing_key: list, taken: OlderCache | None) -> str | None:
     """When `cache_root` holds other caches of this family (built by a `precompute` with other flags than the
     training's, say, or before the dataset changed), the lines of a warning: what the folder holds, how the nearest
     complete cache differs (so a re-encode is not a surprise), which one gives this run video latents (`taken`),
     and which folders no run will read again, with their size."""
-    ours = json.loads(settings_record(model_key, settings))
+    ours = json.loads(settings_record(same_model.key, settings))
     nearest, complete, incomplete = None, [], []
-    for folder in sorted(path for path in cache_root.glob(f"{model_key['family']}-*") if path.is_dir()):
+    for folder in sorted(path for path in cache_root.glob(f"{same_model.key['family']}-*") if path.is_dir()):
         if folder == cache_path:
             continue
         if not (folder / "manifest.json").exists() or not (folder / "settings.json").exists():
             incomplete.append(folder)
             continue
         theirs = json.loads((folder / "settings.json").read_text())
-        their_model, our_model = _models_compared(theirs["model"], ours["model"])
-        flat_theirs, flat_ours = _flat({**theirs, "model": their_model}), _flat({**ours, "model": our_model})
+        # A copy of these encoder files (their digests recorded there) is the same model, whatever their times.
+        their_model, our_model = _models_compared(theirs["model"], ours["model"]) if not same_model(theirs) else \
+            (ours["model"], ours["model"])
+        flat_theirs = _flat({"model": their_model, "settings": theirs["settings"]})
+        flat_ours = _flat({"model": our_model, "settings": ours["settings"]})
         differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
                              if flat_ours.get(key) != flat_theirs.get(key))
         listing, (same_rows, same_paths) = _listing_difference(folder, listing_key)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from blueberry_video.errors import ConfigError, ModelLayoutError
-from blueberry_video.file_digests import sampled_digest
+from blueberry_video.file_digests import content_digest, sampled_digest
+from blueberry_video.launch_rank import is_first_process
 
 
 @dataclass
@@ -199,20 +201,38 @@ class ModelFamily(ABC):
 
     # --- the latent cache ------------------------------------------------------------------------
 
+    def _encoder_files(self) -> dict[str, list[Path]]:
+        """The files of each folder the cache depends on: the encoders' configs, tokenizers and weights. Not the
+        transformer and scheduler, which encode nothing."""
+        return {sub: sorted(path for path in (self.model_dir / sub).rglob("*") if path.is_file())
+                for sub in self.required_subfolders if sub not in ("transformer", "scheduler")}
+
     def cache_key(self) -> dict:
-        """Everything in the model directory that changes what the cache holds: the encoders' configs, tokenizers
-        and weights, each file by name, size, modification time (an edit in place) and a digest of 1 MiB sampled
-        through it (other weights of the same size where times are normalised, as in some archives and images),
-        so that checking reads little. Not where the directory is: the same files at another path (a mount, a copy
-        that kept their times) give the same cache. Nor the transformer and scheduler, which encode nothing."""
+        """Everything in the model directory that changes what the cache holds: the encoder files, each by name,
+        size, modification time (an edit in place) and a digest of 1 MiB sampled through it (other weights of the
+        same size where times are normalised, as in some archives and images), so that checking reads little. Not
+        where the directory is: the same files at another path (a mount, a copy that kept their times) give the
+        same cache; a copy that did not keep them is told by `encoder_digests`."""
         key = {"family": self.name}
-        for sub in self.required_subfolders:
-            if sub in ("transformer", "scheduler"):
-                continue
-            files = sorted(path for path in (self.model_dir / sub).rglob("*") if path.is_file())
+        for sub, files in self._encoder_files().items():
             key[sub] = [(str(path.relative_to(self.model_dir / sub)), path.stat().st_size, path.stat().st_mtime_ns,
                          sampled_digest(path)) for path in files]
         return key
+
+    def encoder_digests(self) -> dict[str, str]:
+        """The whole-content digest of each encoder file, by its path in the model folder (a T5-XXL is read in
+        about 10 s): what tells a copy of the model that did not keep the modification times (cp -r to a node's
+        local disk) from weights rewritten in place."""
+        files = [path for files in self._encoder_files().values() for path in files]
+        sizes = [path.stat().st_size for path in files]
+        digests = {}
+        # Shown where it takes a while (a HunyuanVideo's 17 GB from network storage: a minute or more)
+        with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="digests of the encoder files",
+                  disable=sum(sizes) < 2**30 or not is_first_process()) as progress:
+            for path, size in zip(files, sizes):
+                digests[str(path.relative_to(self.model_dir))] = content_digest(path)
+                progress.update(size)
+        return digests
 
     @abstractmethod
     @torch.no_grad()
