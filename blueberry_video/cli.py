@@ -140,12 +140,19 @@ def print_train_result(result) -> None:
 
 
 def _estimate_memory(args, extra):
+    import dataclasses
     import tempfile
 
     from blueberry_video.config import parse_config
-    from blueberry_video.models.presets import save_real_size_configs
+    from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, save_real_size_configs
 
     defaults = {"dummy_data": True}  # the estimate reads no data
+    if args.preset and "--pretrained_model_name_or_path" in {flag.split("=")[0] for flag in extra}:
+        raise ConfigError(f"--preset {args.preset} and --pretrained_model_name_or_path both name the model to "
+                          "estimate: give one")
+    if args.preset and args.family and args.family != REAL_SIZE_TRANSFORMERS[args.preset][0]:
+        raise ConfigError(f"--preset {args.preset} is a {REAL_SIZE_TRANSFORMERS[args.preset][0]} model, not "
+                          f"{args.family}: drop --family (the preset sets it)")
     with tempfile.TemporaryDirectory(prefix="blueberry-preset-") as preset_dir:
         if args.preset:
             defaults["pretrained_model_name_or_path"] = str(save_real_size_configs(args.preset, preset_dir))
@@ -157,11 +164,18 @@ def _estimate_memory(args, extra):
                                   "hunyuan-video (a published size, no files needed), or "
                                   "--pretrained_model_name_or_path DIR") from error
             raise
+        model = f"{args.preset} (the published configs; no weights read)" if args.preset else \
+            config.pretrained_model_name_or_path
+        if args.preset and config.pretrained_model_name_or_path != defaults["pretrained_model_name_or_path"]:
+            # A config made from the demo's names the tiny model: the preset asked for is what is estimated.
+            print(f"note: the --config file names the model {config.pretrained_model_name_or_path}; --preset "
+                  f"{args.preset} is estimated instead", file=sys.stderr)
+            config = dataclasses.replace(config, pretrained_model_name_or_path=defaults["pretrained_model_name_or_path"])
         # The preset's folder names its transformer class, so the preset sets the family too.
-        _print_memory_estimate(args, config, _family_name(args, config.pretrained_model_name_or_path))
+        _print_memory_estimate(args, config, _family_name(args, config.pretrained_model_name_or_path), model)
 
 
-def _print_memory_estimate(args, config, family_name):
+def _print_memory_estimate(args, config, family_name, model):
     import json
 
     from blueberry_video.models import get_family_class
@@ -199,9 +213,11 @@ def _print_memory_estimate(args, config, family_name):
         estimate = estimate_training_memory(family, config)
     total = estimate.total_bytes(args.count_encoders)
     if args.json:
-        print(json.dumps({**estimate.as_dict(), **searched, "count_encoders": args.count_encoders, "total_gib": total / GIB,
+        print(json.dumps({"model": args.preset or str(model), **estimate.as_dict(), **searched,
+                          "count_encoders": args.count_encoders, "total_gib": total / GIB,
                           "budget_gib": args.budget_gib, "fits": None if budget is None else total <= budget}))
         return
+    print(f"model: {model}")
     print(estimate.summary())
     if args.count_encoders:
         print(f"  with the text encoders and VAE resident: {format_bytes(total)}")

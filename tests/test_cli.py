@@ -243,6 +243,31 @@ def test_estimate_memory_without_a_model_names_both_ways_to_give_one():
         main(["estimate-memory", "--gradient_checkpointing"])
 
 
+def test_estimate_memory_estimates_the_preset_asked_for_and_says_which_model_it_estimated(tiny_cogvideox_dir,
+                                                                                         tmp_path, capsys):
+    import json
+
+    # An experiment made from the demo's config names the tiny model: --preset is what the user asks about
+    config = tmp_path / "config.yaml"
+    config.write_text(f"pretrained_model_name_or_path: {tiny_cogvideox_dir}\nrank: 64\nlora_alpha: 64\n")
+    main(["estimate-memory", "--preset", "cogvideox-2b", "--config", str(config), "--gradient_checkpointing",
+          "--json"])
+    out, err = capsys.readouterr()
+    estimate = json.loads(out.strip().splitlines()[-1])
+    assert estimate["model"] == "cogvideox-2b" and estimate["total_params"] > 1.5e9
+    assert f"note: the --config file names the model {tiny_cogvideox_dir}; --preset cogvideox-2b is estimated" in err
+    main(["estimate-memory", "--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--height", "96",
+          "--width", "160", "--max_num_frames", "9"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"model: {tiny_cogvideox_dir}\n") and " of " in out and "0.0M" not in out
+    with pytest.raises(ConfigError, match="--preset cogvideox-2b and --pretrained_model_name_or_path both name the "
+                                          "model to estimate: give one"):
+        main(["estimate-memory", "--preset", "cogvideox-2b", "--pretrained_model_name_or_path", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--preset hunyuan-video is a hunyuan_video model, not cogvideox: drop "
+                                          "--family"):
+        main(["estimate-memory", "--preset", "hunyuan-video", "--family", "cogvideox"])
+
+
 def test_a_hub_id_for_a_model_says_how_to_download_it_once(tmp_path, monkeypatch):
     from blueberry_video.errors import ModelLayoutError
     from blueberry_video.models.cogvideox import CogVideoXFamily

@@ -228,7 +228,7 @@ class MemoryEstimate:
             ("estimated peak (max_memory_allocated)", self.peak_bytes),
         ]
         lines = [f"training step, {self.batch_size} x {self.num_frames}x{self.height}x{self.width}, "
-                 f"{self.trainable_params / 1e6:,.1f}M of {self.total_params / 1e6:,.1f}M parameters trained:"]
+                 f"{_count(self.trainable_params)} of {_count(self.total_params)} parameters trained:"]
         lines += [f"  {name:<40}{format_bytes(size):>11}" for name, size in rows]
         if self.validation_peak_bytes is not None:
             lines.append(f"  {'validation peak (+ VAE, render, decode)':<40}{format_bytes(self.validation_peak_bytes):>11}")
@@ -240,6 +240,13 @@ class MemoryEstimate:
                      "beyond this (with expandable segments, the default; held to an 80 GB card's 78.5 GiB, "
                      "HunyuanVideo allocated 76.75 GiB and reserved 78.01)")
         return "\n".join(lines)
+
+
+def _count(params: int) -> str:
+    """5.56B, 132.1M, or the number itself for a tiny test model's."""
+    if params >= 1e9:
+        return f"{params / 1e9:.2f}B"
+    return f"{params / 1e6:,.1f}M" if params >= 1e6 else f"{params:,}"
 
 
 def format_bytes(size: int) -> str:
