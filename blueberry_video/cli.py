@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (HunyuanVideo: its guidance "
                                                         "embedding) (default: the run's validation guidance_scale, "
                                                         "else 6.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise; the run's seed + j renders its "
-                                                        "validation video j again (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise; the run's seed + J renders its "
+                                                        "validation video step-N-promptI-J.mp4 again, whatever the "
+                                                        "prompt I (default: %(default)s)")
     p.add_argument("--fps", type=float, help="frame rate of the .mp4 (default: the run's validation_fps or fps, else "
                                              "the family's usual)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from blueberry_video.data.video_writer import write_mp4
 from blueberry_video.errors import ConfigError, ModelLayoutError
+from blueberry_video.file_digests import sampled_digest
 from blueberry_video.models import load_family
 from blueberry_video.models.base import PRECISION_DTYPES, VideoSettings
 from blueberry_video.trained_weights import (
@@ -130,6 +131,24 @@ def run_dtype(run: TrainingRun, device: str) -> tuple[torch.dtype, str]:
     return dtype, f"{str(dtype).removeprefix('torch.')} (the training run's mixed_precision)"
 
 
+def other_base_model_note(family, run: TrainingRun) -> str | None:
+    """Where the LoRA's run trained on a model folder that still exists and whose transformer files are not this
+    model's (by name, size and a sampled digest: a copy of the same model is the same), a line saying so: the LoRA
+    loads, and renders something other than its validation videos showed."""
+    trained_on = Path(run.config.pretrained_model_name_or_path or "")
+    if not (trained_on / "transformer").is_dir() or trained_on.resolve() == Path(family.model_dir).resolve():
+        return None
+
+    def transformer_files(model: Path) -> list:
+        return [(path.name, path.stat().st_size, sampled_digest(path))
+                for path in sorted((model / "transformer").iterdir()) if path.is_file()]
+
+    if transformer_files(trained_on) == transformer_files(Path(family.model_dir)):
+        return None
+    return (f"the LoRA was trained on the model in {trained_on}, whose transformer is not this one's "
+            f"({family.model_dir}): its videos will differ from the run's validation videos")
+
+
 DEFAULT_GUIDANCE_SCALE = 6.0  # both families' pipelines' default
 DEFAULT_INFERENCE_STEPS = 50  # both families' pipelines' default
 
@@ -145,8 +164,17 @@ def generate(family_name: str, model_dir, prompt: str, out: str | Path, lora=Non
     rendered with), else 6.0, 50, bfloat16 on a GPU or float32 on the CPU, and no tiling."""
     if Path(out).suffix.lower() != ".mp4":  # checked before minutes of rendering
         raise ConfigError(f"--out {out}: generate writes an H.264 .mp4 video; give a file name ending in .mp4")
+    for flag, value in (("--num-frames", num_frames), ("--height", height), ("--width", width),
+                        ("--steps", num_inference_steps), ("--fps", fps)):
+        if value is not None and value <= 0:  # diffusers takes 0 for unset, or divides by it after loading
+            raise ConfigError(f"{flag} {value:g}: must be positive")
+    if lora and transformer_dir:
+        raise ConfigError("--lora and --transformer both given: a LoRA applies to the transformer it was trained on, "
+                          "and a full fine-tune's transformer replaces the base model's; give one")
     family = load_family(family_name, model_dir)
     lora = resolve_lora(family, lora) if lora else None
+    if lora is not None and lora.run is not None and (note := other_base_model_note(family, lora.run)):
+        print(f"warning: {note}")
     transformer_folder = resolve_transformer(family, transformer_dir) if transformer_dir else None
     run = (lora.run if lora else None) or (find_run(transformer_folder) if transformer_folder else None)
     video, summary = video_settings(family, run, num_frames=num_frames, height=height, width=width, fps=fps)

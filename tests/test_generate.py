@@ -185,6 +185,26 @@ def test_lora_paths_that_cannot_load_are_refused_with_the_fix(tmp_path, tiny_cog
     generate_refused(tiny_cogvideox_dir, out, "--lora", str(alone), match="without its rank and lora_alpha")
 
 
+def test_numbers_that_are_not_positive_and_two_kinds_of_weights_are_refused_before_loading(tmp_path):
+    out, no_model = tmp_path / "video.mp4", tmp_path / "no-model"
+    for flag, value in (("--steps", "0"), ("--steps", "-1"), ("--height", "0"), ("--width", "-16"),
+                        ("--num-frames", "0"), ("--fps", "0")):
+        generate_refused(no_model, out, flag, value, match=f"{flag} {value}: must be positive")
+    generate_refused(no_model, out, "--lora", "a", "--transformer", "b", match="--lora and --transformer both given")
+
+
+def test_a_lora_on_another_model_than_it_trained_on_is_warned_about(tmp_path, tiny_cogvideox_dir, cogvideox_run,
+                                                                   capsys):
+    copied = Path(shutil.copytree(tiny_cogvideox_dir, tmp_path / "copy"))  # the same model elsewhere: no warning
+    generate(copied, tmp_path / "same.mp4", "--lora", str(cogvideox_run))
+    assert "warning" not in capsys.readouterr().out
+    weights = copied / "transformer" / "diffusion_pytorch_model.safetensors"
+    save_file({name: value * 1.01 for name, value in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    generate(copied, tmp_path / "other.mp4", "--lora", str(cogvideox_run))
+    assert (f"warning: the LoRA was trained on the model in {tiny_cogvideox_dir}, whose transformer is not this "
+            f"one's ({copied}): its videos will differ from the run's validation videos") in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def cogvideox_full_run(tiny_cogvideox_dir, tmp_path_factory) -> Path:
     return train_tiny_run(CogVideoXFamily, tiny_cogvideox_dir, tmp_path_factory.mktemp("runs") / "full",
