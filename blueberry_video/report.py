@@ -16,9 +16,10 @@ from blueberry_video.errors import BlueberryError
 from blueberry_video.training.checkpoints import checkpoint_steps
 from blueberry_video.training.records import BOOKKEEPING_SETTINGS, MetricsLog, plot_losses, seconds_of
 
-# Where a run keeps its files and how it was started or continued, not what it trained: every run has its own
-# output_dir (the first column says which run a row is), and the status column says which run continued which.
-IGNORED_SETTINGS = (*BOOKKEEPING_SETTINGS, "checkpoints_total_limit", "cache_dir")
+# Where a run keeps its files and logs and how it was started or continued, not what it trained: every run has its
+# own output_dir (the first column says which run a row is), and the status column says which run continued which.
+IGNORED_SETTINGS = (*BOOKKEEPING_SETTINGS, "checkpoints_total_limit", "cache_dir", "report_to",
+                    "tracker_project_name")
 FINISHED = "finished"
 RESULT_COLUMNS = ("steps", "final loss", "min loss", "mean of last 10", "training time")
 

@@ -186,7 +186,7 @@ def test_report_leaves_out_bookkeeping_settings_and_marks_a_run_resumed_past_its
         (copy / name).write_bytes((runs[0] / name).read_bytes())
     settings = yaml.safe_load((copy / "config.yaml").read_text())
     settings.update(overwrite_output_dir=True, resume_from_checkpoint="latest", checkpoints_total_limit=2,
-                    cache_dir=str(tmp_path / "cache"))
+                    cache_dir=str(tmp_path / "cache"), report_to="wandb", tracker_project_name="sweep")
     (copy / "config.yaml").write_text(yaml.safe_dump(settings))
     with (copy / "metrics.jsonl").open("a") as metrics:  # resumed to more steps and killed before a checkpoint
         metrics.write(json.dumps({"step": 7, "loss": 0.5}) + "\n")

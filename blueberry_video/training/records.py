@@ -71,6 +71,8 @@ def write_run_info(output_dir, config, family_name: str, num_processes: int, eng
 
 
 # Settings that say how a run was started, not how it trains.
+PRECISION_IN_WORDS = {"no": "float32 (no mixed precision)", "bf16": "bf16 mixed precision",
+                      "fp16": "fp16 mixed precision"}
 BOOKKEEPING_SETTINGS = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
 
 
@@ -286,7 +288,7 @@ tags:
 | clip | {config.max_num_frames} frames, {config.height}x{config.width}{sampled_at} |
 | batch | {batch_in_words(config, num_processes)} |
 | learning rate | {config.learning_rate} ({config.lr_scheduler}) |
-| precision | {config.mixed_precision} |
+| precision | {PRECISION_IN_WORDS.get(config.mixed_precision, config.mixed_precision)} |
 {trigger}
 Weights: `{weights}`. Full settings: `config.yaml`; metrics per step: `metrics.jsonl`.
 

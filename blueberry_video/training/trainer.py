@@ -208,6 +208,9 @@ def _train_holding_output_dir(config, family, accelerator, resume_path: Path | N
         # The launch as it came out: `accelerate launch --cpu --num_processes 2` starts one process, silently.
         print(f"training on {processes_in_words(accelerator.num_processes, engine)}: "
               f"{batch_in_words(config, accelerator.num_processes)}, {max_train_steps} steps")
+        if config.compile:  # else the bar sits at 0 % for a minute or more, unexplained
+            print("compile: torch.compile compiles the transformer blocks during the first step (a minute or more; "
+                  "that step's step_time includes it)")
 
     # The checkpoints this run writes say in which units their position is, and which engine wrote them.
     state.update(units, engine=engine)

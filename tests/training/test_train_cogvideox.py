@@ -72,6 +72,7 @@ def test_lora_run_writes_every_output(lora_run):
     assert clip.shape == (9, 3, 96, 160)
     card = (out / "README.md").read_text()
     assert "load_lora_weights" in card and "step-000060-prompt0-0.mp4" in card
+    assert "| precision | float32 (no mixed precision) |" in card
     # Only the adapter goes into a LoRA run's checkpoints, not the frozen transformer.
     checkpoint_files = {p.name for p in (out / "checkpoint-30").iterdir()}
     assert "pytorch_lora_weights.safetensors" in checkpoint_files and "model.safetensors" not in checkpoint_files
