@@ -51,9 +51,13 @@ def tracker_init_kwargs(config, logging_dir: Path, resume_step: int | None) -> d
     return kwargs
 
 
-def tracker_config(config) -> dict:
-    # Trackers take flat scalars only.
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
+def tracker_config(config, tracker_name: str) -> dict:
+    """The run's settings as `tracker_name` records them: wandb takes unset ones as null and lists as lists (so its
+    filters find them); TensorBoard's hparams take flat scalars only."""
+    settings = config.to_dict()
+    if tracker_name == "wandb":
+        return settings
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
 
 
 def start_trackers(accelerator, config, resume_step: int | None) -> None:
@@ -62,7 +66,9 @@ def start_trackers(accelerator, config, resume_step: int | None) -> None:
     main = accelerator.is_main_process
     init_kwargs = tracker_init_kwargs(config, accelerator.logging_dir, resume_step) if main else None
     try:
-        accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config), init_kwargs=init_kwargs)
+        accelerator.init_trackers(config.tracker_project_name, init_kwargs=init_kwargs)
+        for tracker in accelerator.trackers:  # each in its own form, where accelerate gives all one dict
+            tracker.store_init_configuration(tracker_config(config, tracker.name))
     except Exception as error:
         if type(error).__module__.startswith("wandb"):
             raise ConfigError(

@@ -305,6 +305,19 @@ def test_tensorboard_drops_the_steps_a_resume_logs_again(tiny_cogvideox_dir, one
     assert [event.step for event in EventAccumulator(str(folder)).Reload().Scalars("loss")] == [1, 2, 3, 4]
 
 
+def test_wandb_records_unset_settings_as_null_and_tensorboard_as_scalars(tiny_cogvideox_dir):
+    from blueberry_video.config import parse_config
+    from blueberry_video.training.trackers import tracker_config
+
+    config = parse_config(["--pretrained_model_name_or_path", str(tiny_cogvideox_dir), "--dummy_data",
+                           "--validation_prompt", "a:::b"])
+    for_wandb, for_tensorboard = tracker_config(config, "wandb"), tracker_config(config, "tensorboard")
+    # As wandb's filters read them: null and a list, not "None" and "['a', 'b']"
+    assert for_wandb["fps"] is None and for_wandb["validation_prompt"] == ["a", "b"]
+    assert for_tensorboard["fps"] == "None" and for_tensorboard["validation_prompt"] == "['a', 'b']"
+    assert for_wandb.keys() == for_tensorboard.keys()
+
+
 @pytest.fixture
 def fresh_wandb():
     """wandb reads its environment once per process: each test starts and leaves a new wandb session."""
