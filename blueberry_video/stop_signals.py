@@ -5,14 +5,19 @@ checkpoint first: training/preemption.py)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 from blueberry_video.errors import StoppedBySignal
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What gloo and NCCL say when a process of the launch is gone, and how long to wait for this one's signal then.
+PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|remote process exited")
+PEER_STOP_GRACE_S = 5.0
 
 
 @contextmanager
@@ -29,6 +34,13 @@ def stop_with_message(message: Callable[[], str]):
     previous = {signum: signal.signal(signum, stop) for signum in SIGNALS}
     try:
         yield
+    except Exception as error:
+        if PEER_GONE.search(str(error)):
+            # torchrun passes a Ctrl-C or SIGTERM on to its processes one after another: a process stopped first
+            # breaks the collective a peer waits in before the peer's own signal comes. The peer waits for it, so
+            # that it stops with the message (raised from the sleep) instead of the broken connection's traceback.
+            time.sleep(PEER_STOP_GRACE_S)
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -109,6 +109,29 @@ def test_a_stop_that_a_library_turned_into_its_own_error_is_reported_as_the_stop
     assert capsys.readouterr().err == "error: SIGINT: stopped while encoding the latent cache X: 4 of 8 videos are kept\n"
 
 
+def test_a_process_whose_peer_stopped_first_waits_for_its_own_stop_signal():
+    # torchrun signals its processes one after another: the first one's exit breaks the barrier the second waits in
+    import os
+    import signal
+    import threading
+
+    from blueberry_video.errors import StoppedBySignal
+    from blueberry_video.stop_signals import stop_with_message
+
+    own_signal = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    own_signal.start()
+    try:
+        with pytest.raises(StoppedBySignal, match="SIGINT: 3 of 5 videos are kept") as stopped:
+            with stop_with_message(lambda: "3 of 5 videos are kept"):
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:2284")
+    finally:
+        own_signal.cancel()  # where the error came out at once, the signal must not reach pytest
+    assert isinstance(stopped.value.__context__, RuntimeError)
+    with pytest.raises(ValueError):  # another error is raised as it is, at once
+        with stop_with_message(lambda: "kept"):
+            raise ValueError("a bug")
+
+
 def test_processes_of_one_launch_on_one_machine_print_a_message_once(capsys, monkeypatch, tmp_path):
     # The launcher gives each local process an error file in its own folder under one attempt folder.
     monkeypatch.setenv("BLUEBERRY_DEBUG", "")
