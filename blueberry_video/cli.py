@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -400,7 +401,13 @@ def main(argv=None):
     """The `blueberry-video` command. Run as the command (argv None: sys.argv), the toolkit's own errors print as
     one line (`exit_on_error`); called with argv, from Python or a test, they raise."""
     if argv is None:
-        return exit_on_error(run_verb, sys.argv[1:])
+        try:
+            result = exit_on_error(run_verb, sys.argv[1:])
+            sys.stdout.flush()  # here, where a closed pipe is caught, not as Python exits
+            return result
+        except BrokenPipeError:  # `... --json | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes
+            raise SystemExit(0) from None
     return run_verb(argv)
 
 

@@ -463,7 +463,8 @@ def validate(config: TrainConfig, unset_by_flag: set[str] = frozenset()) -> None
     for name in ("checkpointing_steps", "lr_warmup_steps"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name}={getattr(config, name)}: must be >= 0")
-    for name in ("max_grad_norm", "adam_weight_decay", "dataloader_num_workers"):
+    for name in ("max_grad_norm", "adam_weight_decay", "dataloader_num_workers", "skip_frames_start",
+                 "skip_frames_end"):
         if getattr(config, name) < 0:  # a negative clipping norm would turn every gradient around
             raise ConfigError(f"{name}={getattr(config, name)}: must be >= 0")
     if config.lora_alpha <= 0:

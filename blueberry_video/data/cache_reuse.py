@@ -394,4 +394,5 @@ def _what_is_taken(taken: OlderCache | None, num_videos: int) -> str:
     else:
         held = f"up to {taken.num_copies} of these {num_videos} videos, {copied}"
     stopped = "" if taken.complete else " (incomplete: the videos it encoded before it stopped)"
-    return f"this run takes from {taken.path.name}{stopped} the video latents of {held}; the others go through the VAE"
+    rest = "" if taken.num_unchanged == num_videos else "; the others go through the VAE"
+    return f"this run takes from {taken.path.name}{stopped} the video latents of {held}{rest}"

@@ -413,9 +413,15 @@ def lexical_absolute(path: Path) -> Path:
 
 def _inside_root(root_abs: Path, video: str, source: str) -> Path:
     candidate = Path(os.path.normpath(root_abs / video))
-    if not candidate.is_relative_to(root_abs):
-        raise DatasetFormatError(
-            f"{source}: video path {video!r} points outside the dataset folder {root_abs}; "
-            "move the video into the folder and list it relative to it"
-        )
-    return candidate
+    if candidate.is_relative_to(root_abs):
+        return candidate
+    # An absolute path spelled through a symlink the folder is reached by another way (/data -> /mnt/nfs/data):
+    # inside it all the same, and named from the folder as the user gave it.
+    resolved, resolved_root = candidate.resolve(), root_abs.resolve()
+    if resolved.is_relative_to(resolved_root):
+        return root_abs / resolved.relative_to(resolved_root)
+    raise DatasetFormatError(
+        f"{source}: video path {video!r} points outside the dataset folder {root_abs}; "
+        "move the video into the folder and list it relative to it (a path relative to the folder also stays "
+        "right when the folder moves)"
+    )

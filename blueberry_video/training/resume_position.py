@@ -30,9 +30,9 @@ def batches_to_skip(state: dict, samples_per_batch: int) -> int:
     seen = state["batches_in_epoch"] * saved_units
     skip, repeated = divmod(seen, samples_per_batch)
     if is_first_process():
-        logger.warning("resuming with %d samples per step across processes instead of %d: %d samples of epoch %d "
-                       "were taken, so %d batches are skipped%s", samples_per_batch, saved_units, seen,
-                       state["epoch"], skip, f" and {repeated} samples are seen again" if repeated else "")
+        logger.warning("resuming with %d samples per batch across processes instead of %d: %d samples of epoch %d "
+                       "were taken, so %d batch(es) are skipped%s", samples_per_batch, saved_units, seen,
+                       state["epoch"], skip, f" and {repeated} sample(s) are seen again" if repeated else "")
     return skip
 
 

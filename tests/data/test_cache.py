@@ -374,6 +374,7 @@ def test_a_copy_of_the_model_that_did_not_keep_the_times_reads_the_cache_its_ori
         edited = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
     assert edited.path != first.path and edited.num_reused_videos == 4 and not videos
     assert "its cache " + first.path.name + " has these settings but was built from another listing" in caplog.text
+    assert "of 4 of these 4 videos (unchanged since)\n" in caplog.text  # no "others" to go through the VAE
     # Whole-file digests decide where the sampled ones agree: files recorded with other content are another model's
     shutil.rmtree(edited.path)
     settings_file = first.path / "settings.json"

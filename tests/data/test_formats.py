@@ -131,6 +131,25 @@ def test_absolute_path_inside_root_is_allowed(dataset):
     assert_three_entries(load_dataset_entries(dataset), dataset)
 
 
+def test_an_absolute_path_through_another_spelling_of_the_folder_is_inside_it(dataset, tmp_path_factory):
+    link = tmp_path_factory.mktemp("links") / "data"  # /data -> /mnt/nfs/data
+    link.symlink_to(dataset)
+    for given, listed in ((link, dataset), (dataset, link)):
+        rows = records()
+        rows[1]["file"] = str(listed / "videos" / "1.mp4")
+        (dataset / "metadata.json").write_text(json.dumps(rows))
+        assert_three_entries(load_dataset_entries(given), given)  # named from the folder as given
+
+
+def test_skip_frames_must_not_be_negative(tmp_path):
+    from blueberry_video.config import parse_config
+    from blueberry_video.errors import ConfigError
+
+    for name in ("skip_frames_start", "skip_frames_end"):
+        with pytest.raises(ConfigError, match=f"{name}=-3: must be >= 0"):
+            parse_config(["--pretrained_model_name_or_path", str(tmp_path), "--dummy_data", f"--{name}", "-3"])
+
+
 def test_bad_rows_are_skipped_and_reported(dataset):
     rows = [
         ["videos/0.mp4", "a red circle"],
