@@ -113,6 +113,8 @@ class CacheReport:
     # Built in this call: how many videos' latents were taken from older caches (which) instead of the VAE.
     num_reused_videos: int = 0
     reused_videos_from: list[str] = field(default_factory=list)
+    # Cached from the part that decodes, their files ending before their headers say: what strict_data refuses too.
+    damaged: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"latent cache {self.path}: {self.num_cached} cached, {len(self.skipped)} skipped"
@@ -382,7 +384,7 @@ def _merge(cache_path: Path, chunk_dirs: list[Path], listing_key: dict[int, list
     encoding_notes = _note_lines(notes, sampling)
     report = CacheReport(path=cache_path, num_cached=len(merged), skipped=skipped,
                          notes=found.notes + encoding_notes, num_reused_videos=num_reused,
-                         reused_videos_from=reused_from)
+                         reused_videos_from=reused_from, damaged=_damaged(found.root, notes))
     write_file(cache_path / "listing.json", json.dumps({
         "video_columns": video_columns, "rows": [listing_key[index] for index in merged["index"]],
         "digests": digests}))
@@ -419,7 +421,16 @@ def _read_report(cache_path: Path, found: _FoundNow, reused: bool) -> CacheRepor
         skipped = found.skipped + [{**item, "source": str(found.root / item["video"])}
                                    for item in skipped[manifest["skipped_in_listing"]:]]
     return CacheReport(cache_path, manifest["num_cached"], skipped, reused=reused,
-                       notes=found.notes + manifest.get("notes", []))
+                       notes=found.notes + manifest.get("notes", []),
+                       damaged=_damaged(found.root, manifest.get("note_items", {})))
+
+
+def _damaged(root: Path, note_items: dict) -> list[dict]:
+    """The cut-short videos of a cache's notes, named where the dataset is now, with why."""
+    return [{"source": str(root / item["video"]),
+             "reason": f"truncated or damaged: its stream ends at {item['reached_s']:.2f} of the {item['header_s']:.2f} "
+                       "s its header gives (cached from the part that decodes)"}
+            for item in note_items.get("cut_short", [])]
 
 
 def _reuse(cache_path: Path, found: _FoundNow, strict: bool) -> CacheReport:
@@ -432,15 +443,18 @@ def _reuse(cache_path: Path, found: _FoundNow, strict: bool) -> CacheReport:
 def _refuse_what_was_skipped(report: CacheReport) -> None:
     """strict_data: the videos the cache skipped, all of them in one message. The cache is built whole first, so
     a run after the fixes encodes only the videos that changed."""
-    if report.skipped:
+    if unusable := report.skipped + report.damaged:
         shown = STRICT_LISTS_AT_MOST
-        more = f"\n  ... and {len(report.skipped) - shown} more" if len(report.skipped) > shown else ""
+        more = f"\n  ... and {len(unusable) - shown} more" if len(unusable) > shown else ""
+        held = (f"skipped {len(report.skipped)}" if report.skipped else "") + (" and " if report.skipped and
+                                                                              report.damaged else "") + \
+            (f"holds {len(report.damaged)} from the part that decodes" if report.damaged else "")
         raise DatasetFormatError(
-            f"strict_data is set and {len(report.skipped)} video(s) are unusable (the latent cache {report.path} "
-            f"skipped them; all are listed in its manifest.json):\n"
-            + "\n".join(f"  {item['source']}: {item['reason']}" for item in report.skipped[:shown]) + more
+            f"strict_data is set and {len(unusable)} video(s) are unusable (the latent cache {report.path} "
+            f"{held}; all are listed in its manifest.json):\n"
+            + "\n".join(f"  {item['source']}: {item['reason']}" for item in unusable[:shown]) + more
             + "\nFix or remove them (the next run encodes only what changed), or drop strict_data to train without "
-            "them")
+            "the skipped ones (and with the damaged ones as they decode)")
 
 
 def _encode_chunks(family, chunks: list, chunk_keys: list, chunk_dirs: list[Path], todo: list[int], root: Path,

@@ -899,6 +899,14 @@ def test_a_video_cut_short_is_noted_and_its_note_goes_with_its_latents(family, s
     (root / "metadata.json").write_text(json.dumps(records))
     edited = precompute_latent_cache(family, root, tmp_path / "cache", settings)
     assert edited.path != report.path and edited.num_reused_videos == 2 and note in edited.notes
+    # strict_data refuses it, built now or read again, naming it where the dataset is
+    for _ in range(2):
+        with pytest.raises(DatasetFormatError, match=r"strict_data is set and 1 video\(s\) are unusable \(the latent "
+                                                     r"cache .* holds 1 from the part that decodes; .*\n  "
+                                                     + re.escape(str(root / "videos/partial.mkv"))
+                                                     + r": truncated or damaged: its stream ends at 0\.\d\d of the "
+                                                       r"2\.00 s"):
+            precompute_latent_cache(family, root, tmp_path / "strict", settings, strict=True)
 
 
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):
