@@ -65,7 +65,7 @@ CHUNK_SIZE = 8
 STRICT_LISTS_AT_MOST = 50  # unusable videos a strict_data refusal names; the manifest holds them all
 # The kinds of the report's notes: those on videos are kept per video, so a cache that takes a video's latents from
 # an older one takes its notes too.
-VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short")
+VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short", "filled")
 NOTE_KINDS = (*VIDEO_NOTE_KINDS, "long_captions")
 
 
@@ -251,6 +251,8 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
         if clip.cut_short:
             notes["cut_short"].append({"video": _relative(entry, root), "reached_s": clip.cut_short.reached_s,
                                        "header_s": clip.cut_short.header_s})
+        if clip.frames_given is not None and not clip.cut_short:  # a cut-short one's note says it was filled
+            notes["filled"].append({"video": _relative(entry, root), "frames": clip.frames_given})
         if repeats_frames(info, settings.sampling):
             notes["low_frame_rate"].append({"video": _relative(entry, root), "fps": info.fps})
         if info.rate_varies and settings.sampling.fps:
@@ -297,6 +299,11 @@ def _note_lines(notes: dict, sampling: FrameSampling) -> list[str]:
         lines.append(f"{len(uneven)} video(s) have a variable frame rate: fps={fps:g} took their frames by timestamp, "
                      f"the one nearest each 1/{fps:g} s (" + first_few([f"{item['video']} {item['fps']:g} fps on "
                                                                         "average" for item in uneven]) + ")")
+    if filled := notes.get("filled"):
+        how = "repeating them" if sampling.short_video == "loop" else "repeating the last"
+        lines.append(f"{len(filled)} video(s) gave fewer than the {sampling.num_frames} frames a clip takes, which "
+                     f"short_video={sampling.short_video} filled by {how} (" + first_few(
+                         [f"{item['video']} {item['frames']} frames" for item in filled]) + ")")
     if cut := notes.get("cut_short"):
         lines.append(f"{len(cut)} video(s) look truncated or damaged: their streams end before the duration their "
                      f"header gives, and their clips are {CutShort.taken(sampling)} the part that decodes; re-encode "

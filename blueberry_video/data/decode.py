@@ -213,6 +213,8 @@ class DecodedClip:
     # Set where the file looks cut short and the clip came from the part that decodes (spread over it, or filled
     # by short_video), so the caller can tell the user; a clip that fits before the cut is as it would be.
     cut_short: CutShort | None = None
+    # The frames the video gave where short_video loop or pad filled the rest; None where it gave them all.
+    frames_given: int | None = None
 
 
 def decode_clip(
@@ -239,7 +241,8 @@ def decode_clip(
     clip = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     frames = clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
     # A clip that fits before the cut is what the whole file would give: nothing to tell.
-    return DecodedClip(frames, cut_short if sampling.spread or came_short else None)
+    return DecodedClip(frames, cut_short if sampling.spread or came_short else None,
+                       frames_given=available if came_short else None)
 
 
 def _decode_frames(path: Path, wanted: list[int], sampling: FrameSampling,

@@ -16,6 +16,7 @@ Video files in the folder that the metadata does not name are listed in `Dataset
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -188,7 +189,7 @@ def _read_sidecar_captions(root: Path, caption_column: str | None, video_column:
     """One row per video file, its caption read from the .txt of the same name beside it (None where absent)."""
     root = lexical_absolute(root)
     videos = _video_files(root, ignore=None)
-    captions = [video.with_suffix(".txt") for video in videos]
+    captions = [_caption_beside(video) for video in videos]
     if not any(caption.is_file() for caption in captions):
         raise DatasetFormatError(
             f"no metadata found in {root}; add one of {', '.join(METADATA_FILES)}, "
@@ -204,6 +205,28 @@ def _read_sidecar_captions(root: Path, caption_column: str | None, video_column:
              _read_text(caption) if caption.is_file() else None)
         for video, caption in zip(videos, captions)
     ]
+
+
+def _caption_beside(video: Path) -> Path:
+    """clip.txt beside clip.mp4, or clip.TXT: upper-case names are as common for captions as for videos (CLIP.MP4,
+    from cameras and Windows tools)."""
+    caption = video.with_suffix(".txt")
+    if caption.is_file():
+        return caption
+    return next((other for other in sorted(video.parent.glob(f"{glob.escape(video.stem)}.*"))
+                 if other.suffix.lower() == ".txt" and other.is_file()), caption)
+
+
+def _same_name_but_case(root: Path, relative: str) -> Path | None:
+    """The file under `root` that `relative` names but for the case of its letters (VIDEOS/0002.mp4 for
+    videos/0002.mp4), or None."""
+    found = root
+    for part in Path(relative).parts:
+        try:
+            found = next(child for child in found.iterdir() if child.name.lower() == part.lower())
+        except (StopIteration, OSError):
+            return None
+    return found if found.is_file() else None
 
 
 def _split_lines(text: str) -> list[str]:
@@ -366,6 +389,9 @@ def _select_entries(root: Path, rows: list[_Row], id_token: str | None) -> Datas
             continue
         if not video_path.is_file():
             hint = " (write paths with / between folders, not \\)" if "\\" in video else ""
+            if not hint and video_path.is_relative_to(root_abs) and (
+                    other := _same_name_but_case(root_abs, str(video_path.relative_to(root_abs)))):
+                hint = f" (did you mean {other.relative_to(root_abs)}? names are case-sensitive here)"
             listing.skipped.append(SkippedItem(row.source, f"video file not found: {video_path}{hint}"))
             continue
         same_file = Path(os.path.realpath(video_path))  # a link to a listed video is that video again

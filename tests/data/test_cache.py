@@ -909,6 +909,21 @@ def test_a_video_cut_short_is_noted_and_its_note_goes_with_its_latents(family, s
             precompute_latent_cache(family, root, tmp_path / "strict", settings, strict=True)
 
 
+@pytest.mark.parametrize("short_video", ["loop", "pad"])
+def test_clips_that_short_video_filled_are_noted(short_video, family, sample_dataset_dir, tmp_path):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data", count=2)  # 49 frames each: 5 after the skip
+    settings = CacheSettings(dataclasses.replace(SAMPLING, skip_frames_start=44, short_video=short_video))
+    report = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    how = "repeating them" if short_video == "loop" else "repeating the last"
+    names = [record["file"] for record in metadata(data)]
+    note = (f"2 video(s) gave fewer than the 9 frames a clip takes, which short_video={short_video} filled by {how} "
+            f"({names[0]} 5 frames, {names[1]} 5 frames)")
+    assert report.num_cached == 2 and note in report.notes and note in report.summary()
+    # A clip that fits is not noted
+    whole = CacheSettings(dataclasses.replace(SAMPLING, short_video=short_video))
+    assert not any("filled" in line for line in precompute_latent_cache(family, data, tmp_path / "cache", whole).notes)
+
+
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):
     root, _, report = noted_cache
     tokenizer = CogVideoXPipeline.from_pretrained(tiny_cogvideox_dir, dtype=torch.float32).tokenizer

@@ -363,10 +363,20 @@ def test_video_files_the_metadata_does_not_name_are_listed(dataset):
 
 def test_captions_in_txt_files_beside_the_videos(dataset):
     for index, caption in enumerate(CAPTIONS):
-        (dataset / "videos" / f"{index}.txt").write_text(f"{caption}\n")
+        # A camera's or a Windows tool's upper-case name too
+        (dataset / "videos" / f"{index}.{'TXT' if index == 1 else 'txt'}").write_text(f"{caption}\n")
     listing = load_dataset_entries(dataset)
     assert_three_entries(listing, dataset)
     assert listing.unlisted_videos == []
+
+
+def test_a_video_path_in_another_case_is_named_with_the_file_it_may_mean(dataset):
+    rows = records()
+    rows[2]["file"] = "VIDEOS/2.mp4"
+    (dataset / "metadata.json").write_text(json.dumps(rows))
+    [skipped] = load_dataset_entries(dataset).skipped
+    assert skipped.reason == (f"video file not found: {dataset / 'VIDEOS/2.mp4'} (did you mean videos/2.mp4? names "
+                              f"are case-sensitive here)")
 
 
 @pytest.mark.parametrize("name", ["videos", "prompts"])
