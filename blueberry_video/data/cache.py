@@ -65,7 +65,7 @@ CHUNK_SIZE = 8
 STRICT_LISTS_AT_MOST = 50  # unusable videos a strict_data refusal names; the manifest holds them all
 # The kinds of the report's notes: those on videos are kept per video, so a cache that takes a video's latents from
 # an older one takes its notes too.
-VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short", "filled")
+VIDEO_NOTE_KINDS = ("low_frame_rate", "variable_frame_rate", "cut_short", "filled", "decode_errors")
 NOTE_KINDS = (*VIDEO_NOTE_KINDS, "long_captions")
 
 
@@ -251,6 +251,9 @@ def _encode_chunk(family, encoders, entries, keys: list, root: Path, settings: C
         if clip.cut_short:
             notes["cut_short"].append({"video": _relative(entry, root), "reached_s": clip.cut_short.reached_s,
                                        "header_s": clip.cut_short.header_s})
+        if clip.decode_errors:
+            notes["decode_errors"].append({"video": _relative(entry, root), "errors": len(clip.decode_errors),
+                                           "first": clip.decode_errors[0]})
         if clip.frames_given is not None and not clip.cut_short:  # a cut-short one's note says it was filled
             notes["filled"].append({"video": _relative(entry, root), "frames": clip.frames_given})
         if repeats_frames(info, settings.sampling):
@@ -304,6 +307,10 @@ def _note_lines(notes: dict, sampling: FrameSampling) -> list[str]:
         lines.append(f"{len(filled)} video(s) gave fewer than the {sampling.num_frames} frames a clip takes, which "
                      f"short_video={sampling.short_video} filled by {how} (" + first_few(
                          [f"{item['video']} {item['frames']} frames" for item in filled]) + ")")
+    if damaged := notes.get("decode_errors"):
+        lines.append(f"{len(damaged)} video(s) hold damaged data that ffmpeg concealed as it decoded them: their clips "
+                     "may show garbled frames; re-encode or re-download them (" + first_few(
+                         [f"{item['video']}: {item['errors']} error(s), {item['first']}" for item in damaged]) + ")")
     if cut := notes.get("cut_short"):
         lines.append(f"{len(cut)} video(s) look truncated or damaged: their streams end before the duration their "
                      f"header gives, and their clips are {CutShort.taken(sampling)} the part that decodes; re-encode "
@@ -433,11 +440,15 @@ def _read_report(cache_path: Path, found: _FoundNow, reused: bool) -> CacheRepor
 
 
 def _damaged(root: Path, note_items: dict) -> list[dict]:
-    """The cut-short videos of a cache's notes, named where the dataset is now, with why."""
+    """The cut-short videos of a cache's notes and those ffmpeg met damaged data in, named where the dataset is
+    now, with why."""
     return [{"source": str(root / item["video"]),
              "reason": f"truncated or damaged: its stream ends at {item['reached_s']:.2f} of the {item['header_s']:.2f} "
                        "s its header gives (cached from the part that decodes)"}
-            for item in note_items.get("cut_short", [])]
+            for item in note_items.get("cut_short", [])] + [
+        {"source": str(root / item["video"]),
+         "reason": f"damaged: ffmpeg concealed {item['errors']} decoding error(s) in its clip's frames ({item['first']})"}
+        for item in note_items.get("decode_errors", [])]
 
 
 def _reuse(cache_path: Path, found: _FoundNow, strict: bool) -> CacheReport:
@@ -455,7 +466,7 @@ def _refuse_what_was_skipped(report: CacheReport) -> None:
         more = f"\n  ... and {len(unusable) - shown} more" if len(unusable) > shown else ""
         held = (f"skipped {len(report.skipped)}" if report.skipped else "") + (" and " if report.skipped and
                                                                               report.damaged else "") + \
-            (f"holds {len(report.damaged)} from the part that decodes" if report.damaged else "")
+            (f"holds {len(report.damaged)} damaged or cut short" if report.damaged else "")
         raise DatasetFormatError(
             f"strict_data is set and {len(unusable)} video(s) are unusable (the latent cache {report.path} "
             f"{held}; all are listed in its manifest.json):\n"

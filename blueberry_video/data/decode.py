@@ -15,7 +15,7 @@ import math
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -215,6 +215,8 @@ class DecodedClip:
     cut_short: CutShort | None = None
     # The frames the video gave where short_video loop or pad filled the rest; None where it gave them all.
     frames_given: int | None = None
+    # What ffmpeg said as it concealed damaged data on the way to the clip's frames (they may be garbled).
+    decode_errors: list[str] = field(default_factory=list)
 
 
 def decode_clip(
@@ -227,12 +229,12 @@ def decode_clip(
     # Spread sampling counts the packets anyway; elsewhere they are read only where the clip came out short.
     packets = _read_packets(path) if sampling.spread else None
     wanted, frame_count = _clip_indices(path, info, sampling, packets)
-    frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
+    frames, slots, available, errors = _decode_frames(path, wanted, sampling, crop_fractions)
     if sampling.spread and available < len(slots) and (decoded := _count_frames(path)) < frame_count:
         # The packets promised frames that do not decode (a damaged tail, packets that hold no frame): spread the
         # clip over those that do.
         frame_count, wanted = decoded, _spread_indices(decoded, sampling)
-        frames, slots, available = _decode_frames(path, wanted, sampling, crop_fractions)
+        frames, slots, available, errors = _decode_frames(path, wanted, sampling, crop_fractions)
     came_short = available < len(slots)
     if came_short and packets is None:
         packets = _read_packets(path)
@@ -242,22 +244,23 @@ def decode_clip(
     frames = clip.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
     # A clip that fits before the cut is what the whole file would give: nothing to tell.
     return DecodedClip(frames, cut_short if sampling.spread or came_short else None,
-                       frames_given=available if came_short else None)
+                       frames_given=available if came_short else None, decode_errors=errors)
 
 
 def _decode_frames(path: Path, wanted: list[int], sampling: FrameSampling,
-                   crop_fractions: tuple[float, float] | None) -> tuple[np.ndarray, list[int], int]:
+                   crop_fractions: tuple[float, float] | None) -> tuple[np.ndarray, list[int], int, list[str]]:
     """The source frames `wanted` (non-decreasing) as decoded, each once; the slot of each wanted frame among
-    them; and how many of the wanted frames, a prefix, came back inside the usable span."""
+    them; how many of the wanted frames, a prefix, came back inside the usable span; and the decoding errors
+    ffmpeg concealed."""
     unique = sorted(set(wanted))
     # One extra frame, skip_frames_end past the last needed one, proves the clip ends before the
     # skipped tail without decoding the rest of the file.
     sentinel = [unique[-1] + sampling.skip_frames_end] if sampling.skip_frames_end else []
-    frames = _stream_frames(path, unique + sentinel, sampling, crop_fractions)
+    frames, errors = _stream_frames(path, unique + sentinel, sampling, crop_fractions)
     usable = _usable_count(path, unique, len(frames), sampling)
     position = {index: slot for slot, index in enumerate(unique)}
     slots = [position[index] for index in wanted]
-    return frames, slots, sum(1 for slot in slots if slot < usable)
+    return frames, slots, sum(1 for slot in slots if slot < usable), errors
 
 
 def repeats_frames(info: VideoInfo, sampling: FrameSampling) -> bool:
@@ -510,8 +513,9 @@ def _stream_frames(
     indices: list[int],
     sampling: FrameSampling,
     crop_fractions: tuple[float, float] | None,
-) -> np.ndarray:
-    """Return uint8 [N, H, W, 3] for the source frames `indices` (fewer if the video ends first)."""
+) -> tuple[np.ndarray, list[str]]:
+    """Return uint8 [N, H, W, 3] for the source frames `indices` (fewer if the video ends first), and the decoding
+    errors ffmpeg reported on the way there and concealed (a damaged middle decodes to garbled frames)."""
     height, width = sampling.height, sampling.width
     output_params = [
         "-map", "0:v:0", "-an", "-sn", "-dn",
@@ -521,7 +525,7 @@ def _stream_frames(
         "-frames:v", str(len(indices)),
     ]  # fmt: skip
     frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
-    received = 0
+    received, errors = 0, []
     reader = _imageio_ffmpeg().read_frames(str(path.absolute()), output_params=output_params)
     try:
         meta = next(reader)
@@ -531,6 +535,7 @@ def _stream_frames(
             frames[received] = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
             received += 1
             if received == len(indices):
+                errors = _concealed_errors(reader)
                 break
     except VideoDecodeError:
         raise
@@ -539,7 +544,22 @@ def _stream_frames(
         raise VideoDecodeError(path, f"ffmpeg failed while decoding ({_ffmpeg_complaint(str(error))})") from error
     finally:
         reader.close()
-    return frames[:received]
+    return frames[:received], errors
+
+
+# ffmpeg's lines (tagged "[h264 @ 0x...]") that say a decoder met damaged data and concealed it.
+_DECODE_ERROR = re.compile(r"^\[.*(error|conceal|corrupt)", re.IGNORECASE)
+
+
+def _concealed_errors(reader) -> list[str]:
+    """The decoding errors in the ffmpeg log of `reader`, an imageio-ffmpeg read_frames generator still reading
+    (its log is kept by a thread in the generator's frame, not returned: read there). Addresses are left out, so
+    that one error repeated is told as one."""
+    catcher = reader.gi_frame.f_locals.get("log_catcher") if reader.gi_frame is not None else None
+    if catcher is None:
+        return []
+    lines = [line for line in catcher.get_text(0.1).splitlines() if _DECODE_ERROR.search(line)]
+    return [re.sub(r" @ 0x[0-9a-f]+", "", line).strip() for line in lines]
 
 
 def _raise_a_stop_within(error: BaseException) -> None:

@@ -126,6 +126,20 @@ def truncated_video(video_dir, landscape_video):
 
 
 @pytest.fixture(scope="session")
+def damaged_middle_video(video_dir):
+    """3 s at 24 fps, one keyframe, 3000 bytes of frame data zeroed near the start: complete and readable, but the
+    decoder meets damaged data in the first frames and conceals it (garbled frames, no failure)."""
+    whole = encode(video_dir / "whole.mp4", "-f", "lavfi", "-i", "testsrc=size=160x96:rate=24", "-t", "3", *H264,
+                   "-g", "1000", "-movflags", "+faststart")
+    data = bytearray(whole.read_bytes())
+    start = data.find(b"mdat") + 3000
+    data[start : start + 3000] = bytes(3000)
+    path = video_dir / "damaged_middle.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="session")
 def truncated_faststart_video(video_dir):
     """The index (moov) first, the frames cut off: the header still says 2 s, only part of it decodes."""
     full = encode(video_dir / "faststart.mp4", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=24:duration=2",

@@ -902,7 +902,7 @@ def test_a_video_cut_short_is_noted_and_its_note_goes_with_its_latents(family, s
     # strict_data refuses it, built now or read again, naming it where the dataset is
     for _ in range(2):
         with pytest.raises(DatasetFormatError, match=r"strict_data is set and 1 video\(s\) are unusable \(the latent "
-                                                     r"cache .* holds 1 from the part that decodes; .*\n  "
+                                                     r"cache .* holds 1 damaged or cut short; .*\n  "
                                                      + re.escape(str(root / "videos/partial.mkv"))
                                                      + r": truncated or damaged: its stream ends at 0\.\d\d of the "
                                                        r"2\.00 s"):
@@ -922,6 +922,24 @@ def test_clips_that_short_video_filled_are_noted(short_video, family, sample_dat
     # A clip that fits is not noted
     whole = CacheSettings(dataclasses.replace(SAMPLING, short_video=short_video))
     assert not any("filled" in line for line in precompute_latent_cache(family, data, tmp_path / "cache", whole).notes)
+
+
+def test_a_video_with_damage_ffmpeg_conceals_is_noted_and_refused_by_strict_data(family, sample_dataset_dir,
+                                                                                 damaged_middle_video, tmp_path):
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data", count=1)
+    shutil.copy(damaged_middle_video, data / "videos" / "damaged.mp4")
+    (data / "metadata.json").write_text(json.dumps([*metadata(data), {"file": "videos/damaged.mp4",
+                                                                       "caption": "a test card"}]))
+    settings = CacheSettings(dataclasses.replace(SAMPLING, num_frames=17))
+    report = precompute_latent_cache(family, data, tmp_path / "cache", settings)
+    assert report.num_cached == 2  # cached, as ffmpeg decodes it: told, not skipped
+    [note] = [line for line in report.notes if "damaged data" in line]
+    assert re.fullmatch(r"1 video\(s\) hold damaged data that ffmpeg concealed as it decoded them: their clips may "
+                        r"show garbled frames; re-encode or re-download them \(videos/damaged\.mp4: \d+ error\(s\), "
+                        r"\[.*h264.*\] .*\)", note), note
+    with pytest.raises(DatasetFormatError, match=r"(?s)strict_data is set and 1 video.*damaged\.mp4: damaged: ffmpeg "
+                                                 r"concealed \d+ decoding error"):
+        precompute_latent_cache(family, data, tmp_path / "cache", settings, strict=True)
 
 
 def test_a_caption_the_text_encoder_cuts_is_noted(noted_cache, tiny_cogvideox_dir):

@@ -99,6 +99,7 @@ def test_a_folder_that_names_no_class_still_works(unnamed_cogvideox_dir, tiny_co
     CogVideoXFamily(unnamed_cogvideox_dir)
     named = estimate(capsys, "--pretrained_model_name_or_path", str(tiny_cogvideox_dir))
     unnamed = estimate(capsys, "--pretrained_model_name_or_path", str(unnamed_cogvideox_dir))
+    assert unnamed.pop("model") == str(unnamed_cogvideox_dir) and named.pop("model") == str(tiny_cogvideox_dir)
     assert unnamed == named
 
 
