@@ -553,12 +553,12 @@ _DECODE_ERROR = re.compile(r"^\[.*(error|conceal|corrupt)", re.IGNORECASE)
 
 def _concealed_errors(reader) -> list[str]:
     """The decoding errors in the ffmpeg log of `reader`, an imageio-ffmpeg read_frames generator still reading
-    (its log is kept by a thread in the generator's frame, not returned: read there). Addresses are left out, so
-    that one error repeated is told as one."""
+    (its log is kept by a thread in the generator's frame, not returned: read there, as far as the thread has
+    read it, without waiting). Memory addresses are left out: the lines read the same for every video."""
     catcher = reader.gi_frame.f_locals.get("log_catcher") if reader.gi_frame is not None else None
     if catcher is None:
         return []
-    lines = [line for line in catcher.get_text(0.1).splitlines() if _DECODE_ERROR.search(line)]
+    lines = [line for line in catcher.get_text().splitlines() if _DECODE_ERROR.search(line)]
     return [re.sub(r" @ 0x[0-9a-f]+", "", line).strip() for line in lines]
 
 
