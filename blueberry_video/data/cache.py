@@ -113,7 +113,7 @@ class CacheReport:
     # Built in this call: how many videos' latents were taken from older caches (which) instead of the VAE.
     num_reused_videos: int = 0
     reused_videos_from: list[str] = field(default_factory=list)
-    # Cached from the part that decodes, their files ending before their headers say: what strict_data refuses too.
+    # Cached though damaged (cut short, or damage ffmpeg concealed as it decoded): what strict_data refuses too.
     damaged: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
