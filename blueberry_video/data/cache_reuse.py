@@ -294,10 +294,14 @@ EARLIER_RELEASE = ("the same listing, by an earlier release whose cache key diff
                    "not encoded again)")
 
 
-def _listing_difference(folder: Path, listing_key: list) -> tuple[str, tuple[int, int]]:
+def _listing_difference(folder: Path, listing_key: list, id_tokens: tuple[str | None, str | None] = (None, None),
+                        settings_differ: bool = False) -> tuple[str, tuple[int, int]]:
     """How a cache was built from another listing of the dataset (which videos were added, removed or changed,
     whether only their modification times differ: a copy that did not keep them), or "" for the same listing;
-    and how close it is: how many of this listing's rows it holds as they are, how many of its video paths."""
+    and how close it is: how many of this listing's rows it holds as they are, how many of its video paths.
+    `id_tokens` (theirs, ours) are left out of the captions compared (a changed --id_token is told as a setting),
+    and where `settings_differ`, the videos it skipped are not a difference of the listing (its settings, such
+    as more frames than a video has, skipped them)."""
     listing_file = folder / "listing.json"
     if not listing_file.exists():  # built before listing.json was kept
         return "another listing of the dataset (videos or captions changed)", (0, 0)
@@ -309,14 +313,18 @@ def _listing_difference(folder: Path, listing_key: list) -> tuple[str, tuple[int
         return "another dataset (none of its videos is in this one: a --cache_dir shared by several datasets?)", (0, 0)
     skipped_there = {item["video"] for item in json.loads((folder / "manifest.json").read_text())["skipped"]
                      if "video" in item} & (ours.keys() - theirs.keys())
+
+    def caption(row: list, id_token: str | None) -> str:
+        return row[3].removeprefix(f"{id_token} ") if id_token else row[3]
+
     resized = sum(ours[path][1] != theirs[path][1] for path in common)
-    recaptioned = sum(ours[path][3] != theirs[path][3] for path in common)
+    recaptioned = sum(caption(ours[path], id_tokens[1]) != caption(theirs[path], id_tokens[0]) for path in common)
     retimed = sum(ours[path][1] == theirs[path][1] and ours[path][2] != theirs[path][2] for path in common)
     parts = [f"{count} {what}" for count, what in (
         (retimed, "video(s) with other modification times (a copy that did not keep them? cp -a, rsync -a and mv "
                   "do; their latents are taken where their content digest matches)"),
         (resized, "video(s) changed"), (recaptioned, "caption(s) changed"),
-        (len(skipped_there), "video(s) it skipped as unusable"),
+        (0 if settings_differ else len(skipped_there), "video(s) it skipped as unusable"),
         (len(ours.keys() - theirs.keys() - skipped_there), "video(s) added"),
         (len(theirs.keys() - ours.keys()), "video(s) removed")) if count]
     if not parts:
@@ -349,7 +357,9 @@ def why_not_reused(cache_root: Path, cache_path: Path, same_model: SameModel, se
         flat_ours = _flat({"model": our_model, "settings": ours["settings"]})
         differences = sorted(key for key in flat_ours.keys() | flat_theirs.keys()
                              if flat_ours.get(key) != flat_theirs.get(key))
-        listing, (same_rows, same_paths) = _listing_difference(folder, listing_key)
+        listing, (same_rows, same_paths) = _listing_difference(
+            folder, listing_key, (theirs["settings"].get("id_token"), ours["settings"]["id_token"]),
+            settings_differ=any(key.startswith("settings.") for key in differences))
         complete.append(folder)
         # The nearest: the fewest settings apart, then the most rows of this listing held as they are, then the
         # most of its video paths.

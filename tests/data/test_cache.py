@@ -163,6 +163,25 @@ def test_a_new_cache_beside_others_says_which_settings_differ(one_video_dataset_
     assert "building a new latent cache" not in caplog.text  # nothing else there: nothing to explain
 
 
+def test_a_changed_setting_is_not_told_again_as_a_listing_difference(sample_dataset_dir, family, tmp_path, caplog):
+    from blueberry_video.data.sample_videos import create_sample_videos
+
+    data = copy_dataset(sample_dataset_dir, tmp_path / "data", count=2)
+    short = create_sample_videos(tmp_path / "short", num=1, num_frames=9).parent / "videos/0000.mp4"
+    shutil.copy(short, data / "videos" / "short.mp4")
+    (data / "metadata.json").write_text(json.dumps([*metadata(data), {"file": "videos/short.mp4", "caption": "a"}]))
+    longer = CacheSettings(dataclasses.replace(SAMPLING, num_frames=17))
+    assert len(precompute_latent_cache(family, data, tmp_path / "cache", longer).skipped) == 1  # 9 of 17 frames
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
+    # The short video was skipped for the other frame count, not left out of the listing
+    assert "differs in --max_num_frames: 17 there, 9 here\n" in caplog.text and "skipped as unusable" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.data.cache"):
+        precompute_latent_cache(family, data, tmp_path / "cache", dataclasses.replace(SETTINGS, id_token="sks"))
+    assert "differs in --id_token: unset there, sks here\n" in caplog.text  # not also as 3 captions changed
+
+
 def test_a_new_cache_beside_others_says_how_the_listing_differs_and_lists_every_folder_it_leaves(
         sample_dataset_dir, family, tmp_path, caplog):
     data = copy_dataset(sample_dataset_dir, tmp_path / "data")
