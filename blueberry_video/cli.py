@@ -56,7 +56,7 @@ def _precompute(args, extra):
     from accelerate import Accelerator
 
     from blueberry_video.config import parse_config
-    from blueberry_video.data.cache import CHUNK_SIZE, CacheSettings, precompute_latent_cache
+    from blueberry_video.data.cache import CacheSettings, precompute_latent_cache
     from blueberry_video.models import load_family
     from blueberry_video.training.accelerator import (
         check_launch,
@@ -86,7 +86,7 @@ def _precompute(args, extra):
                                      CacheSettings.from_config(config, weight_dtype(accelerator)),
                                      accelerator=accelerator, strict=config.strict_data,
                                      device=accelerator.device if torch.cuda.is_available() else "cpu",
-                                     chunk_size=args.chunk_size or CHUNK_SIZE)
+                                     chunk_size=args.chunk_size)
     if accelerator.is_main_process:
         print(report.summary())
     # As a finished training run ends (print_train_result).

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -515,15 +516,16 @@ def precompute_latent_cache(
     accelerator=None,
     strict: bool = False,
     device: str | torch.device | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> CacheReport:
     """Encode the dataset once (or find it already encoded) and return where it lies and what was skipped.
 
     With an `accelerator`, every process must call this: each encodes chunk i when i % num_processes equals
     its index, then the main process merges while the others wait. A chunk of `chunk_size` videos is the
-    unit of work that an interrupted precompute does not redo.
+    unit of work that an interrupted precompute does not redo; unset, CHUNK_SIZE, or fewer where that leaves a
+    process of a multi-process launch without a chunk.
     """
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     # As the user wrote it, not resolved: metadata may name videos by absolute paths through a symlinked folder.
     root = lexical_absolute(data_root)
@@ -553,6 +555,7 @@ def precompute_latent_cache(
         older = older_cache(Path(cache_root), cache_path, same_model, settings, listing_key)
         if is_main and (why := why_not_reused(Path(cache_root), cache_path, same_model, settings, listing_key, older)):
             logger.warning("building a new latent cache in %s:\n  %s", cache_path, why)
+        chunk_size = chunk_size or min(CHUNK_SIZE, max(1, math.ceil(len(entries) / world)))
         starts = range(0, len(entries), chunk_size)
         chunks = [entries[start : start + chunk_size] for start in starts]
         chunk_keys = [listing_key[start : start + chunk_size] for start in starts]

@@ -1027,7 +1027,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _precompute_launch(model: Path, data: Path, out: Path, use_cpu: bool) -> tuple[list[str], dict]:
+def _precompute_launch(model: Path, data: Path, out: Path, use_cpu: bool,
+                       chunk_size: int | None = 1) -> tuple[list[str], dict]:
     """The command and environment of a two-process `precompute` with the flags that key the cache as SETTINGS."""
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "WORLD_SIZE", "RANK")}
     env["OMP_NUM_THREADS"] = "1"
@@ -1036,23 +1037,24 @@ def _precompute_launch(model: Path, data: Path, out: Path, use_cpu: bool) -> tup
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--main_process_port", str(_free_port()), "-m", "blueberry_video.cli", "precompute",
                "--model", str(model), "--data", str(data), "--out", str(out),
-               "--height", "96", "--width", "160", "--num-frames", "9", "--dtype", "float32", "--chunk-size", "1"]
-    return command, env
+               "--height", "96", "--width", "160", "--num-frames", "9", "--dtype", "float32"]
+    return command + ["--chunk-size", str(chunk_size)] * (chunk_size is not None), env
 
 
-def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool) -> subprocess.CompletedProcess:
-    command, env = _precompute_launch(model, data, out, use_cpu)
+def _launch_precompute(model: Path, data: Path, out: Path, use_cpu: bool,
+                       chunk_size: int | None = 1) -> subprocess.CompletedProcess:
+    command, env = _precompute_launch(model, data, out, use_cpu, chunk_size)
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_two_process_precompute_shares_the_chunks(tiny_cogvideox_dir, sample_dataset_dir, sample_cache, tmp_path):
-    result = _launch_precompute(tiny_cogvideox_dir, sample_dataset_dir, tmp_path, use_cpu=True)
+    # The default chunk size: 4 videos, fewer than a chunk of 8, still give each process its share (2 chunks of 2).
+    result = _launch_precompute(tiny_cogvideox_dir, sample_dataset_dir, tmp_path, use_cpu=True, chunk_size=None)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     cache_path = tmp_path / sample_cache.path.name  # these flags key the cache as SETTINGS does
     manifest = json.loads((cache_path / "manifest.json").read_text())
     assert manifest["num_cached"] == 4 and manifest["skipped"] == []
-    # chunk_size 1: chunks 0 and 2 are process 0's, 1 and 3 process 1's
     assert manifest["encoded_by_process"] == {"0": 2, "1": 2}
     assert datasets.load_from_disk(str(cache_path / "dataset"))["index"] == [0, 1, 2, 3]
     launched, reference = LatentCacheDataset(cache_path), LatentCacheDataset(sample_cache.path)
