@@ -543,7 +543,10 @@ def precompute_latent_cache(
     if (cache_path / "manifest.json").exists():
         return _reuse(cache_path, found, strict)
     if (built := _cache_of_a_copy(Path(cache_root), same_model, listing_key, settings)) is not None:
-        return _reuse(built, found, strict)
+        report = _reuse(built, found, strict)
+        report.notes.insert(0, "built with the encoder files at other modification times (this model is a copy "
+                               "that did not keep them); their contents match the digests the cache recorded")
+        return report
 
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1

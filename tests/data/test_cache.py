@@ -384,6 +384,7 @@ def test_a_copy_of_the_model_that_did_not_keep_the_times_reads_the_cache_its_ori
                                                                                       "encode_prompts")
     again = precompute_latent_cache(family, data, tmp_path / "cache", SETTINGS)
     assert again.reused and again.path == first.path and not videos and not prompts
+    assert "note: built with the encoder files at other modification times (this model is a copy" in again.summary()
     # Touched in place (same content): the same
     _touch_vae_weights(data, model)
     assert precompute_latent_cache(CogVideoXFamily(model), data, tmp_path / "cache", SETTINGS).path == first.path
