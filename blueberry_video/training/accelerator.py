@@ -226,6 +226,21 @@ def check_launch(accelerator: Accelerator) -> None:
             f"every process would do all the work (train on, or encode, all the data) and write the same outputs. "
             f"{hint}."
         )
+    if accelerator.num_processes == 1 and world_size <= 1 and _plain_cpu_launch_for_several():
+        raise LaunchError(
+            "the launch asked for several processes on the CPU (`accelerate launch --cpu` with --num_processes or "
+            "--num_machines above 1), but accelerate's plain launcher starts one process there (it expects mpirun "
+            "with --mpirun_hostfile): this run would train alone, otherwise than asked. For several CPU processes: "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`; for one, leave out "
+            "--num_processes (and unset MASTER_ADDR if your shell exports it)"
+        )
+
+
+def _plain_cpu_launch_for_several() -> bool:
+    # What `accelerate launch --cpu --num_processes N` (N > 1) leaves in the one process it starts: the CPU flag,
+    # its OpenMP settings, and the rendezvous address it sets only for several processes (or machines).
+    return (_launch_asked_for("ACCELERATE_USE_CPU") and os.environ.get("KMP_BLOCKTIME") == "1"
+            and "MASTER_ADDR" in os.environ)
 
 
 def warn_of_the_launchers_mixed_precision(accelerator: Accelerator, config) -> None:

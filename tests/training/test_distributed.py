@@ -108,6 +108,21 @@ def test_launch_that_would_train_alone_twice_is_refused(tiny_cogvideox_dir, samp
     assert not (tmp_path / "trap" / "pytorch_lora_weights.safetensors").exists()
 
 
+def test_a_cpu_launch_asking_for_two_processes_that_starts_one_is_refused(tiny_cogvideox_dir, sample_dataset_dir,
+                                                                          tmp_path):
+    # accelerate's plain launcher starts ONE process for `--cpu --num_processes 2` (it expects mpirun there).
+    out = tmp_path / "alone"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", RECIPE,
+               *training_args(tiny_cogvideox_dir, sample_dataset_dir, out, tmp_path / "cache")]
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "MASTER_ADDR", "WORLD_SIZE")}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode != 0
+    assert "accelerate's plain launcher starts one process there" in run.stderr, run.stderr[-3000:]
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N" in run.stderr
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+
+
 def test_validation_prompts_are_shared_out_and_every_video_is_written_once(tiny_cogvideox_dir, sample_dataset_dir,
                                                                             tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

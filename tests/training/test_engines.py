@@ -404,6 +404,22 @@ def test_zero3_full_finetune_in_bf16_exports_a_loadable_transformer(tiny_cogvide
     assert len(changed) > len(trained) // 2
 
 
+@pytest.mark.parametrize("flags, refused", [(("--cpu",), False), (("--cpu", "--num_processes", "2"), True)])
+def test_a_plain_cpu_launch_is_refused_only_where_it_asked_for_several_processes(flags, refused, restore_environ):
+    from blueberry_video.errors import LaunchError
+    from blueberry_video.training.accelerator import check_launch
+
+    _, env = launcher_environment(CONFIG_DIR / "single_gpu.yaml", *flags)  # what the one process it starts gets
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    os.environ.pop("MASTER_ADDR", None)
+    with patch_environment(**env):
+        if refused:
+            with pytest.raises(LaunchError, match="starts one process there"):
+                check_launch(alone)
+        else:
+            check_launch(alone)
+
+
 @pytest.mark.slow
 def test_cpu_test_config_runs_two_ddp_processes(tiny_cogvideox_dir, sample_dataset_dir, cache_dir, tmp_path):
     out = tmp_path / "ddp"
