@@ -309,8 +309,9 @@ def _note_lines(notes: dict, sampling: FrameSampling) -> list[str]:
                      f"short_video={sampling.short_video} filled by {how} (" + first_few(
                          [f"{item['video']} {item['frames']} frames" for item in filled]) + ")")
     if damaged := notes.get("decode_errors"):
-        lines.append(f"{len(damaged)} video(s) hold damaged data that ffmpeg concealed as it decoded them: their clips "
-                     "may show garbled frames; re-encode or re-download them (" + first_few(
+        lines.append(f"{len(damaged)} video(s) hold damaged data that ffmpeg concealed as it decoded them up to "
+                     "their clips' last frames: the clips may show garbled frames (unless all errors lay in frames "
+                     "skipped before them); re-encode or re-download them (" + first_few(
                          [f"{item['video']}: {item['errors']} error(s), {item['first']}" for item in damaged]) + ")")
     if cut := notes.get("cut_short"):
         lines.append(f"{len(cut)} video(s) look truncated or damaged: their streams end before the duration their "
@@ -448,7 +449,8 @@ def _damaged(root: Path, note_items: dict) -> list[dict]:
                        "s its header gives (cached from the part that decodes)"}
             for item in note_items.get("cut_short", [])] + [
         {"source": str(root / item["video"]),
-         "reason": f"damaged: ffmpeg concealed {item['errors']} decoding error(s) in its clip's frames ({item['first']})"}
+         "reason": f"damaged: ffmpeg concealed {item['errors']} decoding error(s) on the way to its clip's last frame "
+                   f"({item['first']})"}
         for item in note_items.get("decode_errors", [])]
 
 

@@ -954,8 +954,9 @@ def test_a_video_with_damage_ffmpeg_conceals_is_noted_and_refused_by_strict_data
     report = precompute_latent_cache(family, data, tmp_path / "cache", settings)
     assert report.num_cached == 2  # cached, as ffmpeg decodes it: told, not skipped
     [note] = [line for line in report.notes if "damaged data" in line]
-    assert re.fullmatch(r"1 video\(s\) hold damaged data that ffmpeg concealed as it decoded them: their clips may "
-                        r"show garbled frames; re-encode or re-download them \(videos/damaged\.mp4: \d+ error\(s\), "
+    assert re.fullmatch(r"1 video\(s\) hold damaged data that ffmpeg concealed as it decoded them up to their clips' "
+                        r"last frames: the clips may show garbled frames \(unless all errors lay in frames skipped "
+                        r"before them\); re-encode or re-download them \(videos/damaged\.mp4: \d+ error\(s\), "
                         r"\[.*h264.*\] .*\)", note), note
     with pytest.raises(DatasetFormatError, match=r"(?s)strict_data is set and 1 video.*damaged\.mp4: damaged: ffmpeg "
                                                  r"concealed \d+ decoding error"):
