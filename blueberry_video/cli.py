@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from blueberry_video.errors import ConfigError, exit_on_error
 from blueberry_video.models import DEFAULT_FAMILY, family_names
@@ -241,10 +242,26 @@ def _new_experiment(args):
           f"then run it as its 'How to run' says")
 
 
+def _make_parent_folder(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: give a file name in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot make its folder {path.parent} ({error.strerror or error}); give a "
+                          "path in a folder you can write") from error
+
+
 def _report(args):
     from blueberry_video.report import compare_runs
 
+    out, plot = Path(args.out), Path(args.plot)
+    if out.resolve() == plot.resolve():
+        raise ConfigError(f"--out and --plot are the same file ({out}): the table would overwrite the plot; give "
+                          "the plot a .png name of its own")
     report = compare_runs(args.run_dirs)
+    for flag, path in (("--out", out), ("--plot", plot)):  # both folders, before either file is written
+        _make_parent_folder(flag, path)
     print(report.table)
     report.save_plot(args.plot)
     report.write_markdown(args.out, plot=args.plot)

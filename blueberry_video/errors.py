@@ -35,6 +35,10 @@ class SettingWarning(UserWarning):
     """A setting that does nothing or is risky in this run; the run goes on."""
 
 
+class RecordWarning(SettingWarning):
+    """A run's record file holds a damaged part that is left out (a last line a crash cut short)."""
+
+
 class StoppedBySignal(BlueberryError):
     """SIGTERM or Ctrl-C stopped work outside the training loop; the message says what was kept. The exit
     status is the shell's for that signal (143, 130), which schedulers read as "stopped", not "failed"."""

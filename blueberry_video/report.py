@@ -81,19 +81,25 @@ def _read_run_settings(run_dir: Path) -> dict:
 
 
 def read_run(run_dir: str | Path, label: str | None = None) -> RunSummary:
+    """A run's records. One that stopped before its first logged step (no metrics.jsonl yet) has none: its row
+    says so, and the other runs of a sweep are still compared."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise RunRecordsError(f"{run_dir}: a file; give the folder of the training run (its output_dir, "
+                              f"{run_dir.parent})")
     if not run_dir.is_dir():
         raise RunRecordsError(f"{run_dir}: no such folder; give the output_dir of a training run")
-    for name in ("metrics.jsonl", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise RunRecordsError(f"{run_dir}: no {name}. Give the output_dir of a training run; a run writes "
-                                  f"config.yaml when it starts and metrics.jsonl from its first logged step")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunRecordsError(f"{run_dir}: no config.yaml. Give the output_dir of a training run; a run writes "
+                              f"config.yaml when it starts and metrics.jsonl from its first logged step")
     return RunSummary(label or run_dir.name, run_dir, _read_run_settings(run_dir), MetricsLog(run_dir).read())
 
 
 def _format(value) -> str:
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "[]"
+        # Prompts may hold commas: joined as the flags take them (--validation_prompt "a:::b").
+        joiner = " ::: " if any(isinstance(v, str) for v in value) else ", "
+        return _format(joiner.join(str(v) for v in value) or "[]")
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
@@ -107,6 +113,8 @@ def run_statuses(runs: list[RunSummary]) -> list[str]:
             status = FINISHED
         elif found := checkpoint_steps(run.path):
             status = f"stopped at step {found[-1][0]}"
+        elif not run.records:
+            status = "no step logged (stopped before its first, or starting)"
         else:
             status = "stopped, no checkpoint"
         for other in runs:
@@ -158,6 +166,10 @@ class Report:
 
 def compare_runs(run_dirs: list[str | Path]) -> Report:
     """Read each run's records; runs are labelled by folder name, or by the path given where names repeat."""
+    seen: dict[Path, str | Path] = {}
+    for run_dir in run_dirs:
+        if (same := seen.setdefault(Path(run_dir).resolve(), run_dir)) is not run_dir:
+            raise RunRecordsError(f"{run_dir} and {same} are the same run folder: give each run once")
     names = [Path(d).name for d in run_dirs]
     runs = [read_run(d, label=Path(d).name if names.count(Path(d).name) == 1 else str(d)) for d in run_dirs]
     keys = list(dict.fromkeys(key for run in runs for key in run.settings))

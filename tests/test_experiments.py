@@ -195,9 +195,9 @@ def test_report_leaves_out_bookkeeping_settings_and_marks_a_run_resumed_past_its
     assert report.statuses == ["finished", "stopped, no checkpoint"]
 
 
-def test_report_names_a_folder_without_metrics(runs, tmp_path):
-    (tmp_path / "config.yaml").write_text("rank: 4\n")
-    with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path))}: no metrics.jsonl"):
+def test_report_names_a_folder_that_is_not_a_run(runs, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path))}: no config.yaml"):
         compare_runs([runs[0], tmp_path])
     with pytest.raises(RunRecordsError, match=f"{re.escape(str(tmp_path / 'typo'))}: no such folder"):
         compare_runs([runs[0], tmp_path / "typo"])

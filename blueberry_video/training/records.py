@@ -9,9 +9,12 @@ import logging
 import platform
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import yaml
+
+from blueberry_video.errors import ConfigError, RecordWarning
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +132,31 @@ class MetricsLog:
             self._file = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines a killed run logged after its last checkpoint."""
+        """On resume, drop lines a killed run logged after its last checkpoint (and a last line it cut short)."""
         self.close()
         if self.path.exists():
-            lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in lines))
+            kept = [record for record in self.read() if record["step"] <= step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def read(self) -> list[dict]:
+        """The records; a last line cut short (a crash or a full disk while it was written) is left out with a
+        warning, as the step it held is lost. A damaged line before the last is an error naming it."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        lines = self.path.read_text(errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number < len(lines):
+                    raise ConfigError(f"{self.path} line {number} is not a JSON record ({error.msg}): the file was "
+                                      "edited or damaged; mend or delete that line") from None
+                warnings.warn(f"{self.path}: its last line was cut short (the run was killed, or the disk was full, "
+                              f"as it was written) and is left out: {line[:80]!r}", RecordWarning, stacklevel=2)
+        return records
 
 
 def plot_losses(runs: dict[str, list[dict]], path, smoothing: int = 5) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from blueberry_video.config import parse_config
-from blueberry_video.errors import OutOfMemoryHelp
+from blueberry_video.errors import OutOfMemoryHelp, RecordWarning
 from blueberry_video.models.cogvideox import CogVideoXFamily
 from blueberry_video.training.checkpoints import checkpoint_lora_state
 from blueberry_video.training.trainer import TooManyBadStepsError, run_recipe, train
@@ -99,3 +100,16 @@ def test_bad_videos_are_reported_and_the_good_ones_still_train(tiny_cogvideox_di
     for name in ("truncated.mp4", "empty.mp4", "garbage.mp4"):
         assert name in report
     assert "0 bytes" in report and "no caption" in report
+
+
+def test_a_resume_after_a_crash_that_cut_the_last_metrics_line_short(tiny_cogvideox_dir, sample_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    train(config_for(tiny_cogvideox_dir, sample_dataset_dir, out, "--max_train_steps", "3"),
+          CogVideoXFamily(tiny_cogvideox_dir))
+    with open(out / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 4, "loss": 0.')  # a crash or a full disk while step 4's line was written
+    with pytest.warns(RecordWarning, match="its last line was cut short"):
+        result = train(config_for(tiny_cogvideox_dir, sample_dataset_dir, out, "--max_train_steps", "5",
+                                  "--resume_from_checkpoint", "latest"), CogVideoXFamily(tiny_cogvideox_dir))
+    assert result.global_step == 5
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
