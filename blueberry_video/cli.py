@@ -145,8 +145,9 @@ def _estimate_memory(args, extra):
     import dataclasses
     import tempfile
 
-    from blueberry_video.config import parse_config
+    from blueberry_video.config import config_file_in, parse_config
     from blueberry_video.models.presets import REAL_SIZE_TRANSFORMERS, save_real_size_configs
+    from blueberry_video.training.preflight import warn_of_a_config_for_another_family
 
     defaults = {"dummy_data": True}  # the estimate reads no data
     if args.preset and "--pretrained_model_name_or_path" in {flag.split("=")[0] for flag in extra}:
@@ -174,7 +175,9 @@ def _estimate_memory(args, extra):
                   f"{args.preset} is estimated instead", file=sys.stderr)
             config = dataclasses.replace(config, pretrained_model_name_or_path=defaults["pretrained_model_name_or_path"])
         # The preset's folder names its transformer class, so the preset sets the family too.
-        _print_memory_estimate(args, config, _family_name(args, config.pretrained_model_name_or_path), model)
+        family_name = _family_name(args, config.pretrained_model_name_or_path)
+        warn_of_a_config_for_another_family(config_file_in(extra), family_name)
+        _print_memory_estimate(args, config, family_name, model)
 
 
 def _print_memory_estimate(args, config, family_name, model):

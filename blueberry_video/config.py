@@ -237,10 +237,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of setting: value")
-    unknown = [key for key in data if key not in FIELDS]
-    if unknown:
-        hint = instead_hint(f"--{unknown[0]}") or _suggest(unknown[0])
-        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{hint}")
+    # All of them at once, as unknown flags are: a run with each found by the one before is minutes per typo.
+    if unknown := [f"{key!r}{instead_hint(f'--{key}') or _suggest(key)}" for key in data if key not in FIELDS]:
+        raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {'; '.join(unknown)}")
     return {key: _coerce(key, value, str(path)) for key, value in data.items()}
 
 
@@ -354,6 +353,13 @@ def bad_value_message(argv: list[str]) -> str | None:
     except ConfigError as error:
         return str(error).removesuffix("; see --help")
     return None
+
+
+def config_file_in(argv: list[str]) -> str | None:
+    """The --config file a command line names (parse_config has checked the line)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    return parser.parse_known_args(argv)[0].config
 
 
 def parse_config(argv: list[str] | None = None, description: str = "", defaults: dict | None = None) -> TrainConfig:

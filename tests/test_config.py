@@ -83,6 +83,11 @@ def test_unknown_yaml_key_names_the_file_and_the_close_setting(tmp_path, require
     message = str(raised.value)
     assert str(path) in message and "'learning_rat'" in message
     assert "did you mean 'learning_rate'" in message
+    # Every unknown key in one message
+    path = write_yaml(tmp_path, "lerning_rate: 1e-4\nheight: 64\nmax_num_frame: 9\n")
+    with pytest.raises(ConfigError, match=r"unknown settings 'lerning_rate' \(did you mean 'learning_rate'\?\); "
+                                          r"'max_num_frame' \(did you mean 'max_num_frames'\?\)"):
+        parse_config(["--config", str(path), *required])
 
 
 @pytest.mark.parametrize("flag, suggestion", [("--learning_rat", "learning_rate"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 from blueberry_video.errors import ConfigError, ModelLayoutError
@@ -60,6 +61,14 @@ def family_for_transformer_class(class_name: str) -> str | None:
         if get_family_class(name).transformer_class.__name__ == class_name:
             return name
     return None
+
+
+def family_named_by_file(path) -> str | None:
+    """The one family a file's name names (the shipped recipe configs are named after their model:
+    hunyuan-video_lora.yaml is hunyuan_video's), else None."""
+    squashed = re.sub(r"[-_]", "", Path(path).stem.lower())
+    named = [name for name in family_names() if name.replace("_", "") in squashed]
+    return named[0] if len(named) == 1 else None
 
 
 def family_for_model_dir(model_dir, default: str = DEFAULT_FAMILY) -> str:

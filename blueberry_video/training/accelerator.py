@@ -323,11 +323,16 @@ def _written_by_trackers(folder: Path) -> bool:
         for path in folder.rglob("*") if not path.is_dir())
 
 
+def check_output_dir_is_not_a_file(output_dir) -> None:
+    """First of all checks: a resume looks for checkpoints in it."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ConfigError(f"output_dir={output_dir} is a file, not a folder: pick another --output_dir")
+
+
 def check_output_dir(config, resuming: bool) -> None:
     """Refuse to mix a new run's files into an earlier run's, before anything is written."""
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir={out} is a file, not a folder: pick another --output_dir")
+    check_output_dir_is_not_a_file(out)
     if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()) and not resuming \
             and not config.overwrite_output_dir and records_of_an_attempt_that_trained_nothing(config) is None:
         raise ConfigError(

@@ -451,14 +451,23 @@ def least_checkpointing_within(family, config, budget_bytes: int, count_encoders
     blocks recompute: the peak falls as more do): (ratio, blocks recomputing, blocks, its estimate), or
     (None, None, blocks, None) when not even recomputing every block fits."""
     num_blocks = len(transformer_blocks(meta_transformer(family, torch.bfloat16), family.block_class_names))
-    best = (None, None, num_blocks, None)
-    low, high = 0, num_blocks
+
+    def estimate_with(recomputing: int) -> tuple[str, MemoryEstimate | None]:
+        ratio = ratio_label(recomputing, num_blocks)
+        trial = dataclasses.replace(config, gradient_checkpointing=True, gradient_checkpointing_ratio=float(ratio))
+        estimate = estimate_training_memory(family, trial)  # a minute per trial at HunyuanVideo's size
+        return ratio, estimate if estimate.total_bytes(count_encoders) <= budget_bytes else None
+
+    # Every block recomputing first: where that does not fit, no search is needed.
+    ratio, estimate = estimate_with(num_blocks)
+    if estimate is None:
+        return None, None, num_blocks, None
+    best = (ratio, num_blocks, num_blocks, estimate)
+    low, high = 0, num_blocks - 1
     while low <= high:
         middle = (low + high) // 2
-        ratio = ratio_label(middle, num_blocks)
-        trial = dataclasses.replace(config, gradient_checkpointing=True, gradient_checkpointing_ratio=float(ratio))
-        estimate = estimate_training_memory(family, trial)
-        if estimate.total_bytes(count_encoders) <= budget_bytes:
+        ratio, estimate = estimate_with(middle)
+        if estimate is not None:
             best, high = (ratio, middle, num_blocks, estimate), middle - 1
         else:
             low = middle + 1

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from pathlib import Path
 
 import yaml
 from safetensors import safe_open
 
-from blueberry_video.errors import ConfigError
+from blueberry_video.errors import ConfigError, SettingWarning
+from blueberry_video.models import family_named_by_file
 from blueberry_video.training.checkpoints import checkpoint_step
 from blueberry_video.training.lora import lora_file, lora_targets
 from blueberry_video.training.records import ENGINES_IN_WORDS
@@ -127,6 +129,17 @@ def check_init_lora_weights(config, family) -> None:
         raise ConfigError(f"init_lora_weights={file}: it adapts layers this run does not ({foreign[0]}, "
                           f"{len(foreign)} in all); this run's lora_target_modules are {sorted(targets)}: set "
                           f"lora_target_modules to the ones it was trained with")
+
+
+def warn_of_a_config_for_another_family(config_file, family_name: str) -> None:
+    """A recipe config chosen for the other family (the other recipe's file) trains with settings picked for that
+    model: its frame rate, resolution, rank and schedule. Said, not refused: a config may be reused on purpose."""
+    named = family_named_by_file(config_file) if config_file else None
+    if named is not None and named != family_name:
+        warnings.warn(f"--config {config_file} is named for {named}, and this run is of {family_name}: its settings "
+                      f"(frame rate, resolution, rank, schedule) were chosen for {named}. For {named} use "
+                      f"recipes/train_{named}.py; for {family_name}, a config made for it (recipes/configs/)",
+                      SettingWarning, stacklevel=2)
 
 
 def check_objective_settings(config, family) -> None:

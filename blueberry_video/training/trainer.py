@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from blueberry_video.errors import ConfigError, OutOfMemoryHelp, SettingWarning,
 from blueberry_video.training.accelerator import (
     build_accelerator,
     check_output_dir,
+    check_output_dir_is_not_a_file,
     clear_earlier_run,
     engine_name,
     fit_fsdp_wrap_classes,
@@ -51,6 +53,7 @@ from blueberry_video.training.preflight import (
     check_objective_settings,
     check_resume_engine,
     resumed_config,
+    warn_of_a_config_for_another_family,
 )
 from blueberry_video.training.records import (
     MetricsLog,
@@ -103,9 +106,11 @@ def build_dataset(config, family, accelerator, dtype: torch.dtype):
 
 def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
     """What a recipe script does: settings from YAML and flags, the family's parts, the shared run."""
-    from blueberry_video.config import parse_config
+    from blueberry_video.config import config_file_in, parse_config
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     config = parse_config(argv, description=description)
+    warn_of_a_config_for_another_family(config_file_in(argv), family_class.name)
     try:
         result = train(config, family_class.from_config(config))
     except torch.OutOfMemoryError as error:
@@ -117,6 +122,7 @@ def run_recipe(family_class, argv=None, description: str = "") -> TrainResult:
 
 def train(config, family, stop_after_step: int | None = None) -> TrainResult:
     """Run the whole training; `stop_after_step` ends early with a checkpoint, as a preempted job would."""
+    check_output_dir_is_not_a_file(config.output_dir)
     # Found (or refused) before any work; None: a new run, `latest` included before its first checkpoint.
     resume_path = resolve_resume_path(config.output_dir, config.resume_from_checkpoint)
     config = resumed_config(config, family, resume_path)

@@ -117,6 +117,21 @@ def test_the_estimate_finds_the_least_recomputation_that_fits(tiny_cogvideox_dir
     assert fewer.total_bytes() > budget_gib * GIB
 
 
+def test_the_search_stops_at_once_where_not_even_every_block_recomputing_fits(tiny_cogvideox_dir, monkeypatch):
+    from blueberry_video.training import memory_estimate
+
+    family = get_family_class("cogvideox")(tiny_cogvideox_dir)
+    config = config_for(family, gradient_checkpointing=True)
+    every = estimate_training_memory(family, config)
+    trials = []
+    monkeypatch.setattr(memory_estimate, "estimate_training_memory",
+                        lambda *args: trials.append(1) or estimate_training_memory(*args))
+    assert memory_estimate.least_checkpointing_within(family, config, every.total_bytes() - 1)[0] is None
+    assert len(trials) == 1  # a minute per trial at HunyuanVideo's size: no bisection that cannot succeed
+    ratio, recomputed, blocks, _ = memory_estimate.least_checkpointing_within(family, config, every.total_bytes())
+    assert recomputed == blocks and float(ratio) == 1.0  # all of them fit, and no fewer
+
+
 def test_enable_counts_the_blocks_it_checkpoints(tiny_hunyuan_video_dir):
     family = get_family_class("hunyuan_video")(tiny_hunyuan_video_dir)
     transformer = family.load_transformer(dtype=torch.float32)

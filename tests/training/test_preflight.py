@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 
 import pytest
 import torch
@@ -219,3 +220,24 @@ def test_a_new_run_can_start_from_a_checkpoint_folder(short_run, tiny_cogvideox_
     assert saved.keys() == started.keys()
     for name, value in saved.items():
         torch.testing.assert_close(started[name], value, rtol=0, atol=1e-6)  # lr 1e-12: still the checkpoint's
+
+
+def test_the_other_familys_recipe_config_is_warned_about_before_any_work(tiny_hunyuan_video_dir, one_video_dataset_dir,
+                                                                        tmp_path):
+    from blueberry_video.errors import SettingWarning
+    from blueberry_video.models.hunyuan_video import HunyuanVideoFamily
+    from blueberry_video.training.trainer import run_recipe
+
+    (tmp_path / "a_file").write_text("")  # the run then stops at its first check, after the warning
+    args = ["--config", str(REPO_ROOT / "recipes" / "configs" / "cogvideox-2b_lora.yaml"),
+            "--pretrained_model_name_or_path", str(tiny_hunyuan_video_dir), "--instance_data_root",
+            str(one_video_dataset_dir), "--output_dir", str(tmp_path / "a_file")]
+    with pytest.warns(SettingWarning, match=r"cogvideox-2b_lora.yaml is named for cogvideox, and this run is of "
+                                            r"hunyuan_video.*use recipes/train_cogvideox.py"):
+        with pytest.raises(ConfigError, match="is a file"):
+            run_recipe(HunyuanVideoFamily, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingWarning)  # its own family's config: no warning
+        with pytest.raises(ConfigError, match="is a file"):
+            run_recipe(HunyuanVideoFamily, [*args[2:], "--config",
+                                            str(REPO_ROOT / "recipes" / "configs" / "hunyuan-video_lora.yaml")])

@@ -5,6 +5,7 @@ them or deleting the new branch's checkpoints in their favour."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_a_second_run_on_an_output_dir_in_use_is_refused(run_args, tmp_path, fre
 
 
 def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line_before_the_cache(run_args, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, caplog):
     from blueberry_video.training import trainer
 
     monkeypatch.setattr(trainer, "precompute_latent_cache", lambda *a, **k: pytest.fail("encoded before refusing"))
@@ -49,6 +50,12 @@ def test_an_output_dir_that_cannot_be_written_is_refused_in_one_line_before_the_
         train_cogvideox.main(run_args(tmp_path / "a-file" / "run", "--max_train_steps", "1"))
     with pytest.raises(ConfigError, match=r"output_dir=.*a-file is a file, not a folder: pick another --output_dir"):
         train_cogvideox.main(run_args(tmp_path / "a-file", "--max_train_steps", "1"))
+    # A resume is refused the same, without first saying it found no checkpoint there and starts a new run
+    with caplog.at_level(logging.WARNING, logger="blueberry_video.training.checkpoints"):
+        with pytest.raises(ConfigError, match=r"a-file is a file, not a folder"):
+            train_cogvideox.main(run_args(tmp_path / "a-file", "--max_train_steps", "1", "--resume_from_checkpoint",
+                                          "latest"))
+    assert "starting a new run" not in caplog.text
 
 
 def test_what_killed_attempts_left_half_written_is_removed(run_args, tmp_path):
