@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="experiments", help="folder the experiment goes in")
     p.add_argument("--family", choices=family_names(),
                    help="model family its commands train (default: the --from config's model folder's, else the one "
-                        "its file name names; cogvideox for the template)")
+                        "its file name names, which --family may not contradict; cogvideox for the template)")
     p.set_defaults(run=_new_experiment)
 
     p = verbs.add_parser("report", help="compare runs: the settings that differ, their losses, one loss plot")

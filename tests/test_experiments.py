@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from blueberry_video import cli
 from blueberry_video.config import FIELDS, load_yaml
 from blueberry_video.demo import demo_config_path
 from blueberry_video.errors import ConfigError
-from blueberry_video.experiments import TEMPLATE_DIR, new_experiment
+from blueberry_video.experiments import TEMPLATE_DIR, command_path, new_experiment
 from blueberry_video.report import RunRecordsError, compare_runs
 from tests.conftest import REPO_ROOT
 
@@ -24,14 +25,51 @@ def experiment(tmp_path_factory):
     return new_experiment("lr-sweep", base_dir=tmp_path_factory.mktemp("experiments"))
 
 
+def commands(text: str) -> list[list[str]]:
+    """The commands a README or config header gives, split as the shell splits them."""
+    lines = [line.lstrip("# ") for line in text.splitlines()]
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(("blueberry-video ", "accelerate "))]
+
+
+def flag_values(command: list[str], flag: str) -> list[str]:
+    return [value for name, value in zip(command, command[1:]) if name == flag]
+
+
 def test_new_experiment_copies_the_template_with_the_name_filled_in(experiment):
     assert sorted(p.name for p in experiment.iterdir()) == sorted(p.name for p in TEMPLATE_DIR.iterdir())
     readme = (experiment / "README.md").read_text()
-    assert "{{name}}" not in readme and "--config experiments/lr-sweep/config.yaml" in readme
+    assert "{{" not in readme and f"--config {experiment}/config.yaml" in readme
     for section in ("Research question", "Hypothesis", "Method", "How to run", "Results", "Conclusion"):
         assert f"## {section}" in readme
     assert "![loss curves of all runs](report.png)" in readme
-    assert load_yaml(experiment / "config.yaml")["output_dir"] == "outputs/lr-sweep"
+    assert load_yaml(experiment / "config.yaml")["output_dir"] == "outputs/lr-sweep/baseline"
+
+
+def test_new_experiment_commands_name_the_folder_it_was_made_in(tmp_path):
+    path = new_experiment("d1", base_dir=tmp_path / "my exps")
+    given = commands((path / "README.md").read_text()) + commands((path / "config.yaml").read_text())
+    assert len(given) >= 5
+    for command in given:
+        for flag in ("--config", "--out", "--plot"):
+            for value in flag_values(command, flag):
+                assert value.startswith(str(path.resolve()) + "/"), command
+        assert all(REPO_ROOT.joinpath(value).is_file() for value in flag_values(command, "--config")), command
+    # Where the folder is inside the repository, its commands (run from there) name it relative to it.
+    assert command_path(REPO_ROOT / "experiments" / "d1") == "experiments/d1"
+
+
+def test_new_experiment_runs_write_where_the_config_and_its_commands_say(experiment):
+    """The config's own output_dir is the baseline run's, so the command in its header, with or without
+    --output_dir, is that run, and every other run of the README writes elsewhere."""
+    config = (experiment / "config.yaml").read_text()
+    trains = [c for c in commands(config) + commands((experiment / "README.md").read_text()) if "--config" in c]
+    output_dirs = [flag_values(c, "--output_dir") for c in trains]
+    assert all(len(dirs) == 1 for dirs in output_dirs)
+    baseline = load_yaml(experiment / "config.yaml")["output_dir"]
+    assert [dirs[0] for dirs, c in zip(output_dirs, trains) if "--learning_rate" not in c] == [baseline] * 4
+    assert {dirs[0] for dirs, c in zip(output_dirs, trains) if "--learning_rate" in c} == {"outputs/lr-sweep/lr-5e-4"}
+    report = next(c for c in commands((experiment / "README.md").read_text()) if c[1] == "report")
+    assert report[2:4] == [baseline, "outputs/lr-sweep/lr-5e-4"]
 
 
 def test_template_config_runs_the_demo_and_lists_valid_settings(tmp_path):
@@ -64,7 +102,7 @@ def test_new_experiment_from_a_config_copies_it(tmp_path):
     source = tmp_path / "base.yaml"
     source.write_text("rank: 64\nlearning_rate: 3.0e-4\n")
     path = new_experiment("rank-64", base_dir=tmp_path / "experiments", from_config=source, family="cogvideox")
-    assert (path / "config.yaml").read_text() == source.read_text() + "output_dir: outputs/rank-64\n"
+    assert (path / "config.yaml").read_text() == source.read_text() + "output_dir: outputs/rank-64/baseline\n"
     assert "rank-64" in (path / "README.md").read_text()
 
 
@@ -74,6 +112,48 @@ def test_new_experiment_from_an_invalid_config_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         new_experiment("typo", base_dir=tmp_path / "experiments", from_config=source)
     assert not (tmp_path / "experiments").exists()
+
+
+def test_new_experiment_from_a_missing_config_names_the_from_flag(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--from .*nonexistent.yaml: file not found"):
+        new_experiment("x1", base_dir=tmp_path, from_config=tmp_path / "nonexistent.yaml")
+    assert not any(tmp_path.iterdir())
+
+
+def test_new_experiment_refuses_a_family_its_config_contradicts(tmp_path, tiny_cogvideox_dir):
+    source = REPO_ROOT / "recipes" / "configs" / "hunyuan-video_lora.yaml"
+    with pytest.raises(ConfigError, match=r"trains hunyuan_video \(its file name says so\), not --family cogvideox: "
+                                          r"leave out --family"):
+        new_experiment("x2", base_dir=tmp_path, from_config=source, family="cogvideox")
+    pointed = tmp_path / "mine.yaml"
+    pointed.write_text(f"pretrained_model_name_or_path: {tiny_cogvideox_dir}\n")
+    with pytest.raises(ConfigError, match=r"trains cogvideox \(its model folder .* says so\), not --family hunyuan_vi"):
+        new_experiment("x3", base_dir=tmp_path, from_config=pointed, family="hunyuan_video")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+    assert "--family cogvideox" in (new_experiment("x4", base_dir=tmp_path, from_config=pointed,
+                                                   family="cogvideox") / "README.md").read_text()
+
+
+def test_new_experiment_of_another_family_lists_every_setting_at_its_default(tmp_path, tiny_hunyuan_video_dir,
+                                                                             sample_dataset_dir):
+    path = new_experiment("hy2", base_dir=tmp_path, family="hunyuan_video")
+    text = (path / "config.yaml").read_text()
+    settings = load_yaml(path / "config.yaml")
+    assert load_yaml(demo_config_path("hunyuan_video")).items() <= settings.items()
+    assert settings["pretrained_model_name_or_path"] == ".blueberry/demo/tiny-hunyuan_video"
+    assert settings["output_dir"] == "outputs/hy2/baseline"
+    commented = COMMENTED_SETTING.findall(text)
+    assert sorted(commented + list(settings)) == sorted(FIELDS)
+    (tmp_path / "all.yaml").write_text(COMMENTED_SETTING.sub(r"\1: ", text))
+    everything = load_yaml(tmp_path / "all.yaml")
+    assert {name: everything[name] for name in commented} == {name: FIELDS[name].default for name in commented}
+    # It trains the demo, on the tiny model and videos in the demo's stead.
+    cli.main(["train", "--family", "hunyuan_video", "--config", str(path / "config.yaml"),
+              "--pretrained_model_name_or_path", str(tiny_hunyuan_video_dir), "--instance_data_root",
+              str(sample_dataset_dir), "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"),
+              "--max_train_steps", "2", "--lr_warmup_steps", "0", "--validation_prompt", ""])
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["guidance_scale"] == 6.0
+    assert "blueberry-video demo --family hunyuan_video" in text and "{{" not in text
 
 
 def test_cli_new_experiment(tmp_path, capsys):
@@ -213,12 +293,12 @@ def test_new_experiment_from_a_recipe_config_runs_its_family_and_writes_its_own_
     source = REPO_ROOT / "recipes" / "configs" / "hunyuan-video_lora.yaml"
     path = new_experiment("hy-rank", base_dir=tmp_path, from_config=source)
     readme = (path / "README.md").read_text()
-    assert "--family hunyuan_video --config experiments/hy-rank/config.yaml" in readme
+    assert f"--family hunyuan_video --config {path}/config.yaml" in readme
     assert "accelerate launch recipes/train_hunyuan_video.py" in readme
     assert "--family cogvideox" not in readme and "train_cogvideox" not in readme
     assert (REPO_ROOT / "recipes" / "train_hunyuan_video.py").is_file()
     copied = load_yaml(path / "config.yaml")
-    assert copied["output_dir"] == "outputs/hy-rank"  # not the recipe's, which a second experiment would share
+    assert copied["output_dir"] == "outputs/hy-rank/baseline"  # not the recipe's, which a second experiment would share
     assert {k: v for k, v in copied.items() if k != "output_dir"} == {
         k: v for k, v in load_yaml(source).items() if k != "output_dir"}
     assert "# compile: true" in (path / "config.yaml").read_text()  # the config's comments are kept
@@ -229,9 +309,9 @@ def test_new_experiment_from_a_recipe_config_runs_its_family_and_writes_its_own_
         new_experiment("x", base_dir=tmp_path, from_config=unnamed)
     assert "--family hunyuan_video" in (new_experiment("y", base_dir=tmp_path, from_config=unnamed,
                                                        family="hunyuan_video") / "README.md").read_text()
-    assert load_yaml(tmp_path / "y" / "config.yaml")["output_dir"] == "outputs/y"
+    assert load_yaml(tmp_path / "y" / "config.yaml")["output_dir"] == "outputs/y/baseline"
     # Without a config: the family's demo config, on the tiny model and videos its demo builds.
     demo = load_yaml(new_experiment("z", base_dir=tmp_path, family="hunyuan_video") / "config.yaml")
     assert load_yaml(demo_config_path("hunyuan_video")).items() <= demo.items()
     assert demo["pretrained_model_name_or_path"] == ".blueberry/demo/tiny-hunyuan_video"
-    assert demo["instance_data_root"] == ".blueberry/demo/sample-videos" and demo["output_dir"] == "outputs/z"
+    assert demo["instance_data_root"] == ".blueberry/demo/sample-videos" and demo["output_dir"] == "outputs/z/baseline"
