@@ -74,21 +74,21 @@ def _hunyuan_frames(frames, *flags):
                   warmup=0, frames=frames)
 
 
-# Most important first. Three H200 sessions and one H100 session (2026-11-26; results in benchmarks/results/)
-# measured every entry below the first two at least once; the last H200 session (23:35 UTC) ran 181 and 185
-# frames held to an 80 GB card's memory (both fit) and the allocator A/B pairs. What is left leads: whether
-# HunyuanVideo's frame count goes past 185 on an 80 GB card, a target's figure.
+# Most important first. Three H200 sessions and one H100 session (2026-11-26) and one session on both cards
+# (2026-11-27; results in benchmarks/results/) measured every entry at least once but the first: HunyuanVideo runs
+# 189 frames on an 80 GB H100 itself (77.86 GiB allocated, 78.43 reserved), and 193 ran out of memory on an H200
+# held to that card's memory. What is left leads: 193 frames on the H100 itself.
 SUITE = (
-    Entry("hunyuan-189f-80gb", "HunyuanVideo at 189 frames held to 78.5 GiB (estimated 78.41 GiB allocated, so "
-          "about 77.86 measured: the estimate ran 0.54 GiB over the measured 181 and 185 frames; 185 reserved "
-          "78.01)", "train_step", _hunyuan_frames(189, *LIMIT_80GB)),
-    Entry("hunyuan-193f-80gb", "HunyuanVideo at 193 frames held to 78.5 GiB (estimated 79.52 GiB allocated: "
-          "expected not to fit); skipped when 189 did not fit", "train_step", _hunyuan_frames(193, *LIMIT_80GB),
-          unless_failed="hunyuan-189f-80gb"),
+    Entry("hunyuan-193f-80gb", "HunyuanVideo at 193 frames held to 78.5 GiB (estimated 79.52 GiB allocated; out of "
+          "memory on an H200 so held, asking 1.14 GiB with 77.83 allocated: expected not to fit an H100 either)",
+          "train_step", _hunyuan_frames(193, *LIMIT_80GB)),
+    Entry("hunyuan-189f-80gb", "HunyuanVideo at 189 frames held to 78.5 GiB, the most that fit an 80 GB card (on the "
+          "H100 itself 77.86 GiB allocated, 78.43 reserved; estimated 78.41)", "train_step",
+          _hunyuan_frames(189, *LIMIT_80GB)),
     Entry("hunyuan-181f-80gb", "HunyuanVideo at 181 frames held to 78.5 GiB (fit on an H200 so held: 75.64 GiB "
           "allocated, 78.16 reserved; estimated 76.18)", "train_step", _hunyuan_frames(181, *LIMIT_80GB)),
-    Entry("hunyuan-185f-80gb", "HunyuanVideo at 185 frames held to 78.5 GiB (fit on an H200 so held: 76.75 GiB "
-          "allocated, 78.01 reserved; estimated 77.29); skipped when 181 did not fit", "train_step",
+    Entry("hunyuan-185f-80gb", "HunyuanVideo at 185 frames held to 78.5 GiB (fit on the H100 itself and an H200 so "
+          "held: 76.75 GiB allocated, 78.01 reserved; estimated 77.29); skipped when 181 did not fit", "train_step",
           _hunyuan_frames(185, *LIMIT_80GB), unless_failed="hunyuan-181f-80gb"),
     Entry("2b-full-8bit-compile-default-allocator", "the MFU run with torch's default allocator: set against "
           "2b-full-8bit-compile-mfu (expandable segments), the speed cost of the recipes' allocator", "train_step",
