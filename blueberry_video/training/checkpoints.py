@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -86,19 +87,27 @@ def missing_files(path: Path) -> list[str]:
             if not (path / name).is_file() or (path / name).stat().st_size != size]
 
 
+def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every `checkpoint-N` folder, complete or not, oldest first."""
+    return sorted((int(match.group(1)), path) for path in Path(output_dir).glob("checkpoint-*")
+                  if (match := _NAME.match(path.name)) and path.is_dir())
+
+
 def checkpoint_steps(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
     found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = _NAME.match(path.name)
-        if match and path.is_dir():
-            if not (path / STATE_FILE).is_file():
-                logger.warning("ignoring incomplete checkpoint %s (no %s)", path, STATE_FILE)
-            elif missing := missing_files(path):
-                logger.warning("ignoring damaged checkpoint %s (%s missing or changed)", path, ", ".join(missing))
-            else:
-                found.append((int(match.group(1)), path))
-    return sorted(found)
+    for step, path in checkpoint_folders(output_dir):
+        if not (path / STATE_FILE).is_file():
+            logger.warning("ignoring incomplete checkpoint %s (no %s)", path, STATE_FILE)
+        elif missing := missing_files(path):
+            logger.warning("ignoring damaged checkpoint %s (%s missing or changed)", path, ", ".join(missing))
+        else:
+            found.append((step, path))
+    return found
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / STATE_FILE).is_file() and not missing_files(path)
 
 
 def resolve_resume_path(output_dir, resume_from_checkpoint: str | None) -> Path | None:
@@ -133,14 +142,26 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, total_limit
         (tmp / FILES_MANIFEST).write_text(json.dumps(files, indent=1))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         apply_umask(tmp)  # the .safetensors files are 0600, as safetensors writes them
-        if final.exists():  # a checkpoint of the same step from a run that was resumed before it
-            shutil.rmtree(final)
+        if final.exists():
+            _clear_the_way(final)
         os.replace(tmp, final)
         if total_limit:
             for _, old in checkpoint_steps(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _clear_the_way(final: Path) -> None:
+    """A complete checkpoint of the same step is one a resumed run already passed: replaced. A damaged or
+    incomplete one is kept beside under another name, for its owner to inspect (troubleshooting says so)."""
+    if is_complete_checkpoint(final):
+        shutil.rmtree(final)
+        return
+    kept = final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(final, kept)
+    logger.warning("%s was damaged or incomplete: kept as %s, and this run's checkpoint of that step written in "
+                   "its place", final, kept.name)
 
 
 def _deepspeed_save_kwargs(accelerator) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from blueberry_video.errors import ConfigError
 from blueberry_video.file_lock import holder, try_lock
-from blueberry_video.training.checkpoints import checkpoint_steps
+from blueberry_video.training.checkpoints import checkpoint_folders
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def set_aside_later_checkpoints(output_dir, resumed: Path, step: int) -> Path | 
     folder = Path(output_dir)
     if resumed.resolve().parent != folder.resolve():
         return None
-    later = [path for found_step, path in checkpoint_steps(folder) if found_step > step]
+    # Damaged and incomplete ones too: left in place, this run would write over them as it passes their step.
+    later = [path for found_step, path in checkpoint_folders(folder) if found_step > step]
     videos = [video for video in sorted((folder / "validation").glob("step-*.mp4"))
               if int(VALIDATION_STEP.match(video.name)[1]) > step]
     if not later:

@@ -139,14 +139,36 @@ def test_a_damaged_checkpoint_is_refused_or_passed_over(short_run, tiny_cogvideo
     with pytest.raises(ConfigError, match="checkpoint-3: damaged: optimizer.bin missing"):
         train_cogvideox.main(args)
     assert not (run.parent / "fresh-cache").exists()
-    # `latest` passes over it to the newest whole one
+    # `latest` passes over it to the newest whole one, and the run's own step 3 does not write over it
     args = recipe_args(tiny_cogvideox_dir, one_video_dataset_dir, run, "--rank", "4", "--lora_alpha", "4",
-                       "--learning_rate", "2e-3", "--checkpointing_steps", "0", "--max_train_steps", "3",
+                       "--learning_rate", "2e-3", "--checkpointing_steps", "1", "--max_train_steps", "3",
                        "--resume_from_checkpoint", "latest")
     args[args.index("--cache_dir") + 1] = str(short_run.parent / "cache")
     with caplog.at_level(logging.WARNING):
         assert train_cogvideox.main(args).global_step == 3
-    assert "ignoring damaged checkpoint" in caplog.text and "checkpoint-3" in caplog.text
+    assert caplog.text.count("ignoring damaged checkpoint") == 1 and "checkpoint-3" in caplog.text
+    [aside] = run.glob("set-aside-after-step-2-*")
+    kept = aside / "checkpoint-3"
+    assert (kept / "training_state.json").is_file() and not (kept / "optimizer.bin").exists()
+    assert (run / "checkpoint-3" / "optimizer.bin").is_file()
+
+
+def test_a_damaged_checkpoint_of_the_step_being_saved_is_kept_beside_it(tmp_path, caplog):
+    from blueberry_video.training.checkpoints import FILES_MANIFEST, STATE_FILE, _clear_the_way
+
+    damaged = tmp_path / "checkpoint-6"
+    damaged.mkdir()
+    (damaged / FILES_MANIFEST).write_text(json.dumps({"optimizer.bin": 10}))
+    (damaged / STATE_FILE).write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        _clear_the_way(damaged)
+    [kept] = tmp_path.glob("checkpoint-6.damaged-*")
+    assert not damaged.exists() and (kept / FILES_MANIFEST).is_file() and "kept as" in caplog.text
+    whole = tmp_path / "checkpoint-7"  # a complete one a resumed run passes again is replaced
+    whole.mkdir()
+    (whole / STATE_FILE).write_text("{}")
+    _clear_the_way(whole)
+    assert not whole.exists() and not list(tmp_path.glob("checkpoint-7.*"))
 
 
 def test_flow_matching_settings_are_refused_for_cogvideox_before_the_cache(tiny_cogvideox_dir, one_video_dataset_dir,
