@@ -433,6 +433,7 @@ def main(argv=None):
 
 def run_verb(argv):
     parser = build_parser()
+    check_flags_before_required_ones(parser, argv)
     args, extra = parser.parse_known_args(argv)
     verb_parser = parser._subparsers._group_actions[0].choices[args.verb]
     takes_training_flags = getattr(args, "takes_extra", False)
@@ -444,19 +445,39 @@ def run_verb(argv):
     return args.run(args)
 
 
+def check_flags_before_required_ones(parser, argv: list[str]) -> None:
+    """Unknown flags are named before argparse says a required one is missing: `--output_path o.mp4` is what a
+    user meant by --out, and "--out is required" alone would not tell them."""
+    verbs = parser._subparsers._group_actions[0].choices
+    if not argv or argv[0] not in verbs:
+        return
+    verb_parser = verbs[argv[0]]
+    required = [action for action in verb_parser._actions if action.required]
+    for action in required:
+        action.required = False
+    try:
+        _, extra = verb_parser.parse_known_args(argv[1:])
+    finally:
+        for action in required:
+            action.required = True
+    check_flags(extra, verb_parser, bool(verb_parser.get_default("takes_extra")))
+
+
 def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> None:
     """An unknown flag is named with the nearest known one, looking at this verb's own flags (dashes:
     --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
     slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
     from blueberry_video.config import bad_value_message, training_flags, unknown_flags_message
+    from blueberry_video.foreign_flags import GENERATE_INSTEAD, INSTEAD
 
     own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
     known = own + (training_flags() if takes_training_flags else [])
     if unknown := [flag for flag in (token.split("=")[0] for token in extra) if flag.startswith("--") and
                    flag not in known]:
-        see = f"blueberry-video {verb_parser.prog.split()[-1]} --help"
-        raise ConfigError(unknown_flags_message(unknown, known, see,
-                                                also=bad_value_message(extra) if takes_training_flags else None))
+        verb = verb_parser.prog.split()[-1]
+        raise ConfigError(unknown_flags_message(unknown, known, f"blueberry-video {verb} --help",
+                                                also=bad_value_message(extra) if takes_training_flags else None,
+                                                foreign=GENERATE_INSTEAD if verb == "generate" else INSTEAD))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from blueberry_video.errors import ConfigError, SettingWarning
-from blueberry_video.foreign_flags import instead_hint
+from blueberry_video.foreign_flags import INSTEAD, instead_hint
 from blueberry_video.training.trackers import trackers_to_start
 
 
@@ -333,13 +333,14 @@ def _looks_like_a_flag(token: str) -> bool:
     return False
 
 
-def unknown_flags_message(flags: list[str], known, see: str = "--help", also: str | None = None) -> str:
+def unknown_flags_message(flags: list[str], known, see: str = "--help", also: str | None = None,
+                          foreign: dict[str, str] = INSTEAD) -> str:
     """Every unknown flag at once (one run per flag is slow to learn from), each with what to use instead where
     it is a flag of diffusers' or finetrainers' scripts, else the nearest spelling among `known`; and `also`, a bad
     value given with them (argparse stops at it), which would otherwise come one run later."""
     described = []
     for flag in dict.fromkeys(flags):
-        described.append(f"{flag}{instead_hint(flag) or nearest_flag_hint(flag, known)}")
+        described.append(f"{flag}{instead_hint(flag, foreign) or nearest_flag_hint(flag, known)}")
     said = f"unknown flag {described[0]}" if len(described) == 1 else \
         f"{len(described)} unknown flags: {'; '.join(described)}"
     return f"{said}{f'; and {also}' if also else ''}; see {see}"

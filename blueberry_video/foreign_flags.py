@@ -80,14 +80,34 @@ INSTEAD = {
 }
 
 
-def instead_of(flag: str) -> str | None:
+# `blueberry-video generate`: the arguments of the pipelines' __call__ and of the CogVideoX repository's
+# cli_demo.py, whose names people bring; the nearest spelling misses most of them (--num_inference_steps).
+GENERATE_INSTEAD = {
+    "--num_inference_steps": "--steps",
+    "--model_path": "--model: the base model's folder, diffusers layout",
+    "--pretrained_model_name_or_path": "--model: the base model's folder, diffusers layout",
+    "--lora_path": "--lora: a run's output_dir, a checkpoint-N folder or a .safetensors file",
+    "--lora_weights": "--lora: a run's output_dir, a checkpoint-N folder or a .safetensors file",
+    "--output_path": "--out: the .mp4 to write",
+    "--output_file": "--out: the .mp4 to write",
+    "--num_videos_per_prompt": "one video per run: run again with another --seed",
+    "--negative_prompt": "not available: generate renders as validation does, without a negative prompt",
+    "--generate_type": "text to video only",
+    "--image_or_video_path": _NO_IMAGE_TO_VIDEO,
+    "--use_dynamic_cfg": "not available: constant guidance (--guidance-scale)",
+    "--enable_model_cpu_offload": "not available; --vae-tiling saves the decode's memory",
+    "--enable_sequential_cpu_offload": "not available; --vae-tiling saves the decode's memory",
+}
+
+
+def instead_of(flag: str, table: dict[str, str] = INSTEAD) -> str | None:
     """What to use instead of `flag` (`--name` or `--name=value`), or None when it is not a known foreign flag."""
-    return INSTEAD.get(flag.split("=")[0].replace("-", "_").replace("__", "--", 1))
+    return table.get(flag.split("=")[0].replace("-", "_").replace("__", "--", 1))
 
 
-def instead_hint(flag: str) -> str | None:
+def instead_hint(flag: str, table: dict[str, str] = INSTEAD) -> str | None:
     """` (use --x)` or ` (why not, and what instead)` for a known foreign flag, else None."""
-    instead = instead_of(flag)
+    instead = instead_of(flag, table)
     if instead is None:
         return None
     return f" ({'use ' if instead.startswith('--') else ''}{instead})"

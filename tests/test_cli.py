@@ -226,6 +226,14 @@ def test_an_unknown_flag_is_named_with_the_nearest_flag_of_that_command(argv, su
         main(argv)
 
 
+def test_generate_says_what_to_use_instead_of_the_pipelines_argument_names():
+    with pytest.raises(ConfigError, match=r"^3 unknown flags: --num-inference-steps \(use --steps\); "
+                                          r"--output_path \(use --out: the .mp4 to write\); --negative_prompt "
+                                          r"\(not available: .*\); see blueberry-video generate --help$"):
+        main(["generate", "--model", "m", "--prompt", "p", "--num-inference-steps", "20", "--output_path", "o.mp4",
+              "--negative_prompt", "blurry"])
+
+
 def test_a_verb_taking_training_flags_says_what_to_use_instead_of_foreign_ones_all_at_once():
     with pytest.raises(ConfigError, match=r"^2 unknown flags: --hub_token \(nothing is uploaded.*; --lr \(use "
                                           r"--learning_rate\); see blueberry-video estimate-memory --help$"):
