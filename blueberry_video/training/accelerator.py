@@ -189,6 +189,13 @@ def _launch_asked_for(variable: str) -> bool:
     return os.environ.get(variable, "false").lower() == "true"  # as accelerate's own state reads these
 
 
+def _set_up_in_words(accelerator: Accelerator) -> str:
+    """What accelerate set up, as a person would say it (its own name for one plain process is "NO")."""
+    if accelerator.distributed_type == DistributedType.NO:
+        return f"one plain process on {accelerator.device.type.upper()}"
+    return f"{accelerator.distributed_type.value} with {accelerator.num_processes} processes"
+
+
 def check_launch(accelerator: Accelerator) -> None:
     """Refuse the launches that would silently train otherwise than asked: N copies each training alone, or
     a DeepSpeed/FSDP config that accelerate quietly turned into plain DDP or a single process."""
@@ -196,7 +203,7 @@ def check_launch(accelerator: Accelerator) -> None:
         if _launch_asked_for(variable) and accelerator.distributed_type != engine:
             raise LaunchError(
                 f"the launch asked for {engine.value} ({variable}=true) but accelerate set up "
-                f"{accelerator.distributed_type.value} with {accelerator.num_processes} process(es): the run would not "
+                f"{_set_up_in_words(accelerator)}: the run would not "
                 f"shard as configured. accelerate runs FSDP only on GPUs and DeepSpeed without GPUs with one process "
                 f"only; ACCELERATE_USE_CPU=1 turns both off. On a CPU machine use accelerate_configs/cpu_test.yaml "
                 f"(DDP) or a DeepSpeed config with --num_processes 1."

@@ -456,6 +456,17 @@ def test_a_plain_cpu_launch_is_refused_only_where_it_asked_for_several_processes
             check_launch(alone)
 
 
+def test_an_fsdp_launch_that_accelerate_turned_into_one_plain_process_is_refused_in_words(restore_environ):
+    from blueberry_video.errors import LaunchError
+    from blueberry_video.training.accelerator import check_launch
+
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO, device=torch.device("cpu"))
+    with patch_environment(ACCELERATE_USE_FSDP="true"):
+        with pytest.raises(LaunchError, match=r"asked for FSDP \(ACCELERATE_USE_FSDP=true\) but accelerate set up "
+                                              r"one plain process on CPU: the run would not shard"):
+            check_launch(alone)
+
+
 @pytest.mark.slow
 def test_cpu_test_config_runs_two_ddp_processes(tiny_cogvideox_dir, sample_dataset_dir, cache_dir, tmp_path):
     out = tmp_path / "ddp"
