@@ -6,6 +6,7 @@ run instead of opening a second one."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import secrets
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def tracker_config(config, tracker_name: str) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
 
 
+def store_hparams_in_the_run_itself(writer, values: dict) -> None:
+    """The settings as TensorBoard's hparams, written into the run's own folder. accelerate's
+    store_init_configuration (and the writer's default) puts them in two time-named sub-folders, which TensorBoard
+    lists as two more runs, without the losses; config.yaml already holds the hparams.yml accelerate would add."""
+    # torch's SummaryWriter calls the sub-folder run_name, tensorboardX's name; "." is the run's own folder.
+    keyword = "run_name" if "run_name" in inspect.signature(writer.add_hparams).parameters else "name"
+    writer.add_hparams(values, metric_dict={}, **{keyword: "."})
+    writer.flush()
+
+
 def start_trackers(accelerator, config, resume_step: int | None) -> None:
     if config.report_to == "none":
         return
@@ -68,7 +79,10 @@ def start_trackers(accelerator, config, resume_step: int | None) -> None:
     try:
         accelerator.init_trackers(config.tracker_project_name, init_kwargs=init_kwargs)
         for tracker in accelerator.trackers:  # each in its own form, where accelerate gives all one dict
-            tracker.store_init_configuration(tracker_config(config, tracker.name))
+            if tracker.name == "tensorboard":
+                store_hparams_in_the_run_itself(tracker.writer, tracker_config(config, tracker.name))
+            else:
+                tracker.store_init_configuration(tracker_config(config, tracker.name))
     except Exception as error:
         if type(error).__module__.startswith("wandb"):
             raise ConfigError(

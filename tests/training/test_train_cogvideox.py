@@ -284,10 +284,15 @@ def test_tensorboard_receives_losses_and_validation_frames(tiny_cogvideox_dir, o
                                      "3", "--checkpointing_steps", "0", "--report_to", "tensorboard",
                                      "--validation_prompt", "a red circle", "--num_inference_steps", "2"))
     events = list((tmp_path / "tb" / "logs").rglob("events.out.tfevents.*"))
-    assert events
+    # one run in TensorBoard's list: the settings (hparams) beside the losses, not in sub-folders of their own
+    assert len({event.parent for event in events}) == 1
+    assert not [path for path in (tmp_path / "tb" / "logs").rglob("*") if path.is_dir() and
+                path.parent == events[0].parent]
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
     assert len(accumulator.Scalars("loss")) == 3
     assert accumulator.Tags()["images"]
+    assert "learning_rate" in accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode(
+        errors="replace")
 
 
 def test_tensorboard_drops_the_steps_a_resume_logs_again(tiny_cogvideox_dir, one_video_dataset_dir, tmp_path):
