@@ -13,12 +13,18 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# `python benchmarks/<name>.py` puts benchmarks/ on sys.path, not the repo root the imports below need.
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import imageio_ffmpeg
 
+from benchmarks.common import positive_int
 from blueberry_video.data.decode import FrameSampling, decode_video
 
 SOURCES = {
@@ -49,12 +55,12 @@ def measure(path: Path, sampling: FrameSampling, repeats: int) -> float:
     return statistics.median(seconds)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--frames", type=positive_int, default=49)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -212,7 +212,8 @@ def environment() -> dict:
     for module in {entry.module for entry in SUITE}:
         importlib.import_module(f"benchmarks.{module}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device, "cuda": torch.version.cuda,
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
             "matmul_bf16_tflops": matmul_tflops() if torch.cuda.is_available() else None, **versions}
 
@@ -321,16 +322,31 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(rows + ["", *commands])
 
 
+def print_tables(folder: Path, parser) -> None:
+    """The table of folder/summary.json, or, for a session's folder, of each call's summary.json under a heading."""
+    if (folder / "summary.json").is_file():
+        print(markdown_table(json.loads((folder / "summary.json").read_text())))
+        return
+    calls = sorted(summary.parent for summary in folder.glob("*/summary.json"))
+    if not calls:
+        parser.error(f"--table {folder}: no {folder / 'summary.json'}, nor a summary.json in any of its sub-folders: "
+                     f"give the folder a suite's --out wrote, or one holding such folders")
+    for call in calls:
+        print(f"## {call.name}\n\n{markdown_table(json.loads((call / 'summary.json').read_text()))}\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="folder for the results (on a lent GPU: $OUT)")
     parser.add_argument("--deadline-s", type=float, default=540, help="stop starting entries after this many seconds")
-    parser.add_argument("--only", nargs="+", choices=list(ENTRIES), help="these entries, in this order")
+    parser.add_argument("--only", nargs="+", choices=list(ENTRIES), metavar="NAME",
+                        help="these entries, in this order (--list names them)")
     parser.add_argument("--targets", action="store_true",
                         help="only the entries that give the targets' figures, most important first (a new card)")
     parser.add_argument("--tiny", action="store_true", help="tiny presets at 9x96x160 (a CPU check)")
     parser.add_argument("--list", action="store_true", help="print the entries and their commands")
-    parser.add_argument("--table", metavar="DIR", help="print DIR/summary.json as a markdown table")
+    parser.add_argument("--table", metavar="DIR",
+                        help="print DIR/summary.json as a markdown table (or those of DIR's sub-folders: call1, ...)")
     parser.add_argument("--environment", action="store_true",
                         help="print the package versions, device and bf16 matrix rate as JSON (what the suite records)")
     args = parser.parse_args(argv)
@@ -342,7 +358,7 @@ def main(argv=None):
             print(f"{entry.name}: {entry.target}\n    {entry.shown(args.tiny)}")
         return None
     if args.table:
-        print(markdown_table(json.loads((Path(args.table) / "summary.json").read_text())))
+        print_tables(Path(args.table), parser)
         return None
     if not args.out:
         parser.error("--out is required to run the suite")

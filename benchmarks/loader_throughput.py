@@ -26,25 +26,40 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import build_family_and_transformer, print_result, stand_in_cache, temporary_workdir
+from benchmarks.common import (
+    PRESETS,
+    add_shape_arguments,
+    build_family_and_transformer,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    report,
+    stand_in_cache,
+    temporary_workdir,
+)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny-cogvideox")
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--num-samples", type=int, default=16, help="rows in the stand-in cache")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (dataloader_num_workers)")
+    parser.add_argument("--preset", default="tiny-cogvideox", choices=PRESETS)
+    add_shape_arguments(parser, 9, 96, 160)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--num-samples", type=positive_int, default=16, help="rows in the stand-in cache")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (dataloader_num_workers)")
     parser.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--from-disk", action="store_true",
                         help="read rows from the Arrow files, as for a cache over the in-memory limit")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int_at_least(2), default=3, help="at least 2: the first is not timed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.batch > args.num_samples:
+        # The loader drops the last incomplete batch, as the trainer's does: it would deliver none.
+        parser.error(f"--batch {args.batch} is more than --num-samples {args.num_samples}: no whole batch to time")
+    return args
 
+
+def run(args) -> dict:
     workdir = temporary_workdir()
     try:
         family, _ = build_family_and_transformer(args.preset, torch.float32, torch.device("meta"), workdir)
@@ -65,7 +80,7 @@ def main(argv=None):
                     times.append(now - start)
                 start = now
         per_batch = statistics.median(times)
-        result = {
+        return {
             "preset": args.preset, "frames": args.frames, "height": args.height, "width": args.width,
             "batch": args.batch, "num_workers": args.num_workers, "cache_dtype": args.cache_dtype,
             "in_memory": dataset.columns is not None,
@@ -74,7 +89,10 @@ def main(argv=None):
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return print_result(result, args.json)
+
+
+def main(argv=None):
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from benchmarks.common import (
     add_step_arguments,
     benchmark_config,
     build_family_and_transformer,
-    print_result,
+    report,
     synthetic_batch,
     temporary_workdir,
 )
@@ -118,8 +118,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args) -> dict:
     meta = torch.device("meta")
     workdir = temporary_workdir()
     try:
@@ -136,9 +135,13 @@ def main(argv=None):
                                                                                  generators),
                                batch, args.frames, args.height, args.width)}
         result["overstated_by_6nt"] = result["model_flops_6nt"] / result["model_flops"] - 1
-        return print_result(result, args.json)
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

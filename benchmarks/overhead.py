@@ -7,8 +7,9 @@
 metrics.jsonl and the progress bar) fed by an accelerate-prepared DataLoader over a latent cache table read by
 `LatentCacheDataset` (the rows are random stand-ins of the cached shapes, so no VAE is needed).
 "bare": the same transformer forward/backward, gradient clipping at the same max norm, and step of the same
-torch AdamW (not accelerate's wrapper of it) on tensors prepared once, nothing else. Prints the median step time
-of each, their ratio and difference, and the time (fraction and median ms) our step spent waiting on the loader.
+torch AdamW (not accelerate's wrapper of it) on tensors prepared once, nothing else. Prints the preset and clip
+shape measured, the median step time of each, their ratio and difference, and the time (fraction and median ms)
+our step spent waiting on the loader.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from benchmarks.common import (
+    PRESETS,
+    add_shape_arguments,
     benchmark_config,
     build_family_and_transformer,
-    print_result,
+    non_negative_int,
+    positive_int,
+    report,
     stand_in_cache,
     synthetic_batch,
     temporary_workdir,
@@ -48,20 +53,21 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny-cogvideox")
+    parser.add_argument("--preset", default="tiny-cogvideox", choices=PRESETS)
     parser.add_argument("--mode", choices=["lora", "full"], default="lora")
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (dataloader_num_workers)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per round and loop")
-    parser.add_argument("--rounds", type=int, default=5)
+    add_shape_arguments(parser, 9, 96, 160)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--num-workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (dataloader_num_workers)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="steps per round and loop")
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def run(args) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     device = accelerator.device
     workdir = temporary_workdir()
@@ -144,7 +150,9 @@ def main(argv=None):
             bare_times += bare(args.steps)
         result = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "preset": args.preset, "ours_step_s": statistics.median(ours_times),
+            "preset": args.preset, "mode": args.mode, "frames": args.frames, "height": args.height,
+            "width": args.width, "batch": args.batch, "num_workers": args.num_workers,
+            "ours_step_s": statistics.median(ours_times),
             "bare_step_s": statistics.median(bare_times),
             "loader_wait_fraction": sum(wait_times) / sum(ours_times),
         }
@@ -154,9 +162,13 @@ def main(argv=None):
         result["overhead_ms"] = (result["ours_step_s"] - result["bare_step_s"]) * 1e3
         result["loader_wait_ms"] = statistics.median(wait_times) * 1e3
         metrics.close()
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return print_result(result, args.json)
+
+
+def main(argv=None):
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,15 +34,25 @@ from benchmarks.common import (
     build_family_and_transformer,
     device_peak_tflops,
     memory_estimate,
-    print_result,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    report,
     synthetic_batch,
     temporary_workdir,
 )
 from benchmarks.model_flops import step_flops
 from benchmarks.profiling import eager_if_compiled, profile_step
 from blueberry_video.training.accelerator import autocast
-from blueberry_video.training.attention import apply_attention_backend, check_attention_backend
-from blueberry_video.training.cuda_allocator import allocator_setting, running_allocator_settings, use_expandable_segments
+from blueberry_video.training.attention import (
+    apply_attention_backend,
+    check_attention_backend,
+)
+from blueberry_video.training.cuda_allocator import (
+    allocator_setting,
+    running_allocator_settings,
+    use_expandable_segments,
+)
 from blueberry_video.training.lora import make_trainable
 from blueberry_video.training.memory_estimate import models_from_configs
 from blueberry_video.training.optim import build_lr_scheduler, build_optimizer
@@ -50,20 +60,29 @@ from blueberry_video.training.sampling import sample_generators
 from blueberry_video.training.step import compile_blocks, training_step
 
 
+def share(text: str) -> float:
+    """An argparse type: a share, from 0 to 1."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be from 0 to 1")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_arguments(parser)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--gradient-checkpointing-ratio", type=float, default=1.0,
-                        help="share of the blocks that recompute (the recipes' gradient_checkpointing_ratio)")
+    parser.add_argument("--gradient-checkpointing-ratio", type=share,
+                        help="share of the blocks that recompute, from 0 to 1 (the recipes' "
+                             "gradient_checkpointing_ratio; default 1)")
     parser.add_argument("--8bit-adam", dest="adam_8bit", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--layerwise-casting", action="store_true", help="LoRA: frozen weights stored in float8")
     parser.add_argument("--attention-backend", default="native",
                         help="diffusers attention backend, as the recipes' attention_backend (HunyuanVideo): native, "
                              "_native_cudnn, _native_efficient, flash_varlen, ...")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--warmup", type=non_negative_int, default=3)
     parser.add_argument("--profile", action="store_true",
                         help="profile two more steps: which attention kernels ran (flash, cuDNN, efficient, math), "
                              "and the step's time and TFLOP/s by kind (attention, matrix products, optimizer, rest)")
@@ -72,7 +91,7 @@ def parse_args(argv=None):
                              "(random weights; their per-step prompt encoding is not run)")
     parser.add_argument("--estimate", action="store_true",
                         help="also report `blueberry-video estimate-memory`'s peak for these settings, to check it")
-    parser.add_argument("--memory-limit-gib", type=float,
+    parser.add_argument("--memory-limit-gib", type=positive_float,
                         help="cap the caching allocator at this many GiB, as a smaller card would (CUDA only): an "
                              "H200 then answers whether a run fits an 80 GB H100, which leaves about 78.5 GiB to "
                              "tensors after the CUDA context")
@@ -81,7 +100,13 @@ def parse_args(argv=None):
                              "(expandable_segments setting), or torch's default (a PYTORCH_CUDA_ALLOC_CONF set in "
                              "the environment wins over both)")
     parser.add_argument("--json", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.gradient_checkpointing_ratio is None:
+        args.gradient_checkpointing_ratio = 1.0
+    elif not args.gradient_checkpointing:
+        # Without checkpointing no block recomputes: the ratio would be dropped unseen.
+        parser.error("--gradient-checkpointing-ratio needs --gradient-checkpointing")
+    return args
 
 
 def limit_device_memory(limit_gib: float, device: torch.device) -> None:
@@ -209,8 +234,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    return print_result(run(args), args.json)
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

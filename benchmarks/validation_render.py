@@ -9,7 +9,8 @@ tiled or not.
 Prints the render's time and, on a GPU, `max_memory_allocated` during it with the transformer and VAE weights
 held (a training run also holds its optimizer state beside them), rendered as the trainer's validation renders:
 denoised under autocast, decoded outside it. `--estimate` adds the memory estimate's
-figure for the same render, to check it: its training state is subtracted, so the two compare directly.
+figure for the same render, to check it: its training state is subtracted, so the two compare directly. Frame
+counts the pipeline would render as another are refused (CogVideoX: 8k+1 only; 13 frames come back as 16).
 """
 
 from __future__ import annotations
@@ -26,23 +27,49 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import TINY_PRESETS, build_family_and_transformer, memory_estimate, print_result, temporary_workdir
-from blueberry_video.training.memory_estimate import GIB, models_from_configs, render_without_text_encoders
+from benchmarks.common import (
+    FRAMES_PER_LATENT_FRAME,
+    PRESETS,
+    add_shape_arguments,
+    build_family_and_transformer,
+    memory_estimate,
+    nearest_in_steps,
+    positive_int,
+    preset_family,
+    report,
+    temporary_workdir,
+)
+from blueberry_video.training.memory_estimate import (
+    GIB,
+    models_from_configs,
+    render_without_text_encoders,
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny-cogvideox",
-                        choices=["cogvideox-2b", "cogvideox-5b", "hunyuan-video", *TINY_PRESETS])
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--steps", type=int, default=2, help="denoising steps (memory does not grow with them)")
+    parser.add_argument("--preset", default="tiny-cogvideox", choices=PRESETS)
+    add_shape_arguments(parser, 9, 96, 160)
+    parser.add_argument("--steps", type=positive_int, default=2,
+                        help="denoising steps (memory does not grow with them)")
     parser.add_argument("--guidance-scale", type=float, default=6.0)
     parser.add_argument("--vae-tiling", action="store_true")
     parser.add_argument("--estimate", action="store_true")
     parser.add_argument("--json", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_rendered_frames(parser, args.preset, args.frames)
+    return args
+
+
+def check_rendered_frames(parser, preset: str, frames: int) -> None:
+    """Refuse a frame count the pipeline would render as another: CogVideoX's VAE (these presets have no
+    patch_size_t) decodes latent frames in pairs, so an even number of them comes back as 4 frames each (13 frames
+    are 4 latent frames, rendered as 16), as the family's check_generation_frames says."""
+    latent_frames = (frames - 1) // FRAMES_PER_LATENT_FRAME + 1
+    if preset_family(preset) == "cogvideox" and latent_frames % 2 == 0:
+        parser.error(f"argument --frames: CogVideoX's pipeline would render {frames} frames as "
+                     f"{FRAMES_PER_LATENT_FRAME * latent_frames} (its VAE decodes latent frames in pairs); use "
+                     f"{nearest_in_steps(frames, 2 * FRAMES_PER_LATENT_FRAME, 1)}")
 
 
 def estimated_render_gib(args, family) -> float:
@@ -100,8 +127,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    return print_result(run(args), args.json)
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

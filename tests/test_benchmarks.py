@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -397,3 +398,69 @@ def test_a_failing_estimate_names_its_error():
 
     with pytest.raises(RuntimeError, match="estimate-memory failed: .*--no_such_flag"):
         memory_estimate("cogvideox-2b", None, ["--no_such_flag", "1"])
+
+
+@pytest.mark.parametrize("benchmark", [["model_flops", "--preset", "tiny-cogvideox"],
+                                       ["loader_throughput", "--num-samples", "2", "--epochs", "2"]])
+def test_json_output_is_one_json_document_on_stdout(benchmark):
+    # DeepSpeed, imported by accelerate on first use, logs a warning to stdout: the log must not land in the JSON.
+    module, *args = benchmark
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args, "--frames", "9", "--height", "96",
+                           "--width", "160", "--json"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["frames"] == 9 and result["torch_threads"] == 1  # the thread count it ran with
+
+
+def test_overhead_benchmark_measures_the_shape_it_is_given_and_says_so(capsys):
+    result = overhead.main(["--frames", "5", "--height", "64", "--width", "96", "--batch", "1", "--rounds", "1",
+                            "--steps", "1"])
+    assert {key: result[key] for key in ("preset", "frames", "height", "width", "batch")} == {
+        "preset": "tiny-cogvideox", "frames": 5, "height": 64, "width": 96, "batch": 1}
+    printed = capsys.readouterr().out
+    assert "frames: 5\n" in printed and "height: 64\n" in printed and "width: 96\n" in printed
+
+
+def test_the_printed_memory_figures_say_they_are_binary(capsys):
+    from benchmarks.common import print_result
+
+    result = {"peak_memory_gb": 7.84, "estimated_peak_memory_gb": None, "sample_mb": 1.5, "mb_per_s": 200.0}
+    print_result(result, as_json=False)
+    assert capsys.readouterr().out.splitlines() == ["          peak_memory_gb: 7.84 GiB",
+                                                    "estimated_peak_memory_gb: None",
+                                                    "               sample_mb: 1.5 MiB",
+                                                    "                mb_per_s: 200 MiB/s"]
+    print_result(result, as_json=True)  # the keys the results files and docs read stay
+    assert json.loads(capsys.readouterr().out) == result
+
+
+def test_gpu_suite_tables_a_session_folder_call_by_call_and_names_a_missing_summary(tmp_path, capsys):
+    from benchmarks import gpu_suite
+
+    for call, step in (("call1", 1.25), ("call2", 2.5)):
+        (tmp_path / call).mkdir()
+        (tmp_path / call / "summary.json").write_text(json.dumps([
+            {"name": f"entry-{call}", "status": "ok", "result": {"device": "cpu", "step_time_s": step}}]))
+    (tmp_path / "call3").mkdir()  # results saved by hand, no summary
+    gpu_suite.main(["--table", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert printed.index("## call1") < printed.index("| `entry-call1` | cpu | 1.250 |") < printed.index("## call2")
+    assert "| `entry-call2` | cpu | 2.500 |" in printed and "call3" not in printed
+    gpu_suite.main(["--table", str(tmp_path / "call1")])
+    assert "## " not in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_suite.main(["--table", str(tmp_path / "call3")])
+    assert exit_info.value.code == 2
+    assert f"error: --table {tmp_path / 'call3'}: no {tmp_path / 'call3' / 'summary.json'}" in capsys.readouterr().err
+
+
+def test_gpu_suite_help_names_each_entry_once_at_most(capsys):
+    from benchmarks import gpu_suite
+
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--help"])
+    shown = capsys.readouterr().out
+    assert "--only NAME [NAME ...]" in shown and "--list" in shown
+    assert all(shown.count(name) <= 1 for name in gpu_suite.ENTRIES)
