@@ -468,7 +468,6 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
     --max-frames) and, where the verb takes them, the training settings (underscores: --max_num_frames), so that a
     slip between the two spellings is pointed out rather than suggesting the wrong command's flag."""
     from blueberry_video.config import bad_value_message, training_flags, unknown_flags_message
-    from blueberry_video.foreign_flags import GENERATE_INSTEAD, INSTEAD
 
     own = [option for option in verb_parser._option_string_actions if option.startswith("--")]
     known = own + (training_flags() if takes_training_flags else [])
@@ -477,7 +476,17 @@ def check_flags(extra: list[str], verb_parser, takes_training_flags: bool) -> No
         verb = verb_parser.prog.split()[-1]
         raise ConfigError(unknown_flags_message(unknown, known, f"blueberry-video {verb} --help",
                                                 also=bad_value_message(extra) if takes_training_flags else None,
-                                                foreign=GENERATE_INSTEAD if verb == "generate" else INSTEAD))
+                                                foreign=foreign_flags_of(verb, takes_training_flags)))
+
+
+def foreign_flags_of(verb: str, takes_training_flags: bool) -> dict[str, str]:
+    """The other tools' flags a verb says what to use instead of: the training scripts' where it takes training
+    settings (their advice names those settings), the pipelines' for generate, none elsewhere."""
+    from blueberry_video.foreign_flags import GENERATE_INSTEAD, INSTEAD
+
+    if verb == "generate":
+        return GENERATE_INSTEAD
+    return INSTEAD if takes_training_flags else {}
 
 
 if __name__ == "__main__":

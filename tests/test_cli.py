@@ -234,6 +234,11 @@ def test_generate_says_what_to_use_instead_of_the_pipelines_argument_names():
               "--negative_prompt", "blurry"])
 
 
+def test_a_verb_without_training_settings_does_not_point_at_one():
+    with pytest.raises(ConfigError, match=r"^unknown flag --lr; see blueberry-video make-tiny-model --help$"):
+        main(["make-tiny-model", "out", "--lr", "1e-4"])
+
+
 def test_a_verb_taking_training_flags_says_what_to_use_instead_of_foreign_ones_all_at_once():
     with pytest.raises(ConfigError, match=r"^2 unknown flags: --hub_token \(nothing is uploaded.*; --lr \(use "
                                           r"--learning_rate\); see blueberry-video estimate-memory --help$"):
