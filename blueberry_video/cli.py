@@ -433,21 +433,18 @@ def main(argv=None):
 
 def run_verb(argv):
     parser = build_parser()
-    check_flags_before_required_ones(parser, argv)
+    check_unknown_flags_first(parser, argv)
     args, extra = parser.parse_known_args(argv)
-    verb_parser = parser._subparsers._group_actions[0].choices[args.verb]
-    takes_training_flags = getattr(args, "takes_extra", False)
-    check_flags(extra, verb_parser, takes_training_flags)
-    if takes_training_flags:
+    if getattr(args, "takes_extra", False):
         return args.run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args)
 
 
-def check_flags_before_required_ones(parser, argv: list[str]) -> None:
-    """Unknown flags are named before argparse says a required one is missing: `--output_path o.mp4` is what a
-    user meant by --out, and "--out is required" alone would not tell them."""
+def check_unknown_flags_first(parser, argv: list[str]) -> None:
+    """A verb's unknown flags, all named (with the nearest or what to use instead) before argparse's own
+    complaints: `--output_path o.mp4` is what a user meant by --out, and "--out is required" would not tell them."""
     verbs = parser._subparsers._group_actions[0].choices
     if not argv or argv[0] not in verbs:
         return
